@@ -1,0 +1,12 @@
+"""Config: Detectron2's key tree (``get_cfg``) with checked merges."""
+
+from d2seg.config.config import CfgNode, load_yaml_with_base, validate_cfg
+from d2seg.config.defaults import _C
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the default config (Detectron2's keys plus d2seg's)."""
+    return _C.clone()
+
+
+__all__ = ["CfgNode", "get_cfg", "load_yaml_with_base", "validate_cfg"]

@@ -1,0 +1,235 @@
+"""The default config tree: Detectron2's keys and defaults, plus d2seg's own keys.
+
+Keys and defaults follow Detectron2's ``config/defaults.py`` so that a Detectron2 user's YAML
+works unchanged where d2seg implements the feature. Keys that d2seg adds are marked "d2seg".
+A key that is not in this tree is a :class:`~d2seg.errors.ConfigError`, never silently ignored.
+
+Conventions kept from Detectron2:
+
+* ``NUM_CLASSES`` counts foreground classes only (torchvision's count adds background inside).
+* Image sizes are in pixels; ``PIXEL_MEAN``/``PIXEL_STD`` are in 0-255 pixel units, one value per
+  input channel, in ``INPUT.FORMAT`` order.
+* Tuple-valued keys need a trailing comma in YAML/CLI for one element: ``("balloon_train",)``.
+"""
+
+from d2seg.config.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 2
+
+# ---------------------------------------------------------------------------- #
+# Model
+# ---------------------------------------------------------------------------- #
+_C.MODEL = CN()
+# d2seg: "auto" picks "cuda" when a GPU is visible, else "cpu".
+_C.MODEL.DEVICE = "auto"
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# A local file: a d2seg checkpoint or a torchvision state dict. Nothing is ever downloaded.
+_C.MODEL.WEIGHTS = ""
+_C.MODEL.MASK_ON = False
+# Per-channel mean/std in INPUT.FORMAT order; their length sets the number of input channels.
+_C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+# Stages to freeze: 0 = none, 1 = stem, 2 = stem + res2, ... 5 = everything.
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50 or 101
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN" or "GN"
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.OUT_CHANNELS = 256
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+# One list of sizes (pixels) per feature map, and aspect ratios (height / width).
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# Detectron2 counts top-k per feature level, as torchvision does.
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+# Foreground classes only (background is added inside).
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+
+_C.MODEL.ROI_MASK_HEAD = CN()
+# "MaskRCNNConvUpsampleHead" or "PointRendMaskHead".
+_C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+# PointRend's coarse head (Detectron2 "implicit PointRend" keys).
+_C.MODEL.ROI_MASK_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_MASK_HEAD.NUM_FC = 2
+_C.MODEL.ROI_MASK_HEAD.OUTPUT_SIDE_RESOLUTION = 7
+_C.MODEL.ROI_MASK_HEAD.IN_FEATURES = ["p2"]
+
+_C.MODEL.POINT_HEAD = CN()
+_C.MODEL.POINT_HEAD.NAME = "StandardPointHead"
+_C.MODEL.POINT_HEAD.NUM_CLASSES = 80
+_C.MODEL.POINT_HEAD.FC_DIM = 256
+_C.MODEL.POINT_HEAD.NUM_FC = 3
+_C.MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK = False
+_C.MODEL.POINT_HEAD.IN_FEATURES = ["p2"]
+_C.MODEL.POINT_HEAD.TRAIN_NUM_POINTS = 14 * 14
+_C.MODEL.POINT_HEAD.OVERSAMPLE_RATIO = 3
+_C.MODEL.POINT_HEAD.IMPORTANCE_SAMPLE_RATIO = 0.75
+_C.MODEL.POINT_HEAD.SUBDIVISION_STEPS = 5
+_C.MODEL.POINT_HEAD.SUBDIVISION_NUM_POINTS = 28 * 28
+_C.MODEL.POINT_HEAD.COARSE_PRED_EACH_LAYER = True
+
+_C.MODEL.SEM_SEG_HEAD = CN()
+_C.MODEL.SEM_SEG_HEAD.NAME = "ResNetUNetHead"
+# Trunk features the U-Net decoder uses as skips, deepest last.
+_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["stem", "res2", "res3", "res4", "res5"]
+# Decoder channels, one per upsampling stage from res5 upward (d2seg).
+_C.MODEL.SEM_SEG_HEAD.DECODER_CHANNELS = [256, 128, 64, 32, 16]
+# Pixels with this label in the ground truth are ignored by the loss and by evaluation.
+_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+# Number of classes incl. background; 1 = binary foreground with a sigmoid.
+_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
+# d2seg: "ce", "bce", "dice" or "ce+dice"; CE_WEIGHT/DICE_WEIGHT mix the last.
+_C.MODEL.SEM_SEG_HEAD.LOSS = "ce"
+_C.MODEL.SEM_SEG_HEAD.CE_WEIGHT = 1.0
+_C.MODEL.SEM_SEG_HEAD.DICE_WEIGHT = 1.0
+# d2seg: per-class weights for the cross-entropy term; empty = uniform.
+_C.MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS = []
+_C.MODEL.SEM_SEG_HEAD.NORM = "BN"
+_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+
+_C.MODEL.PANOPTIC_FPN = CN()
+_C.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = 1.0
+_C.MODEL.PANOPTIC_FPN.COMBINE = CN()
+_C.MODEL.PANOPTIC_FPN.COMBINE.ENABLED = True
+_C.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 0.5
+_C.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 4096
+_C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
+
+# ---------------------------------------------------------------------------- #
+# Input
+# ---------------------------------------------------------------------------- #
+_C.INPUT = CN()
+# Shortest-edge sizes (pixels) sampled during training; "choice" or "range".
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+# 0 disables resizing at test time.
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+# "horizontal", "vertical" or "none".
+_C.INPUT.RANDOM_FLIP = "horizontal"
+# "BGR", "RGB", "L" (grayscale), or "N" (as many channels as MODEL.PIXEL_MEAN has).
+_C.INPUT.FORMAT = "BGR"
+_C.INPUT.MASK_FORMAT = "polygon"  # "polygon" or "bitmask"
+_C.INPUT.CROP = CN({"ENABLED": False})
+# "relative_range", "relative", "absolute" or "absolute_range".
+_C.INPUT.CROP.TYPE = "relative_range"
+_C.INPUT.CROP.SIZE = [0.9, 0.9]
+# d2seg: brightness/contrast/saturation jitter strength, 0 = off.
+_C.INPUT.COLOR_JITTER = 0.0
+
+# ---------------------------------------------------------------------------- #
+# Datasets and data loading
+# ---------------------------------------------------------------------------- #
+_C.DATASETS = CN()
+# Registered names or paths to COCO json files (auto-registered, images beside the json).
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.TEST = ()
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# "TrainingSampler" or "RepeatFactorTrainingSampler".
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# ---------------------------------------------------------------------------- #
+# Solver
+# ---------------------------------------------------------------------------- #
+_C.SOLVER = CN()
+# d2seg: "SGD" or "AdamW".
+_C.SOLVER.OPTIMIZER = "SGD"
+# "WarmupMultiStepLR" or "WarmupCosineLR".
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.001
+_C.SOLVER.BASE_LR_END = 0.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 1000
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# d2seg: keep only the newest N periodic checkpoints (0 = keep all).
+_C.SOLVER.CHECKPOINT_KEEP = 0
+# Images per batch across all GPUs.
+_C.SOLVER.IMS_PER_BATCH = 16
+# Detectron2's automatic LR/batch scaling when the world size differs (0 = off).
+_C.SOLVER.REFERENCE_WORLD_SIZE = 0
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
+_C.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": False})
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # "value" or "norm"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+_C.SOLVER.AMP = CN({"ENABLED": False})
+# d2seg: "float16" or "bfloat16" (the only choice on CPU).
+_C.SOLVER.AMP.DTYPE = "float16"
+# d2seg: stop when METRIC has not improved for PATIENCE evaluations (0 = never).
+_C.SOLVER.EARLY_STOP = CN()
+_C.SOLVER.EARLY_STOP.PATIENCE = 0
+_C.SOLVER.EARLY_STOP.METRIC = "segm/AP"
+_C.SOLVER.EARLY_STOP.MODE = "max"  # "max" or "min"
+
+# ---------------------------------------------------------------------------- #
+# Test
+# ---------------------------------------------------------------------------- #
+_C.TEST = CN()
+# Evaluate every EVAL_PERIOD iterations during training (0 = only at the end).
+_C.TEST.EVAL_PERIOD = 0
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+# d2seg: "pycocotools" or "faster" (faster-coco-eval, identical numbers).
+_C.TEST.COCO_BACKEND = "pycocotools"
+
+# ---------------------------------------------------------------------------- #
+# Misc
+# ---------------------------------------------------------------------------- #
+_C.OUTPUT_DIR = "./output"
+# >= 0: deterministic seed (the same result twice on CPU); < 0: random.
+_C.SEED = -1
+_C.CUDNN_BENCHMARK = False

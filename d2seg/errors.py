@@ -1,0 +1,27 @@
+"""Errors for user mistakes.
+
+Every error a user can fix (a bad config key, a broken annotation file, a missing image, a corrupt
+checkpoint) is one of these classes. Its message names the file or key and says how to fix it;
+command-line tools print it on one line and exit with status 2 (see ``d2seg.utils.cli``).
+Anything else is a bug in d2seg and may show a traceback.
+"""
+
+
+class D2SegError(Exception):
+    """Base class of every user-facing d2seg error."""
+
+
+class ConfigError(D2SegError):
+    """A config file, a command-line override or a config value is wrong."""
+
+
+class DatasetError(D2SegError):
+    """A dataset (COCO json, image folder, registration) is missing or malformed."""
+
+
+class AnnotationError(D2SegError):
+    """One annotation file (Labelme JSON, VIA JSON, mask image) cannot be read or is invalid."""
+
+
+class CheckpointError(D2SegError):
+    """A checkpoint file is missing, corrupt, or holds something other than tensors."""

@@ -1,0 +1,25 @@
+"""Entry-point wrapper shared by every command-line tool."""
+
+import sys
+from typing import Callable, NoReturn
+
+from d2seg.errors import D2SegError
+
+USER_ERROR_EXIT_CODE = 2
+
+
+def run_cli(main: Callable[[], int | None]) -> NoReturn:
+    """Run ``main`` and exit; a :class:`D2SegError` becomes one line on stderr and exit code 2.
+
+    User mistakes get a message that names the file or key and the fix, never a traceback.
+    """
+    try:
+        code = main()
+    except D2SegError as e:
+        message = " ".join(str(e).split())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

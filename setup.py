@@ -1,0 +1,40 @@
+"""d2seg: Detectron2-style instance, semantic and panoptic segmentation on torchvision."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="d2seg",
+    version="0.1.0",
+    description="Detectron2-style segmentation toolkit built on torchvision, fvcore and pycocotools",
+    python_requires=">=3.10",
+    packages=find_packages(include=["d2seg", "d2seg.*"]),
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "pycocotools>=2.0.7",
+        "faster-coco-eval>=1.6",
+        "opencv-python-headless>=4.8",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "torchmetrics>=1.3",
+        "numpy>=1.24",
+        "Pillow>=10",
+        "PyYAML>=6",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "labelme==6.3.1",  # rasterisation oracle in tests
+            "labelme2coco==0.2.6",  # reference converter in bench/convert.py
+        ],
+        "annotate": ["labelme"],
+        "tune": ["optuna"],
+        "serve": ["fastapi", "uvicorn"],
+    },
+)
