@@ -1,0 +1,1 @@
+"""Datasets: Labelme/VIA/mask conversion, COCO loading, catalogs, mappers and loaders."""

@@ -1,0 +1,1 @@
+"""Annotation sources → COCO instances, semantic PNGs and COCO panoptic."""

@@ -1,0 +1,1 @@
+"""Backbones; importing this package registers them in BACKBONE_REGISTRY."""

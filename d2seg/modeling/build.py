@@ -1,0 +1,50 @@
+"""``build_model(cfg)``: the config's META_ARCHITECTURE, built and moved to MODEL.DEVICE."""
+
+from typing import Any
+
+import torch
+from fvcore.common.registry import Registry
+from torch import nn
+
+from d2seg.config import CfgNode, validate_cfg
+from d2seg.errors import ConfigError
+from d2seg.modeling.registry import META_ARCH_REGISTRY
+
+
+def build_from_registry(registry: Registry, key: str, cfg: CfgNode, *args: Any) -> Any:
+    """Build the entry named by config ``key`` from ``registry``.
+
+    A class is built as ``cls(**cls.from_config(cfg, *args))`` (keyword-only constructors, so
+    every component is also usable without a config); a function is called as ``fn(cfg, *args)``.
+    """
+    name = cfg
+    for part in key.split("."):
+        name = name[part]
+    try:
+        entry = registry.get(name)
+    except KeyError:
+        known = ", ".join(sorted(k for k, _ in registry))
+        raise ConfigError(f"{key} = {name!r} is not registered; fix: use one of {known}") from None
+    if isinstance(entry, type):
+        return entry(**entry.from_config(cfg, *args))
+    return entry(cfg, *args)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → ``cuda`` when a GPU is visible, else ``cpu``; ``"cuda"`` needs a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"MODEL.DEVICE = {name!r} but no CUDA GPU is visible; fix: MODEL.DEVICE cpu (or auto)"
+        )
+    return torch.device(name)
+
+
+def build_model(cfg: CfgNode) -> nn.Module:
+    """Validate ``cfg``, build ``MODEL.META_ARCHITECTURE`` and move it to ``MODEL.DEVICE``."""
+    import d2seg.modeling.meta_arch  # noqa: F401  (registers the meta-architectures)
+
+    validate_cfg(cfg)
+    model = build_from_registry(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg)
+    return model.to(resolve_device(cfg.MODEL.DEVICE))

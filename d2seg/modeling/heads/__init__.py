@@ -1,0 +1,1 @@
+"""Heads; importing this package registers them in their registries."""

@@ -1,0 +1,1 @@
+"""Meta-architectures; importing this package registers them in META_ARCH_REGISTRY."""
