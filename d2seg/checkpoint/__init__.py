@@ -1,0 +1,5 @@
+"""Checkpoint saving and loading (fvcore's Checkpointer, data-only and atomic)."""
+
+from d2seg.checkpoint.checkpointer import D2SegCheckpointer, load_checkpoint_file
+
+__all__ = ["D2SegCheckpointer", "load_checkpoint_file"]

@@ -1,0 +1,93 @@
+"""Checkpoints: fvcore's Checkpointer, loading data only and writing atomically.
+
+Files hold ``{"model": state_dict, "optimizer": ..., "scheduler": ..., "iteration": int, ...}``
+as Detectron2's do. What d2seg changes in fvcore's behaviour:
+
+* every file is read with ``torch.load(weights_only=True)``: a checkpoint is data, not code, and
+  a pickle that holds Python objects is refused with :class:`CheckpointError`;
+* a plain state dict (e.g. torchvision's ``resnet50-*.pth``) is accepted as the model's weights;
+  a model may define ``map_external_state_dict(state_dict) -> state_dict`` to rename foreign keys;
+* saves go to a temp file that is renamed into place, so a process killed mid-write leaves the
+  previous checkpoint (and ``last_checkpoint``) intact;
+* a missing, truncated or corrupt file is a :class:`CheckpointError` naming it.
+
+Parameters whose shapes differ from the model's (a new number of classes when fine-tuning) are
+skipped with fvcore's (Detectron2's) warning.
+"""
+
+import os
+import pickle
+from typing import Any
+
+import torch
+from fvcore.common.checkpoint import Checkpointer
+
+from d2seg.errors import CheckpointError
+from d2seg.utils.io import atomic_open
+
+
+class D2SegCheckpointer(Checkpointer):
+    """A :class:`fvcore.common.checkpoint.Checkpointer` with safe loading and atomic saving."""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``{save_dir}/{name}.pth`` atomically, then point ``last_checkpoint`` at it."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        with atomic_open(path, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        if path and not os.path.isfile(path):
+            raise CheckpointError(
+                f"checkpoint {path} does not exist; fix: set MODEL.WEIGHTS to a local .pth file "
+                f"(d2seg never downloads weights)"
+            )
+        return super().load(path, checkpointables)
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        checkpoint = load_checkpoint_file(filename)
+        if "model" not in checkpoint:
+            checkpoint = {"model": checkpoint}
+        mapper = getattr(self.model, "map_external_state_dict", None)
+        if mapper is not None:
+            checkpoint["model"] = mapper(checkpoint["model"])
+        return checkpoint
+
+
+def load_checkpoint_file(filename: str) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; any failure is a :class:`CheckpointError`."""
+    try:
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = next(
+            (line.strip() for line in str(e).splitlines() if "Unsupported global" in line),
+            "the file is not a valid checkpoint",
+        )
+        raise CheckpointError(
+            f"checkpoint {filename} cannot be loaded as data ({reason}); fix: load it only if "
+            f"you trust it and re-save its state_dict with torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {filename} is truncated or corrupt ({first}); fix: use an earlier "
+            f"checkpoint or re-download/re-save the file"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"checkpoint {filename} holds a {type(checkpoint).__name__}, not a dict of tensors; "
+            f"fix: save model.state_dict() rather than the model object"
+        )
+    return checkpoint
