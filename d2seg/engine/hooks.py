@@ -1,0 +1,305 @@
+"""Training hooks: timing, LR schedule, checkpoints, evaluation, best model, early stopping,
+validation loss, metric writers and the training-curves plot."""
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from d2seg.checkpoint import D2SegCheckpointer
+from d2seg.engine.train_loop import HookBase, StopTraining
+from d2seg.utils import comm
+from d2seg.utils.io import atomic_open
+
+logger = logging.getLogger(__name__)
+
+
+class IterationTimer(HookBase):
+    """Puts ``time``: seconds per iteration (data + step + the hooks before this one)."""
+
+    def before_step(self) -> None:
+        self._start = time.perf_counter()
+
+    def after_step(self) -> None:
+        self.trainer.storage.put_scalar("time", time.perf_counter() - self._start)
+
+
+class LRScheduler(HookBase):
+    """Puts ``lr`` (of the largest param group) and steps the scheduler every iteration."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any):
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self._group = max(range(len(optimizer.param_groups)),
+                          key=lambda i: len(optimizer.param_groups[i]["params"]))
+
+    def after_step(self) -> None:
+        self.trainer.storage.put_scalar("lr", self.optimizer.param_groups[self._group]["lr"])
+        self.scheduler.step()
+
+
+class PeriodicCheckpointer(HookBase):
+    """Saves ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the
+    end, keeping the newest ``max_to_keep`` periodic files (0 = all).
+
+    Each file also holds ``iteration``, the RNG states and the hooks' states, so that
+    ``--resume`` continues exactly where the run stopped.
+    """
+
+    def __init__(
+        self,
+        checkpointer: D2SegCheckpointer,
+        period: int,
+        extra_state: Callable[[], dict[str, Any]],
+        max_to_keep: int = 0,
+    ):
+        self.checkpointer = checkpointer
+        self.period = period
+        self.extra_state = extra_state
+        self.max_to_keep = max_to_keep
+        self._recent: list[str] = []
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if self.period > 0 and (it + 1) % self.period == 0 and comm.is_main_process():
+            name = f"model_{it:07d}"
+            self.checkpointer.save(name, iteration=it, **self.extra_state())
+            self._recent.append(os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
+            if self.max_to_keep > 0:
+                while len(self._recent) > self.max_to_keep:
+                    old = self._recent.pop(0)
+                    if os.path.exists(old):
+                        os.remove(old)
+
+    def after_train(self) -> None:
+        if self.trainer.completed and comm.is_main_process():
+            self.checkpointer.save(
+                "model_final", iteration=self.trainer.iter, **self.extra_state()
+            )
+
+
+class EvalHook(HookBase):
+    """Runs ``eval_function() -> {task: {metric: value}}`` every ``period`` iterations and after
+    training; puts each finite value as ``task/metric`` (e.g. ``segm/AP``)."""
+
+    def __init__(self, period: int, eval_function: Callable[[], dict[str, dict[str, float]]]):
+        self.period = period
+        self.eval_function = eval_function
+
+    def _evaluate(self) -> None:
+        results = self.eval_function()
+        for task, metrics in results.items():
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.trainer.storage.put_scalar(f"{task}/{name}", value)
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if self.period > 0 and done % self.period == 0 and done != self.trainer.max_iter:
+            self._evaluate()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self._evaluate()
+
+
+class _MetricWatcher(HookBase):
+    """Base of hooks that react to each new value of one evaluation metric."""
+
+    def __init__(self, metric: str, mode: str):
+        self.metric = metric
+        self.mode = mode
+        self.best: float | None = None
+        self.best_iter = -1
+        self._seen_iter = -1
+
+    def _new_value(self) -> float | None:
+        value = self.trainer.storage.latest().get(self.metric)
+        if value is None or value[1] <= self._seen_iter:
+            return None
+        self._seen_iter = value[1]
+        return value[0]
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_iter": self.best_iter, "seen_iter": self._seen_iter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_iter = state["best"], state["best_iter"]
+        self._seen_iter = state["seen_iter"]
+
+
+class BestCheckpointer(_MetricWatcher):
+    """Saves ``model_best.pth`` whenever ``metric`` improves (``mode`` "max" or "min")."""
+
+    def __init__(self, checkpointer: D2SegCheckpointer, metric: str, mode: str):
+        super().__init__(metric, mode)
+        self.checkpointer = checkpointer
+
+    def _check(self) -> None:
+        value = self._new_value()
+        if value is None or not self._improves(value):
+            return
+        self.best, self.best_iter = value, self.trainer.iter
+        logger.info(f"New best {self.metric} = {value:.4f} at iteration {self.trainer.iter + 1}")
+        if comm.is_main_process():
+            self.checkpointer.save("model_best", iteration=self.trainer.iter, **{self.metric: value})
+
+    def after_step(self) -> None:
+        self._check()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self._check()
+
+
+class EarlyStopping(_MetricWatcher):
+    """Ends training when ``metric`` has not improved for ``patience`` evaluations."""
+
+    def __init__(self, metric: str, mode: str, patience: int):
+        super().__init__(metric, mode)
+        self.patience = patience
+        self.bad_evals = 0
+
+    def after_step(self) -> None:
+        value = self._new_value()
+        if value is None:
+            return
+        if self._improves(value):
+            self.best, self.best_iter, self.bad_evals = value, self.trainer.iter, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            raise StopTraining(
+                f"{self.metric} has not improved for {self.patience} evaluations "
+                f"(best {self.best:.4f} at iteration {self.best_iter + 1})"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.bad_evals = state["bad_evals"]
+
+
+class ValidationLoss(HookBase):
+    """Every ``period`` iterations, puts the mean training losses on a validation loader as
+    ``validation_loss`` and ``val/<loss name>``.
+
+    The model runs in training mode (losses need targets) under ``torch.no_grad()``, with its
+    BatchNorm layers switched to eval so that validation batches do not change their statistics.
+    """
+
+    def __init__(self, period: int, model: nn.Module, data_loader: Iterable[list[dict]]):
+        self.period = period
+        self.model = model
+        self.data_loader = data_loader
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if self.period > 0 and (done % self.period == 0 or done == self.trainer.max_iter):
+            self._compute()
+
+    def _compute(self) -> None:
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.model.train()
+        for m in norms:
+            m.eval()
+        sums: dict[str, float] = {}
+        batches = 0
+        with torch.no_grad():
+            for batch in self.data_loader:
+                for k, v in self.model(batch).items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+                batches += 1
+        for m in norms:
+            m.train()
+        if batches == 0:
+            return
+        means = {k: v / batches for k, v in sums.items()}
+        storage = self.trainer.storage
+        storage.put_scalar("validation_loss", sum(means.values()))
+        for k, v in means.items():
+            storage.put_scalar(f"val/{k}", v)
+
+
+class PeriodicWriter(HookBase):
+    """Calls every writer (metrics.json, TensorBoard, progress) every ``period`` iterations."""
+
+    def __init__(self, writers: list[Any], period: int = 20):
+        self.writers = writers
+        self.period = period
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if done % self.period == 0 or done == self.trainer.max_iter:
+            for writer in self.writers:
+                writer.write(self.trainer.storage)
+
+    def after_train(self) -> None:
+        for writer in self.writers:
+            writer.write(self.trainer.storage)
+            writer.close()
+
+
+class TrainingCurves(HookBase):
+    """After training, plots ``metrics.json`` (losses, LR, validation loss, evaluation metrics)
+    to ``training_curves.png``."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def after_train(self) -> None:
+        if comm.is_main_process():
+            plot_training_curves(os.path.join(self.output_dir, "metrics.json"),
+                                 os.path.join(self.output_dir, "training_curves.png"))
+
+
+def plot_training_curves(metrics_json: str, output_png: str) -> None:
+    """Plot each series of a metrics.json (JSON lines) against iteration into one PNG."""
+    if not os.path.exists(metrics_json):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with open(metrics_json, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            it = record.pop("iteration")
+            for k, v in record.items():
+                xs, ys = series.setdefault(k, ([], []))
+                xs.append(it)
+                ys.append(v)
+    panels = {
+        "losses": [k for k in series if "loss" in k and not k.startswith("val/")],
+        "learning rate": [k for k in series if k == "lr"],
+        "evaluation": [k for k in series if "/" in k and not k.startswith("val/")],
+    }
+    panels = {title: keys for title, keys in panels.items() if keys}
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels.items()):
+        for k in sorted(keys):
+            ax.plot(*series[k], label=k, marker="o" if len(series[k][0]) < 3 else None)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_open(output_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

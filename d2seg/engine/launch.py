@@ -1,0 +1,119 @@
+"""Start one process per device, or join the process group that torchrun made.
+
+``--num-gpus N`` starts N processes on this machine: NCCL when CUDA is available, gloo on CPU
+(so DDP can be exercised without a GPU). Under ``torchrun`` (``LOCAL_RANK`` is set) nothing is
+spawned: the process joins the group torchrun describes in its environment variables.
+"""
+
+import logging
+import os
+import socket
+import sys
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from d2seg.errors import ConfigError, D2SegError
+from d2seg.utils.cli import USER_ERROR_EXIT_CODE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def _find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: tuple = (),
+) -> None:
+    """Run ``main_func(*args)`` in every process of the job."""
+    if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        _run_under_torchrun(main_func, args)
+        return
+    world_size = num_machines * num_gpus_per_machine
+    if world_size <= 1:
+        main_func(*args)
+        return
+    if torch.cuda.is_available() and torch.cuda.device_count() < num_gpus_per_machine:
+        raise ConfigError(
+            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} GPU(s) are "
+            f"visible; fix: lower --num-gpus"
+        )
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ConfigError(
+                "--dist-url auto works on one machine only; fix: pass --dist-url tcp://HOST:PORT "
+                "of machine 0"
+            )
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    try:
+        mp.start_processes(
+            _distributed_worker,
+            nprocs=num_gpus_per_machine,
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args),
+            daemon=False,
+            start_method="spawn",
+        )
+    except mp.ProcessExitedException as e:
+        if e.exit_code == USER_ERROR_EXIT_CODE:
+            # The worker already printed the one-line message; no traceback for user mistakes.
+            raise SystemExit(USER_ERROR_EXIT_CODE) from None
+        raise
+
+
+def _distributed_worker(
+    local_rank: int,
+    main_func: Callable[..., Any],
+    world_size: int,
+    num_gpus_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    args: tuple,
+) -> None:
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend=_backend(),
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
+        timeout=DEFAULT_TIMEOUT,
+    )
+    try:
+        dist.barrier()
+        main_func(*args)
+    except D2SegError as e:
+        if global_rank == 0:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_under_torchrun(main_func: Callable[..., Any], args: tuple) -> None:
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=_backend(), timeout=DEFAULT_TIMEOUT)
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,134 @@
+"""Training metrics: a per-iteration store and the writers that publish it.
+
+The trainer puts scalars (losses, LR, timings, evaluation results) into an :class:`EventStorage`;
+writers read it every few iterations:
+
+* :class:`JSONWriter` appends one JSON object per line to ``OUTPUT_DIR/metrics.json``
+  (Detectron2's format: ``{"iteration": i, "total_loss": ..., ...}``);
+* :class:`TensorboardWriter` writes ``events.out.tfevents.*`` with ``torch.utils.tensorboard``;
+* :class:`ProgressWriter` shows a tqdm bar with ETA and losses on a terminal, and plain log lines
+  when stdout is not a TTY (CI logs, ``nohup``).
+"""
+
+import json
+import logging
+import os
+import sys
+from collections import defaultdict
+
+from fvcore.common.history_buffer import HistoryBuffer
+
+logger = logging.getLogger(__name__)
+
+
+class EventStorage:
+    """Scalars per iteration: ``put_scalar(name, value)``; ``latest()`` for the newest values."""
+
+    def __init__(self, start_iter: int = 0):
+        self.iter = start_iter
+        self._history: dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
+        self._latest: dict[str, tuple[float, int]] = {}
+
+    def put_scalar(self, name: str, value: float) -> None:
+        value = float(value)
+        self._history[name].update(value, self.iter)
+        self._latest[name] = (value, self.iter)
+
+    def put_scalars(self, **kwargs: float) -> None:
+        for name, value in kwargs.items():
+            self.put_scalar(name, value)
+
+    def history(self, name: str) -> HistoryBuffer:
+        return self._history[name]
+
+    def latest(self) -> dict[str, tuple[float, int]]:
+        """``name -> (value, iteration it was put at)``."""
+        return dict(self._latest)
+
+    def median(self, name: str, window: int = 20) -> float:
+        return self._history[name].median(window)
+
+
+class JSONWriter:
+    """Appends the scalars put since the last write to ``path`` as JSON lines."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._last_written = -1
+
+    def write(self, storage: EventStorage) -> None:
+        by_iter: dict[int, dict[str, float]] = defaultdict(dict)
+        for name, (value, it) in storage.latest().items():
+            if it > self._last_written:
+                by_iter[it][name] = value
+        if not by_iter:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            for it in sorted(by_iter):
+                f.write(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._last_written = max(by_iter)
+
+    def close(self) -> None:
+        return None
+
+
+class TensorboardWriter:
+    """Writes the scalars put since the last write to TensorBoard event files in ``log_dir``."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir)
+        self._last_written = -1
+
+    def write(self, storage: EventStorage) -> None:
+        newest = self._last_written
+        for name, (value, it) in storage.latest().items():
+            if it > self._last_written:
+                self._writer.add_scalar(name, value, it)
+                newest = max(newest, it)
+        self._last_written = newest
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class ProgressWriter:
+    """A tqdm bar (ETA, total loss, LR) on a TTY; an INFO log line per write otherwise."""
+
+    def __init__(self, max_iter: int, start_iter: int = 0, use_bar: bool | None = None):
+        self.max_iter = max_iter
+        self.use_bar = sys.stderr.isatty() if use_bar is None else use_bar
+        self._bar = None
+        if self.use_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=max_iter, initial=start_iter, desc="train", dynamic_ncols=True)
+        self._shown = start_iter
+
+    def write(self, storage: EventStorage) -> None:
+        latest = storage.latest()
+        losses = {k: v for k, (v, _) in latest.items() if "loss" in k and "/" not in k}
+        shown = {k: storage.median(k) for k in losses}
+        lr = latest.get("lr", (float("nan"), 0))[0]
+        done = storage.iter + 1
+        eta = ""
+        if "time" in latest:
+            seconds = storage.median("time") * (self.max_iter - done)
+            eta = f"  eta: {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+        if self._bar is not None:
+            self._bar.update(done - self._shown)
+            self._bar.set_postfix(
+                {k: f"{v:.3f}" for k, v in shown.items() if k == "total_loss"} | {"lr": f"{lr:.2g}"}
+            )
+        else:
+            text = "  ".join(f"{k}: {v:.4g}" for k, v in sorted(shown.items()))
+            logger.info(f"iter: {done}/{self.max_iter}{eta}  {text}  lr: {lr:.4g}")
+        self._shown = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
