@@ -210,10 +210,12 @@ _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 _C.SOLVER.AMP = CN({"ENABLED": False})
 # d2seg: "float16" or "bfloat16" (the only choice on CPU).
 _C.SOLVER.AMP.DTYPE = "float16"
-# d2seg: stop when METRIC has not improved for PATIENCE evaluations (0 = never).
+# d2seg: stop when METRIC has not improved for PATIENCE evaluations (0 = never). METRIC also
+# selects model_best.pth; "" = the model's main metric (segm/AP, bbox/AP, sem_seg/mIoU or
+# panoptic_seg/PQ), or e.g. "validation_loss" with MODE "min".
 _C.SOLVER.EARLY_STOP = CN()
 _C.SOLVER.EARLY_STOP.PATIENCE = 0
-_C.SOLVER.EARLY_STOP.METRIC = "segm/AP"
+_C.SOLVER.EARLY_STOP.METRIC = ""
 _C.SOLVER.EARLY_STOP.MODE = "max"  # "max" or "min"
 
 # ---------------------------------------------------------------------------- #
@@ -225,6 +227,8 @@ _C.TEST.EVAL_PERIOD = 0
 _C.TEST.DETECTIONS_PER_IMAGE = 100
 # d2seg: "pycocotools" or "faster" (faster-coco-eval, identical numbers).
 _C.TEST.COCO_BACKEND = "pycocotools"
+# d2seg: also compute the training losses on DATASETS.TEST at every evaluation.
+_C.TEST.VALIDATION_LOSS = False
 
 # ---------------------------------------------------------------------------- #
 # Misc

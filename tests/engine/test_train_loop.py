@@ -1,0 +1,111 @@
+"""The train loop and hooks on a toy model: what a user sees in OUTPUT_DIR and the console."""
+
+import itertools
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from d2seg.checkpoint import D2SegCheckpointer
+from d2seg.engine import hooks
+from d2seg.engine.train_loop import SimpleTrainer
+from d2seg.errors import ConfigError
+from d2seg.utils.events import JSONWriter
+
+
+class ToyRegressor(nn.Module):
+    """Fits y = 2x; returns a loss dict like a meta-architecture in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+        self.norm = nn.BatchNorm1d(1)
+
+    def forward(self, batch):
+        x = torch.stack([d["x"] for d in batch])
+        return {"loss_fit": ((self.linear(self.norm(x)) - 2 * x) ** 2).mean()}
+
+
+def toy_loader(value=None):
+    gen = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            xs = torch.rand(4, 1, generator=gen) if value is None else torch.full((4, 1), value)
+            yield [{"x": x} for x in xs]
+
+    return batches()
+
+
+def test_non_finite_loss_stops_with_iteration_and_term_and_no_checkpoint(tmp_path):
+    model = ToyRegressor()
+    trainer = SimpleTrainer(model, toy_loader(float("nan")), torch.optim.SGD(model.parameters(), 0.1))
+    ckpt = D2SegCheckpointer(model, str(tmp_path))
+    trainer.register_hooks([hooks.PeriodicCheckpointer(ckpt, 1, lambda: {})])
+    with pytest.raises(ConfigError, match=r"non-finite at iteration 1 \(loss_fit=nan\)"):
+        trainer.train(0, 5)
+    assert not any(name.endswith(".pth") for name in os.listdir(tmp_path))
+
+
+def test_metrics_json_lr_checkpoints_and_curves(tmp_path):
+    model = ToyRegressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    trainer = SimpleTrainer(model, toy_loader(), opt)
+    ckpt = D2SegCheckpointer(model, str(tmp_path), optimizer=opt)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(opt, sched),
+        hooks.PeriodicCheckpointer(ckpt, 4, lambda: {}, max_to_keep=1),
+        hooks.PeriodicWriter([JSONWriter(str(tmp_path / "metrics.json"))], period=2),
+        hooks.TrainingCurves(str(tmp_path)),
+    ])
+    trainer.train(0, 10)
+
+    lines = [json.loads(l) for l in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [1, 3, 5, 7, 9]
+    assert {"total_loss", "loss_fit", "lr", "time", "data_time"} <= set(lines[0])
+    assert lines[-1]["lr"] == pytest.approx(0.025)
+    # keep-last-1: only the newest periodic checkpoint survives, plus the final one
+    pths = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth"))
+    assert pths == ["model_0000007.pth", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    with Image.open(tmp_path / "training_curves.png") as img:
+        assert img.size[0] > 300 and img.size[1] > 200
+
+
+def fake_eval_sequence(values):
+    results = iter(values)
+    return lambda: {"segm": {"AP": next(results)}}
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    model = ToyRegressor()
+    trainer = SimpleTrainer(model, toy_loader(), torch.optim.SGD(model.parameters(), 0.01))
+    ckpt = D2SegCheckpointer(model, str(tmp_path))
+    trainer.register_hooks([
+        hooks.EvalHook(2, fake_eval_sequence([10.0, 30.0, 20.0, 25.0, 5.0, 50.0])),
+        hooks.BestCheckpointer(ckpt, "segm/AP", "max"),
+        hooks.EarlyStopping("segm/AP", "max", patience=3),
+    ])
+    trainer.train(0, 100)
+    # evaluations at iterations 2,4,6,8,10: best 30 at 4, then 3 evaluations without gain
+    assert trainer.iter + 1 == 10
+    best = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert best["iteration"] == 3 and best["segm/AP"] == 30.0
+
+
+def test_validation_loss_keeps_batchnorm_statistics(tmp_path):
+    model = ToyRegressor()
+    val_batches = list(itertools.islice(toy_loader(3.0), 2))
+    trainer = SimpleTrainer(model, toy_loader(), torch.optim.SGD(model.parameters(), 0.01))
+    val_hook = hooks.ValidationLoss(5, model, val_batches)
+    trainer.register_hooks([val_hook])
+    trainer.train(0, 4)
+    running_mean = model.norm.running_mean.clone()
+    val_hook._compute()
+    assert torch.equal(model.norm.running_mean, running_mean)
+    assert "validation_loss" in trainer.storage.latest()
