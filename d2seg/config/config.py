@@ -70,7 +70,7 @@ class CfgNode(_FvcoreCfgNode):
             parts = full_key.split(".")
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
-            node[parts[-1]] = _parse_literal(raw)
+            node[parts[-1]] = raw
             _merge_checked(self, nested, source="command line")
 
     def all_keys(self, prefix: str = "") -> list[str]:
@@ -165,6 +165,9 @@ def _merge_checked(
 
 
 def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
+    if isinstance(value, str) and not isinstance(default, str):
+        # As yacs does: YAML has no tuples, so Detectron2 configs write `STEPS: (210000, 250000)`.
+        value = _parse_literal(value)
     if default is None or value is None:
         return value
     if isinstance(default, (tuple, list)):

@@ -88,7 +88,8 @@ _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
 _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
 _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
 _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
-# PointRend's coarse head (Detectron2 "implicit PointRend" keys).
+# PointRendMaskHead's coarse head (Detectron2's PointRend project keys); IN_FEATURES is read
+# by PointRend only: the standard head pools MODEL.ROI_HEADS.IN_FEATURES.
 _C.MODEL.ROI_MASK_HEAD.FC_DIM = 1024
 _C.MODEL.ROI_MASK_HEAD.NUM_FC = 2
 _C.MODEL.ROI_MASK_HEAD.OUTPUT_SIDE_RESOLUTION = 7

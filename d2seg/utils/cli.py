@@ -16,10 +16,22 @@ def run_cli(main: Callable[[], int | None]) -> NoReturn:
     try:
         code = main()
     except D2SegError as e:
-        message = " ".join(str(e).split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def user_message(error: D2SegError) -> str:
+    """The error's message on one line.
+
+    An error raised in a DataLoader worker comes back with the worker's traceback folded into
+    its message; only the original message (the traceback's last line) is kept.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

@@ -25,6 +25,7 @@ class EventStorage:
     """Scalars per iteration: ``put_scalar(name, value)``; ``latest()`` for the newest values."""
 
     def __init__(self, start_iter: int = 0):
+        self.start_iter = start_iter
         self.iter = start_iter
         self._history: dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
         self._latest: dict[str, tuple[float, int]] = {}
@@ -99,17 +100,21 @@ class TensorboardWriter:
 class ProgressWriter:
     """A tqdm bar (ETA, total loss, LR) on a TTY; an INFO log line per write otherwise."""
 
-    def __init__(self, max_iter: int, start_iter: int = 0, use_bar: bool | None = None):
+    def __init__(self, max_iter: int, use_bar: bool | None = None):
         self.max_iter = max_iter
         self.use_bar = sys.stderr.isatty() if use_bar is None else use_bar
         self._bar = None
-        if self.use_bar:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=max_iter, initial=start_iter, desc="train", dynamic_ncols=True)
-        self._shown = start_iter
+        self._shown: int | None = None
 
     def write(self, storage: EventStorage) -> None:
+        if self._shown is None:
+            self._shown = storage.start_iter
+            if self.use_bar:
+                from tqdm import tqdm
+
+                self._bar = tqdm(
+                    total=self.max_iter, initial=self._shown, desc="train", dynamic_ncols=True
+                )
         latest = storage.latest()
         losses = {k: v for k, (v, _) in latest.items() if "loss" in k and "/" not in k}
         shown = {k: storage.median(k) for k in losses}

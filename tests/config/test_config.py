@@ -129,3 +129,23 @@ def test_dump_round_trips(tmp_path):
     again = get_cfg()
     again.merge_from_file(str(path))
     assert again == cfg
+
+
+def test_python_literals_in_yaml_as_detectron2_configs_write_them(tmp_path):
+    path = write(
+        tmp_path / "d2.yaml",
+        "INPUT:\n  MIN_SIZE_TRAIN: (640, 672, 704)\nSOLVER:\n  STEPS: (210000, 250000)\n"
+        "DATASETS:\n  TRAIN: ('balloon_train',)\nOUTPUT_DIR: ./output/balloon\n",
+    )
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704)
+    assert cfg.SOLVER.STEPS == (210000, 250000)
+    assert cfg.DATASETS.TRAIN == ("balloon_train",)
+    assert cfg.OUTPUT_DIR == "./output/balloon"
+
+
+def test_string_values_that_look_like_literals_stay_strings():
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.WEIGHTS", "1e-3", "OUTPUT_DIR", "[run]"])
+    assert cfg.MODEL.WEIGHTS == "1e-3" and cfg.OUTPUT_DIR == "[run]"

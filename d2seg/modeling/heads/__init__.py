@@ -1,1 +1,5 @@
 """Heads; importing this package registers them in their registries."""
+
+from d2seg.modeling.heads.mask_head import MaskRCNNConvUpsampleHead  # noqa: F401
+from d2seg.modeling.heads.point_rend import PointRendMaskHead, StandardPointHead  # noqa: F401
+from d2seg.modeling.heads.unet import ResNetUNetHead  # noqa: F401

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Labelme → COCO: d2seg's ``convert_dataset`` against labelme2coco 0.2.6, in one process.
+
+Generates ``--num-files`` synthetic Labelme balloon files (1–4 polygons each, no groups, so both
+tools produce one annotation per shape), converts them with both tools, each writing its output
+JSON as it normally does, and prints::
+
+    convert_speedup: X        (labelme2coco seconds / d2seg seconds, workers=1; target >= 5)
+
+It then compares the annotations pairwise (same image, same order). The two tools measure
+different things: labelme2coco takes ``area`` and ``bbox`` from the polygon (shapely), d2seg from
+the rasterised mask (pixel count, as labelme's own converter does), so areas are reported as
+"exact matches / max |Δ|" and boxes as "within 1 px". ``--profile`` adds a cProfile of d2seg's
+side. d2seg does more per file than labelme2coco (it opens and copies the images and writes
+semantic and panoptic PNGs); that work is inside its time. d2seg gets ``labels.txt`` (its
+documented ``--labels`` usage), labelme2coco collects names as it goes; each tool's fastest of
+``--repeat`` runs counts, since the machine may be shared.
+"""
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import labelme2coco
+import numpy as np
+
+from d2seg.data.convert.pipeline import convert_dataset
+from d2seg.data.synthetic import make_balloons
+
+
+def best_time(call, repeat: int, profile: cProfile.Profile | None = None) -> float:
+    """Fastest of ``repeat`` runs of ``call(run_index)`` in seconds (the machine may be shared)."""
+    times = []
+    for run in range(repeat):
+        start = time.perf_counter()
+        if profile is None or run > 0:
+            call(run)
+        else:
+            profile.runcall(call, run)
+        times.append(time.perf_counter() - start)
+    # A profiled run is slower; keep it out of the timing when there are others.
+    return min(times[1:] if profile is not None and repeat > 1 else times)
+
+
+def annotations_by_image(coco: dict) -> dict[str, list[dict]]:
+    """Annotations per image basename, in the order the tool wrote them."""
+    names = {image["id"]: Path(image["file_name"]).name for image in coco["images"]}
+    grouped: dict[str, list[dict]] = {name: [] for name in names.values()}
+    for annotation in coco["annotations"]:
+        grouped[names[annotation["image_id"]]].append(annotation)
+    return grouped
+
+
+def compare(d2seg_coco: dict, reference_coco: dict) -> None:
+    """Print how d2seg's area/bbox compare with labelme2coco's, annotation by annotation."""
+    ours, theirs = annotations_by_image(d2seg_coco), annotations_by_image(reference_coco)
+    if ours.keys() != theirs.keys():
+        print(f"images differ: {len(ours.keys() ^ theirs.keys())} only in one output")
+    pairs = [(a, b) for name in sorted(ours.keys() & theirs.keys())
+             for a, b in zip(ours[name], theirs[name])]
+    unpaired = sum(abs(len(ours[n]) - len(theirs[n])) for n in ours.keys() & theirs.keys())
+    area_d = np.array([a["area"] - b["area"] for a, b in pairs])
+    rel_d = np.abs(area_d) / np.array([b["area"] for _, b in pairs])
+    bbox_d = np.abs(np.array([a["bbox"] for a, _ in pairs], dtype=float)
+                    - np.array([b["bbox"] for _, b in pairs], dtype=float))
+    within_1px = int((bbox_d <= 1).all(axis=1).sum())
+    print(f"annotations: d2seg {len(d2seg_coco['annotations'])}, labelme2coco "
+          f"{len(reference_coco['annotations'])}, paired {len(pairs)}, unpaired {unpaired}")
+    print(f"area exact matches: {int((area_d == 0).sum())}/{len(pairs)}; max |Δarea| "
+          f"{np.abs(area_d).max():.2f} px² (max {100 * rel_d.max():.2f}%, mean d2seg - "
+          f"labelme2coco {area_d.mean():+.2f} px²: pixel count vs polygon area)")
+    print(f"bbox exact matches: {int((bbox_d == 0).all(axis=1).sum())}/{len(pairs)}; max |Δbbox| "
+          f"{bbox_d.max():.2f} px; within 1 px: {within_1px}/{len(pairs)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-files", type=int, default=1000)
+    parser.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tool; the fastest counts")
+    parser.add_argument("--profile", action="store_true", help="cProfile d2seg's first run")
+    args = parser.parse_args()
+    logging.getLogger("labelme2coco").setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        labelme_dir = make_balloons(root / "labelme", args.num_files, size=tuple(args.size),
+                                    seed=args.seed)
+        num_shapes = sum(len(json.loads(p.read_text())["shapes"])
+                         for p in labelme_dir.glob("*.json"))
+        print(f"generated {args.num_files} Labelme files ({num_shapes} polygons, "
+              f"{args.size[0]}x{args.size[1]} px) in {time.perf_counter() - start:.1f} s")
+
+        profile = cProfile.Profile() if args.profile else None
+        labels = labelme_dir / "labels.txt"  # d2seg's documented usage: --labels labels.txt
+        d2seg_s = best_time(lambda run: convert_dataset(
+            labelme_dir, root / f"d2seg{run}", labels_file=labels, workers=1), args.repeat, profile)
+        reference_s = best_time(
+            lambda run: labelme2coco.convert(str(labelme_dir), str(root / f"l2c{run}")),
+            args.repeat)
+        print(f"d2seg convert_dataset (workers=1): {d2seg_s:.2f} s "
+              f"({1000 * d2seg_s / args.num_files:.2f} ms/file)")
+        print(f"labelme2coco.convert: {reference_s:.2f} s "
+              f"({1000 * reference_s / args.num_files:.2f} ms/file)")
+        print(f"convert_speedup: {reference_s / d2seg_s:.2f}")
+        compare(json.loads((root / "d2seg0" / "annotations" / "all.json").read_text()),
+                json.loads((root / "l2c0" / "dataset.json").read_text()))
+    if profile is not None:
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(25)
+        print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()

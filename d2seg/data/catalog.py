@@ -1,0 +1,350 @@
+"""Dataset and metadata catalogs with Detectron2's API, and the standard registrations.
+
+``DatasetCatalog.register(name, func)`` maps a name to a function returning dataset dicts;
+``MetadataCatalog.get(name)`` holds what is known about it (class names, json file, evaluator
+type). Registered functions are ``functools.partial`` objects of module-level loaders, so they
+pickle; a spawned worker process that needs a dataset calls :func:`resolve_dataset` (or the
+``register_*`` call) again and gets the same name.
+
+A COCO json path works wherever a dataset name does (``DATASETS.TRAIN: ("out/annotations/
+train.json",)``): :func:`resolve_dataset` registers it under its absolute path. Its images are
+looked up in ``OUT/images`` when the json is ``OUT/annotations/<name>.json`` and that folder
+exists (the layout ``tools/convert_labelme.py`` writes), otherwise in the json's own folder.
+"""
+
+import functools
+import logging
+import os
+from collections import UserDict
+from pathlib import Path
+from typing import Any, Callable
+
+from d2seg.data.coco import load_coco_json, read_json
+from d2seg.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+class _DatasetCatalog(UserDict):
+    """Name → function returning ``list[dict]`` (the dataset dicts); call ``get`` to load."""
+
+    def register(self, name: str, func: Callable[[], list[dict]]) -> None:
+        if not callable(func):
+            raise DatasetError(
+                f"DatasetCatalog.register('{name}', ...): {func!r} is not callable; fix: pass a "
+                f"function that returns the dataset dicts"
+            )
+        if name in self:
+            raise DatasetError(
+                f"dataset '{name}' is already registered; fix: pick another name or call "
+                f"DatasetCatalog.remove('{name}') first"
+            )
+        self[name] = func
+
+    def get(self, name: str) -> list[dict]:
+        """Call the function registered as ``name`` and return its dataset dicts."""
+        try:
+            func = self[name]
+        except KeyError:
+            registered = ", ".join(sorted(self)) or "none"
+            raise DatasetError(
+                f"dataset '{name}' is not registered (registered: {registered}); fix: register "
+                f"it (register_coco_instances) or give a path to a COCO json file instead"
+            ) from None
+        return func()
+
+    def list(self) -> list[str]:
+        return list(self.keys())
+
+    def remove(self, name: str) -> None:
+        self.pop(name)
+
+    def __str__(self) -> str:
+        return f"DatasetCatalog(registered datasets: {', '.join(self.keys())})"
+
+
+DatasetCatalog = _DatasetCatalog()
+
+
+class Metadata:
+    """Attributes of one dataset (``thing_classes``, ``json_file``, ``evaluator_type``, ...).
+
+    Set once: setting an attribute to a different value than it has is an error, because two
+    parts of a program disagreeing about a dataset's classes is a bug that must not pass.
+    """
+
+    def __init__(self, name: str):
+        self.__dict__["name"] = name
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        raise AttributeError(
+            f"metadata of dataset '{self.__dict__['name']}' has no '{key}' (it has: "
+            f"{', '.join(self.__dict__)}); fix: MetadataCatalog.get(name).set({key}=...)"
+        )
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        old = self.__dict__.get(key, value)
+        if old != value:
+            raise DatasetError(
+                f"metadata '{key}' of dataset '{self.name}' is already {old!r} and cannot become "
+                f"{value!r}; fix: register the dataset under another name, or "
+                f"MetadataCatalog.remove('{self.name}') first"
+            )
+        self.__dict__[key] = value
+
+    def set(self, **kwargs: Any) -> "Metadata":
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        return self
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"Metadata({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+
+class _MetadataCatalog(UserDict):
+    """Name → :class:`Metadata`; ``get`` creates an empty one on first use (as Detectron2)."""
+
+    def get(self, name: str) -> Metadata:
+        if name not in self:
+            self[name] = Metadata(name)
+        return self[name]
+
+    def list(self) -> list[str]:
+        return list(self.keys())
+
+    def remove(self, name: str) -> None:
+        self.pop(name)
+
+
+MetadataCatalog = _MetadataCatalog()
+
+
+def register_coco_instances(
+    name: str, metadata: dict, json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> None:
+    """Register a COCO instances file; the json is read only when the dataset is loaded."""
+    DatasetCatalog.register(
+        name, functools.partial(load_coco_json, str(json_file), str(image_root), name)
+    )
+    MetadataCatalog.get(name).set(
+        json_file=str(json_file), image_root=str(image_root), evaluator_type="coco", **metadata
+    )
+
+
+def _panoptic_category_maps(categories: list[dict]) -> dict[str, Any]:
+    """Detectron2's "coco_panoptic_standard" metadata: one contiguous id space over all classes.
+
+    Things and stuff share the ids 0..C-1 (categories sorted by id); ``thing_classes`` and
+    ``stuff_classes`` both list every class so that either can be indexed by a contiguous id.
+    """
+    categories = sorted(categories, key=lambda c: c["id"])
+    names = [c["name"] for c in categories]
+    return {
+        "thing_classes": names,
+        "stuff_classes": names,
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c.get("isthing", 1)
+        },
+        "stuff_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if not c.get("isthing", 1)
+        },
+    }
+
+
+def load_coco_panoptic_json(
+    json_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    panoptic_root: str | os.PathLike,
+    thing_dataset_id_to_contiguous_id: dict[int, int],
+    stuff_dataset_id_to_contiguous_id: dict[int, int],
+) -> list[dict]:
+    """Load a COCO panoptic file as dataset dicts.
+
+    Returns one dict per annotated image: ``file_name`` (absolute image path), ``height``,
+    ``width``, ``image_id``, ``pan_seg_file_name`` (absolute PNG path; segment id = R + 256·G +
+    256²·B, 0 = void) and ``segments_info`` = ``[{id, category_id (contiguous), iscrowd, area,
+    bbox (XYWH pixels), isthing}]``.
+    """
+    coco = read_json(json_file, "COCO panoptic file")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key) if isinstance(coco, dict) else None, list):
+            raise DatasetError(
+                f"{json_file}: no '{key}' list; fix: give a COCO panoptic json (images, "
+                f"annotations with segments_info, categories)"
+            )
+    images = {image["id"]: image for image in coco["images"]}
+    thing_map, stuff_map = thing_dataset_id_to_contiguous_id, stuff_dataset_id_to_contiguous_id
+    image_root, panoptic_root = Path(image_root).resolve(), Path(panoptic_root).resolve()
+    dataset_dicts = []
+    for i, ann in enumerate(coco["annotations"]):
+        image = images.get(ann.get("image_id"))
+        if image is None or "file_name" not in ann or "segments_info" not in ann:
+            raise DatasetError(
+                f"{json_file}: annotations[{i}] needs 'image_id' of an entry in 'images', "
+                f"'file_name' (its PNG) and 'segments_info'; fix: correct that entry"
+            )
+        if not {"file_name", "height", "width"} <= image.keys():
+            raise DatasetError(
+                f"{json_file}: the image of annotations[{i}] lacks file_name/height/width; fix: "
+                f"add them to its entry in 'images'"
+            )
+        segments = []
+        for segment in ann["segments_info"]:
+            category = segment["category_id"]
+            isthing = category in thing_map
+            if not isthing and category not in stuff_map:
+                raise DatasetError(
+                    f"{json_file}: annotations[{i}] has a segment of category_id {category}, "
+                    f"which is not in 'categories'; fix: add the category or correct the id"
+                )
+            segments.append(
+                {
+                    **segment,
+                    "category_id": thing_map[category] if isthing else stuff_map[category],
+                    "isthing": isthing,
+                }
+            )
+        dataset_dicts.append(
+            {
+                "file_name": str(image_root / image["file_name"]),
+                "height": image["height"],
+                "width": image["width"],
+                "image_id": ann["image_id"],
+                "pan_seg_file_name": str(panoptic_root / ann["file_name"]),
+                "segments_info": segments,
+            }
+        )
+    return dataset_dicts
+
+
+def register_coco_panoptic(
+    name: str,
+    metadata: dict,
+    image_root: str | os.PathLike,
+    panoptic_root: str | os.PathLike,
+    panoptic_json: str | os.PathLike,
+) -> None:
+    """Register a COCO panoptic dataset (PNGs in ``panoptic_root`` + ``panoptic_json``).
+
+    When ``metadata`` has no ``thing_dataset_id_to_contiguous_id``, the class maps are read from
+    the json's categories now (see :func:`_panoptic_category_maps`).
+    """
+    if "thing_dataset_id_to_contiguous_id" not in metadata:
+        categories = read_json(panoptic_json, "COCO panoptic file").get("categories", [])
+        metadata = {**_panoptic_category_maps(categories), **metadata}
+    DatasetCatalog.register(
+        name,
+        functools.partial(
+            load_coco_panoptic_json,
+            str(panoptic_json),
+            str(image_root),
+            str(panoptic_root),
+            metadata["thing_dataset_id_to_contiguous_id"],
+            metadata.get("stuff_dataset_id_to_contiguous_id", {}),
+        ),
+    )
+    MetadataCatalog.get(name).set(
+        image_root=str(image_root),
+        panoptic_root=str(panoptic_root),
+        panoptic_json=str(panoptic_json),
+        evaluator_type="coco_panoptic_seg",
+        ignore_label=255,
+        label_divisor=1000,
+        **metadata,
+    )
+
+
+def _files_by_stem(root: Path, ext: str) -> dict[str, Path]:
+    """Files ``*.ext`` under ``root``, keyed by their relative path without the extension."""
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob(f"*.{ext}")}
+
+
+def load_sem_seg(
+    gt_root: str | os.PathLike,
+    image_root: str | os.PathLike,
+    gt_ext: str = "png",
+    image_ext: str = "jpg",
+) -> list[dict]:
+    """Pair images with label PNGs by relative path without extension.
+
+    Returns ``[{file_name, sem_seg_file_name}]`` (absolute paths), sorted by file name; the
+    label PNG holds uint8 class ids per pixel (255 = ignore). Unpaired files are logged.
+    """
+    gt_root, image_root = Path(gt_root).resolve(), Path(image_root).resolve()
+    for what, root in (("image_root", image_root), ("gt_root", gt_root)):
+        if not root.is_dir():
+            raise DatasetError(f"sem_seg {what} {root} is not a folder; fix: correct the path")
+    images, labels = _files_by_stem(image_root, image_ext), _files_by_stem(gt_root, gt_ext)
+    paired = sorted(images.keys() & labels.keys())
+    if not paired:
+        raise DatasetError(
+            f"no '*.{image_ext}' under {image_root} has a '*.{gt_ext}' label with the same "
+            f"relative path under {gt_root}; fix: check the folders and image_ext/gt_ext"
+        )
+    unpaired = len(images) + len(labels) - 2 * len(paired)
+    if unpaired:
+        logger.warning("%d images/labels under %s have no partner; ignored", unpaired, gt_root)
+    return [{"file_name": str(images[k]), "sem_seg_file_name": str(labels[k])} for k in paired]
+
+
+def register_sem_seg(
+    name: str,
+    image_root: str | os.PathLike,
+    gt_root: str | os.PathLike,
+    image_ext: str = "jpg",
+    gt_ext: str = "png",
+    *,
+    metadata: dict | None = None,
+) -> None:
+    """Register images + per-pixel label PNGs (``stuff_classes`` may come in ``metadata``)."""
+    DatasetCatalog.register(
+        name, functools.partial(load_sem_seg, str(gt_root), str(image_root), gt_ext, image_ext)
+    )
+    MetadataCatalog.get(name).set(
+        image_root=str(image_root),
+        sem_seg_root=str(gt_root),
+        evaluator_type="sem_seg",
+        ignore_label=255,
+        **(metadata or {}),
+    )
+
+
+def _coco_image_root(json_file: Path) -> Path:
+    """Images of an unregistered COCO json: the converter's ``images/`` or the json's folder."""
+    converter_layout = json_file.parent.parent / "images"
+    if json_file.parent.name == "annotations" and converter_layout.is_dir():
+        return converter_layout
+    return json_file.parent
+
+
+def resolve_dataset(name_or_path: str) -> str:
+    """A registered name as is; a COCO ``.json`` path registered under its absolute path.
+
+    Deterministic, so worker processes call it again to re-create the registration.
+    """
+    if name_or_path in DatasetCatalog:
+        return name_or_path
+    path = Path(name_or_path)
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise DatasetError(
+                f"dataset json {name_or_path} not found; fix: check the path (relative paths are "
+                f"from the working folder {Path.cwd()})"
+            )
+        name = str(path.resolve())
+        if name not in DatasetCatalog:
+            register_coco_instances(name, {}, name, _coco_image_root(Path(name)))
+        return name
+    registered = ", ".join(sorted(DatasetCatalog)) or "none"
+    raise DatasetError(
+        f"dataset '{name_or_path}' is not registered (registered: {registered}); fix: register "
+        f"it first, or give a path to a COCO json file (e.g. OUT/annotations/train.json)"
+    )

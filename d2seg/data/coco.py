@@ -1,0 +1,296 @@
+"""COCO instances json: validation and loading into Detectron2's standard dataset dicts.
+
+:func:`validate` checks the structure of a COCO instances file before anything uses it, so a
+broken file fails with the entry and the rule (``train.json: annotations[3]: segmentation is a
+flat list of numbers; fix: ...``) instead of a KeyError deep inside training.
+:func:`load_coco_json` turns a validated file into the list of dicts every d2seg loader reads.
+"""
+
+import difflib
+import json
+import logging
+import os
+from collections import defaultdict
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from pycocotools import mask as mask_util
+
+from d2seg.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+_NUMBER_TYPES = frozenset({int, float})
+_REQUIRED_LISTS = ("images", "annotations", "categories")
+
+
+class BoxMode(IntEnum):
+    """How a box's 4 numbers are read; the values are Detectron2's ``BoxMode`` values."""
+
+    XYXY_ABS = 0  # x0, y0, x1, y1 in pixels
+    XYWH_ABS = 1  # x0, y0, width, height in pixels (COCO's bbox)
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in _NUMBER_TYPES
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _check_top_level(coco: Any, source: str) -> None:
+    if not isinstance(coco, dict):
+        raise DatasetError(
+            f"{source}: the top level is a {type(coco).__name__}, not an object; fix: a COCO "
+            f"file is an object with 'images', 'annotations' and 'categories' lists"
+        )
+    for key in _REQUIRED_LISTS:
+        if key not in coco:
+            near = difflib.get_close_matches(key, [str(k) for k in coco], n=1, cutoff=0.7)
+            hint = f"rename '{near[0]}' to '{key}'" if near else f"add a '{key}' list"
+            raise DatasetError(f"{source}: missing top-level key '{key}'; fix: {hint}")
+        if not isinstance(coco[key], list):
+            raise DatasetError(
+                f"{source}: '{key}' is a {type(coco[key]).__name__}, not a list; fix: wrap the "
+                f"entries in a list: \"{key}\": [{{...}}, {{...}}]"
+            )
+
+
+def _check_entry(entry: Any, where: str, required: dict[str, tuple[type, str]]) -> None:
+    """``required`` maps a key to (python type, what it is) for the error message."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where} is a {type(entry).__name__}, not an object; fix: use {{...}}")
+    for key, (kind, what) in required.items():
+        value = entry.get(key)
+        if value is None:
+            raise DatasetError(f"{where} has no '{key}'; fix: add '{key}' with {what}")
+        if kind is int and not _is_int(value) or kind is str and not isinstance(value, str):
+            raise DatasetError(
+                f"{where}: '{key}' is {value!r}, expected {what}; fix: correct the value"
+            )
+
+
+def _check_unique_ids(entries: list[dict], key: str, source: str) -> set[int]:
+    ids: set[int] = set()
+    for i, entry in enumerate(entries):
+        if "id" not in entry:
+            continue
+        if entry["id"] in ids:
+            raise DatasetError(
+                f"{source}: {key}[{i}]: duplicate id {entry['id']}; fix: give every entry of "
+                f"'{key}' its own id"
+            )
+        ids.add(entry["id"])
+    return ids
+
+
+def _check_polygons(segm: list, where: str) -> None:
+    if not segm:
+        raise DatasetError(f"{where}: segmentation is empty; fix: give a polygon or remove it")
+    if all(_is_number(v) for v in segm):
+        raise DatasetError(
+            f"{where}: segmentation is a flat list of numbers; fix: COCO polygons are a list of "
+            f"lists, wrap it: [[x1, y1, x2, y2, ...]]"
+        )
+    for j, poly in enumerate(segm):
+        if not isinstance(poly, list) or not set(map(type, poly)) <= _NUMBER_TYPES:
+            raise DatasetError(
+                f"{where}: segmentation[{j}] is not a list of numbers; fix: each polygon is "
+                f"[x1, y1, x2, y2, ...]"
+            )
+        if len(poly) < 6 or len(poly) % 2:
+            raise DatasetError(
+                f"{where}: segmentation[{j}] has {len(poly)} numbers; fix: a polygon needs an "
+                f"even count of at least 6 (3 points x, y)"
+            )
+
+
+def _check_rle(segm: dict, where: str) -> None:
+    size, counts = segm.get("size"), segm.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s >= 0 for s in size)):
+        raise DatasetError(
+            f"{where}: RLE segmentation needs 'size': [height, width]; fix: add the image size"
+        )
+    if isinstance(counts, str):
+        return
+    runs_ok = isinstance(counts, list) and set(map(type, counts)) <= {int}
+    if not (runs_ok and min(counts, default=0) >= 0):
+        raise DatasetError(
+            f"{where}: RLE 'counts' must be a compressed string or a list of run lengths; fix: "
+            f"write it with pycocotools.mask.encode"
+        )
+    if sum(counts) != size[0] * size[1]:
+        raise DatasetError(
+            f"{where}: uncompressed RLE runs sum to {sum(counts)}, not height*width = "
+            f"{size[0] * size[1]}; fix: re-encode the mask at its 'size'"
+        )
+
+
+def _check_annotation(
+    ann: Any, where: str, image_ids: set[int], category_ids: set[int]
+) -> None:
+    _check_entry(
+        ann,
+        where,
+        {
+            "image_id": (int, "the integer id of its image"),
+            "category_id": (int, "the integer id of its category"),
+        },
+    )
+    if ann["image_id"] not in image_ids:
+        raise DatasetError(
+            f"{where}: image_id {ann['image_id']} is not the id of any entry in 'images'; fix: "
+            f"add the image or correct the id"
+        )
+    if ann["category_id"] not in category_ids:
+        raise DatasetError(
+            f"{where}: category_id {ann['category_id']} is not the id of any entry in "
+            f"'categories'; fix: add the category or correct the id"
+        )
+    bbox = ann.get("bbox")
+    if bbox is not None and not (
+        isinstance(bbox, list) and len(bbox) == 4 and set(map(type, bbox)) <= _NUMBER_TYPES
+    ):
+        raise DatasetError(f"{where}: bbox {bbox!r} is not 4 numbers; fix: [x, y, width, height]")
+    if ann.get("iscrowd", 0) not in (0, 1):
+        raise DatasetError(f"{where}: iscrowd is {ann['iscrowd']!r}; fix: use 0 or 1")
+    segm = ann.get("segmentation")
+    if segm is None:
+        raise DatasetError(
+            f"{where} has no 'segmentation'; fix: add its polygons [[x1, y1, ...]] or RLE "
+            f"{{'size': [h, w], 'counts': ...}} (d2seg trains segmentation models)"
+        )
+    if isinstance(segm, list):
+        _check_polygons(segm, where)
+    elif isinstance(segm, dict):
+        _check_rle(segm, where)
+    else:
+        raise DatasetError(
+            f"{where}: segmentation is a {type(segm).__name__}; fix: use polygons [[x1, y1, ...]] "
+            f"or an RLE object"
+        )
+
+
+def validate(coco: dict, source: str) -> None:
+    """Check a COCO instances dict; raise :class:`DatasetError` at the first broken rule.
+
+    The message names ``source`` (the file), the entry (``annotations[3]``) and the fix.
+    Required: ``images`` (``id``, ``file_name``), ``categories`` (``id``, ``name``) and
+    ``annotations`` (``image_id``/``category_id`` referring to existing entries, a
+    ``segmentation`` that is a list of polygons of >= 3 points or an RLE with ``size`` and
+    ``counts``); ``bbox`` when present is 4 numbers; ids are unique. Annotation ids, ``bbox``,
+    ``area`` and image sizes are optional, as in the COCO format itself.
+    """
+    _check_top_level(coco, source)
+    for i, image in enumerate(coco["images"]):
+        _check_entry(
+            image,
+            f"{source}: images[{i}]",
+            {"id": (int, "an integer id"), "file_name": (str, "the image path (a string)")},
+        )
+    for i, category in enumerate(coco["categories"]):
+        _check_entry(
+            category,
+            f"{source}: categories[{i}]",
+            {"id": (int, "an integer id"), "name": (str, "the class name (a string)")},
+        )
+    image_ids = _check_unique_ids(coco["images"], "images", source)
+    category_ids = _check_unique_ids(coco["categories"], "categories", source)
+    for i, ann in enumerate(coco["annotations"]):
+        _check_annotation(ann, f"{source}: annotations[{i}]", image_ids, category_ids)
+    _check_unique_ids(coco["annotations"], "annotations", source)
+
+
+def read_json(json_file: str | os.PathLike, what: str) -> Any:
+    """Parse ``json_file``; a missing or unparsable file is a :class:`DatasetError`."""
+    path = Path(json_file)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: {what} not found; fix: check the path, or create it with "
+            f"tools/convert_labelme.py --input DIR --output OUT (writes OUT/annotations/*.json)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise DatasetError(
+            f"{path}: cannot read it as JSON ({e}); fix: repair or regenerate it"
+        ) from e
+
+
+def _annotation_to_dict(ann: dict, height: int, width: int, category_map: dict) -> dict:
+    segm = ann["segmentation"]
+    if isinstance(segm, dict) and isinstance(segm["counts"], list):
+        # Uncompressed RLE (COCO crowd regions) → compressed, as Detectron2 does.
+        segm = mask_util.frPyObjects(segm, *segm["size"])
+        segm = {"size": segm["size"], "counts": segm["counts"].decode("ascii")}
+    bbox = ann.get("bbox")
+    if bbox is None:
+        rles = mask_util.frPyObjects(segm, height, width) if isinstance(segm, list) else [segm]
+        bbox = mask_util.toBbox(mask_util.merge(rles)).tolist()
+    return {
+        "bbox": [float(v) for v in bbox],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": category_map[ann["category_id"]],
+        "segmentation": segm,
+        "iscrowd": ann.get("iscrowd", 0),
+    }
+
+
+def load_coco_json(
+    json_file: str | os.PathLike, image_root: str | os.PathLike, dataset_name: str | None = None
+) -> list[dict]:
+    """Load a COCO instances file as Detectron2 dataset dicts (validated first).
+
+    Returns one dict per image: ``file_name`` (absolute), ``height``, ``width`` (pixels),
+    ``image_id`` and ``annotations`` = ``[{bbox (XYWH pixels), bbox_mode (BoxMode.XYWH_ABS),
+    category_id (contiguous 0..C-1 in the order of sorted COCO ids), segmentation (polygons or
+    compressed RLE), iscrowd}]``. With ``dataset_name`` it sets ``thing_classes`` and
+    ``thing_dataset_id_to_contiguous_id`` in that dataset's metadata.
+    """
+    from d2seg.data.catalog import MetadataCatalog  # the catalog imports this module
+
+    coco = read_json(json_file, "COCO annotation file")
+    validate(coco, str(json_file))
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    category_map = {c["id"]: i for i, c in enumerate(categories)}
+    if dataset_name is not None:
+        MetadataCatalog.get(dataset_name).set(
+            thing_classes=[c["name"] for c in categories],
+            thing_dataset_id_to_contiguous_id=category_map,
+        )
+    annotations_by_image = defaultdict(list)
+    for ann in coco["annotations"]:
+        annotations_by_image[ann["image_id"]].append(ann)
+    image_root = Path(image_root).resolve()
+    dataset_dicts = []
+    for i, image in enumerate(coco["images"]):
+        height, width = image.get("height"), image.get("width")
+        if not (_is_int(height) and _is_int(width)):
+            raise DatasetError(
+                f"{json_file}: images[{i}] has no integer height/width; fix: add the image size "
+                f"in pixels (tools/convert_labelme.py writes it)"
+            )
+        dataset_dicts.append(
+            {
+                "file_name": str(image_root / image["file_name"]),
+                "height": height,
+                "width": width,
+                "image_id": image["id"],
+                "annotations": [
+                    _annotation_to_dict(ann, height, width, category_map)
+                    for ann in annotations_by_image[image["id"]]
+                ],
+            }
+        )
+    logger.info(
+        "Loaded %d images with %d annotations in %d categories from %s",
+        len(dataset_dicts),
+        len(coco["annotations"]),
+        len(categories),
+        json_file,
+    )
+    return dataset_dicts
+

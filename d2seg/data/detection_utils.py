@@ -1,0 +1,246 @@
+"""Reading images and label maps, and turning dataset-dict annotations into training targets.
+
+Images are read with Pillow with their EXIF orientation applied (what a person sees in a viewer,
+and what Labelme and the converters measure), in one of the ``INPUT.FORMAT`` layouts:
+``"RGB"``/``"BGR"`` (H×W×3), ``"L"`` (H×W×1 grayscale) or ``"N"`` (the file's own channels:
+a ``.npy`` H×W×C array or any image Pillow reads, untouched). 16-bit images are scaled to 8 bits.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_util
+
+from d2seg.data.coco import BoxMode
+from d2seg.errors import DatasetError
+
+IMAGE_FORMATS = ("BGR", "RGB", "L", "N")
+
+# Pillow modes of single-channel images with more than 8 bits per pixel.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _open_image(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DatasetError(
+            f"{what} {path} not found; fix: check the folders given when the dataset was "
+            f"registered (image_root, label roots); a COCO json path finds its images in "
+            f"OUT/images beside OUT/annotations"
+        )
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(
+            f"{what} {path} cannot be read ({e}); fix: replace the file with a valid image or "
+            f"remove it from the dataset"
+        ) from e
+    return image
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer images → 8 bits by scaling the full 16-bit range onto 0..255."""
+    if image.mode not in _WIDE_MODES:
+        return image
+    wide = np.asarray(image).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
+def read_image(file_name: str | os.PathLike, format: str = "BGR") -> np.ndarray:
+    """Read an image as a uint8 H×W×C array in ``format`` with EXIF orientation applied.
+
+    ``format``: ``"BGR"``/``"RGB"`` → C = 3, ``"L"`` → C = 1, ``"N"`` → the file's channels
+    (``.npy`` files hold H×W×C or H×W uint8 arrays). A missing or unreadable file is a
+    :class:`DatasetError` naming it.
+    """
+    if format not in IMAGE_FORMATS:
+        raise DatasetError(
+            f"image format {format!r} is not one of {list(IMAGE_FORMATS)}; fix: set INPUT.FORMAT"
+        )
+    path = Path(file_name)
+    if format == "N" and path.suffix.lower() == ".npy":
+        return _read_npy(path)
+    image = _to_8bit(ImageOps.exif_transpose(_open_image(path, "image")))
+    if format == "N":
+        array = np.asarray(image)
+    else:
+        array = np.asarray(image.convert("L" if format == "L" else "RGB"))
+        if format == "BGR":
+            array = array[:, :, ::-1]
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.array(array, dtype=np.uint8, order="C")  # a writable copy: torch shares it
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"image {path} not found; fix: check the dataset's image root")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(
+            f"image {path} is not a readable .npy array ({e}); fix: re-save it with numpy.save"
+        ) from e
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise DatasetError(
+            f"image {path} is a {array.dtype} array of shape {array.shape}; fix: save it as a "
+            f"uint8 H×W×C array (INPUT.FORMAT 'N' images are 0-255 pixels)"
+        )
+    return array if array.ndim == 3 else array[:, :, None]
+
+
+def read_sem_seg(file_name: str | os.PathLike) -> np.ndarray:
+    """Read a semantic label PNG as a uint8 H×W array of class ids (255 = ignore).
+
+    Palette PNGs give their palette indices (not colours); an RGB label image is an error.
+    """
+    path = Path(file_name)
+    image = _open_image(path, "semantic label image")
+    labels = np.array(image)
+    if labels.ndim != 2:
+        raise DatasetError(
+            f"semantic label image {path} has {labels.shape[2]} channels; fix: write one channel "
+            f"of class ids per pixel (uint8 PNG, 255 = ignore), e.g. tools/convert_labelme.py"
+        )
+    if labels.dtype != np.uint8:
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise DatasetError(
+                f"semantic label image {path} has class ids outside 0..255; fix: write uint8 "
+                f"class ids (255 = ignore)"
+            )
+        labels = labels.astype(np.uint8)
+    return labels
+
+
+def read_panoptic_ids(file_name: str | os.PathLike) -> np.ndarray:
+    """Read a COCO panoptic PNG as an int64 H×W array of segment ids (R + 256·G + 256²·B)."""
+    rgb = np.asarray(_open_image(Path(file_name), "panoptic PNG").convert("RGB")).astype(np.int64)
+    return rgb[:, :, 0] + 256 * rgb[:, :, 1] + 256 * 256 * rgb[:, :, 2]
+
+
+def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
+    """Check the dict's ``height``/``width`` against the loaded H×W×C ``image``."""
+    expected = (dataset_dict.get("height"), dataset_dict.get("width"))
+    got = image.shape[:2]
+    if None in expected or tuple(expected) == got:
+        return
+    hint = " (the image has an EXIF rotation)" if tuple(expected) == got[::-1] else ""
+    raise DatasetError(
+        f"image {dataset_dict.get('file_name')} is {got[0]}×{got[1]} (H×W) but the dataset says "
+        f"{expected[0]}×{expected[1]}{hint}; fix: correct height/width in the annotation file, or "
+        f"reconvert it with tools/convert_labelme.py (it measures images after EXIF rotation)"
+    )
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int, where: str) -> np.ndarray:
+    """One annotation's ``segmentation`` → uint8 H×W mask (1 inside).
+
+    Accepts COCO polygons ``[[x1, y1, ...], ...]``, an RLE ``{"size": [h, w], "counts"}`` with
+    compressed (str/bytes) or uncompressed (list) counts, or an H×W array.
+    """
+    if isinstance(segmentation, np.ndarray):
+        mask = segmentation
+    elif isinstance(segmentation, list):
+        mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(segmentation, height, width)))
+    elif isinstance(segmentation, dict):
+        rle = segmentation
+        if isinstance(rle.get("counts"), list):
+            rle = mask_util.frPyObjects(rle, *rle["size"])
+        mask = mask_util.decode(rle)
+    else:
+        raise DatasetError(
+            f"{where}: segmentation is a {type(segmentation).__name__}; fix: use polygons "
+            f"[[x1, y1, ...]] or an RLE {{'size': [h, w], 'counts': ...}}"
+        )
+    if mask.shape != (height, width):
+        raise DatasetError(
+            f"{where}: segmentation is {mask.shape[0]}×{mask.shape[1]} (H×W) but its image is "
+            f"{height}×{width}; fix: encode the mask at the image's size"
+        )
+    return mask.astype(np.uint8)
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Tight float32 N×4 XYXY boxes of N×H×W masks, in pixels (x1 = last column + 1, as COCO's
+    mask-derived ``bbox``); an empty mask gives a zero box."""
+    boxes = torch.zeros((len(masks), 4), dtype=torch.float32)
+    if not len(masks):
+        return boxes
+    for axis, (lo, hi) in ((1, (0, 2)), (2, (1, 3))):  # columns → x, rows → y
+        occupied = masks.bool().any(dim=axis)
+        first = occupied.int().argmax(dim=1)
+        last = occupied.shape[1] - occupied.flip(1).int().argmax(dim=1)
+        boxes[:, lo], boxes[:, hi] = first.float(), last.float()
+    boxes[~masks.flatten(1).bool().any(dim=1)] = 0
+    return boxes
+
+
+def _xyxy(annotation: dict, where: str) -> list[float]:
+    x0, y0, a, b = annotation["bbox"]
+    mode = annotation.get("bbox_mode", BoxMode.XYWH_ABS)
+    if mode == BoxMode.XYXY_ABS:
+        return [x0, y0, a, b]
+    if mode == BoxMode.XYWH_ABS:
+        return [x0, y0, x0 + a, y0 + b]
+    raise DatasetError(
+        f"{where}: bbox_mode {mode!r} is not supported; fix: use BoxMode.XYXY_ABS (0) or "
+        f"BoxMode.XYWH_ABS (1)"
+    )
+
+
+def annotations_to_instances(
+    annotations: list[dict], height: int, width: int, file_name: str = "image"
+) -> dict[str, torch.Tensor]:
+    """Dataset-dict annotations of one H×W image → instance targets at that size.
+
+    Crowd annotations (``iscrowd`` 1) are dropped, as in Detectron2's training targets.
+    Returns ``{"boxes": float32 N×4 XYXY pixels clipped to the image, "classes": int64 N,
+    "masks": uint8 N×H×W}``; ``masks`` only when every kept annotation has a ``segmentation``.
+    """
+    kept = [(f"{file_name}: annotation {i}", a) for i, a in enumerate(annotations)]
+    kept = [(where, a) for where, a in kept if not a.get("iscrowd", 0)]
+    boxes = torch.tensor([_xyxy(a, where) for where, a in kept], dtype=torch.float32)
+    limits = torch.tensor([width, height, width, height], dtype=torch.float32)
+    instances = {
+        "boxes": boxes.reshape(-1, 4).clamp(min=torch.zeros(4), max=limits),
+        "classes": torch.tensor([a["category_id"] for _, a in kept], dtype=torch.int64),
+    }
+    if all("segmentation" in a for _, a in kept):
+        masks = [segmentation_to_mask(a["segmentation"], height, width, w) for w, a in kept]
+        instances["masks"] = torch.from_numpy(
+            np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)
+        )
+    return instances
+
+
+def panoptic_to_targets(
+    segment_ids: np.ndarray, segments_info: list[dict], ignore_value: int = 255
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """A panoptic H×W segment-id map → (thing instances, semantic labels).
+
+    Every segment's pixels get its contiguous ``category_id`` in the uint8 H×W semantic map
+    (void = ``ignore_value``); non-crowd segments with ``isthing`` become instances
+    ``{"boxes": float32 N×4 XYXY (tight around the mask), "classes": int64 N, "masks": uint8
+    N×H×W}``.
+    """
+    sem_seg = np.full(segment_ids.shape, ignore_value, dtype=np.uint8)
+    masks, classes = [], []
+    for segment in segments_info:
+        mask = segment_ids == segment["id"]
+        sem_seg[mask] = segment["category_id"]
+        if segment.get("isthing") and not segment.get("iscrowd", 0):
+            masks.append(mask)
+            classes.append(segment["category_id"])
+    masks_tensor = torch.from_numpy(
+        np.stack(masks).astype(np.uint8) if masks else np.zeros((0, *segment_ids.shape), np.uint8)
+    )
+    instances = {
+        "boxes": boxes_from_masks(masks_tensor),
+        "classes": torch.tensor(classes, dtype=torch.int64),
+        "masks": masks_tensor,
+    }
+    return instances, sem_seg

@@ -1,0 +1,253 @@
+"""``DefaultTrainer``: the training run ``tools/train_net.py`` drives, as in Detectron2.
+
+It builds the model, optimizer, LR schedule, data loader and checkpointer from the config,
+registers the standard hooks, and evaluates ``DATASETS.TEST`` with the evaluator that fits the
+meta-architecture. ``resume_or_load`` either loads ``MODEL.WEIGHTS`` (fine-tuning: parameters
+of another shape are skipped with a warning) or, with ``--resume``, restores model, optimizer,
+scheduler, gradient scaler, iteration, RNG states and hook states from ``OUTPUT_DIR``.
+"""
+
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from d2seg.checkpoint import D2SegCheckpointer
+from d2seg.config import CfgNode
+from d2seg.data.build import build_detection_test_loader, build_detection_train_loader
+from d2seg.data.mapper import DatasetMapper
+from d2seg.engine import hooks
+from d2seg.engine.train_loop import SimpleTrainer
+from d2seg.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    PanopticEvaluator,
+    SemSegEvaluator,
+    inference_on_dataset,
+    write_report,
+)
+from d2seg.modeling import build_model
+from d2seg.solver import (
+    build_gradient_clipper,
+    build_lr_scheduler,
+    build_optimizer,
+    linear_scaling_warning,
+)
+from d2seg.utils import comm
+from d2seg.utils.events import JSONWriter, ProgressWriter, TensorboardWriter
+
+logger = logging.getLogger(__name__)
+
+
+def main_metric(cfg: CfgNode) -> str:
+    """``SOLVER.EARLY_STOP.METRIC``, or the meta-architecture's headline metric when empty."""
+    if cfg.SOLVER.EARLY_STOP.METRIC:
+        return cfg.SOLVER.EARLY_STOP.METRIC
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "SemanticSegmentor":
+        return "sem_seg/mIoU"
+    if arch == "PanopticUNet":
+        return "panoptic_seg/PQ"
+    return "segm/AP" if cfg.MODEL.MASK_ON else "bbox/AP"
+
+
+def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
+    """Detectron2's ``SOLVER.REFERENCE_WORLD_SIZE`` rule: when the job has ``num_workers``
+    processes instead of the reference number, scale the batch and LR linearly and the
+    schedule inversely. Returns ``cfg`` itself when no scaling applies, else a frozen copy."""
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if reference == 0 or reference == num_workers:
+        return cfg
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    scale = num_workers / reference
+    solver = cfg.SOLVER
+    solver.IMS_PER_BATCH = bs = int(round(solver.IMS_PER_BATCH * scale))
+    solver.BASE_LR = lr = solver.BASE_LR * scale
+    solver.MAX_ITER = max_iter = int(round(solver.MAX_ITER / scale))
+    solver.WARMUP_ITERS = int(round(solver.WARMUP_ITERS / scale))
+    solver.STEPS = tuple(int(round(s / scale)) for s in solver.STEPS)
+    solver.CHECKPOINT_PERIOD = int(round(solver.CHECKPOINT_PERIOD / scale))
+    cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+    solver.REFERENCE_WORLD_SIZE = num_workers
+    logger.info(
+        f"Auto-scaling the config to {num_workers} workers: IMS_PER_BATCH={bs}, "
+        f"BASE_LR={lr}, MAX_ITER={max_iter}"
+    )
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain data (loadable with ``weights_only``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def create_ddp_model(model: nn.Module) -> nn.Module:
+    """Wrap in DistributedDataParallel when the job has several processes."""
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def _amp_dtype(cfg: CfgNode) -> torch.dtype | None:
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    return torch.bfloat16 if cfg.SOLVER.AMP.DTYPE == "bfloat16" else torch.float16
+
+
+class DefaultTrainer(SimpleTrainer):
+    """Training with the config's model, data, solver, checkpoints, evaluation and logging."""
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model)
+        super().__init__(
+            create_ddp_model(model),
+            data_loader=[],
+            optimizer=optimizer,
+            grad_clipper=build_gradient_clipper(cfg),
+            amp_dtype=_amp_dtype(cfg),
+        )
+        self.unwrapped_model = model
+        self.scheduler = build_lr_scheduler(cfg, optimizer)
+        checkpointables: dict[str, Any] = {"optimizer": optimizer, "scheduler": self.scheduler}
+        if self.grad_scaler is not None:
+            checkpointables["grad_scaler"] = self.grad_scaler
+        self.checkpointer = D2SegCheckpointer(
+            model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables
+        )
+        warning = linear_scaling_warning(cfg)
+        if warning:
+            logger.warning(warning)
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With ``resume`` and a checkpoint in OUTPUT_DIR: continue that run exactly.
+        Otherwise load ``MODEL.WEIGHTS`` (model only) and start at iteration 0."""
+        can_resume = resume and self.checkpointer.has_checkpoint()
+        if resume and not can_resume:
+            logger.info(f"No checkpoint in {self.cfg.OUTPUT_DIR} to resume; starting anew")
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=can_resume)
+        self.start_iter = 0
+        if can_resume:
+            self.start_iter = extra.get("iteration", -1) + 1
+            if "rng" in extra:
+                restore_rng_state(extra["rng"])
+            self.load_hook_states(extra.get("hooks", {}))
+
+    def train(self) -> None:  # type: ignore[override]
+        """Train from ``start_iter`` (see :meth:`resume_or_load`) to ``SOLVER.MAX_ITER``."""
+        start_iter = getattr(self, "start_iter", 0)
+        if start_iter >= self.cfg.SOLVER.MAX_ITER:
+            logger.info(f"Nothing to do: the run already reached SOLVER.MAX_ITER {start_iter}")
+            return
+        self.data_loader = build_detection_train_loader(self.cfg, start_iter=start_iter)
+        self._data_iter = None
+        super().train(start_iter, self.cfg.SOLVER.MAX_ITER)
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {"rng": capture_rng_state(), "hooks": self.hook_states()}
+
+    def build_hooks(self) -> list[hooks.HookBase]:
+        cfg = self.cfg
+        has_test = bool(cfg.DATASETS.TEST)
+        metric = main_metric(cfg)
+        out: list[hooks.HookBase | None] = [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(self.optimizer, self.scheduler),
+            hooks.PeriodicCheckpointer(
+                self.checkpointer,
+                cfg.SOLVER.CHECKPOINT_PERIOD,
+                self._checkpoint_state,
+                max_to_keep=cfg.SOLVER.CHECKPOINT_KEEP,
+            ),
+        ]
+        if has_test and cfg.TEST.VALIDATION_LOSS:
+            val_loader = build_detection_test_loader(
+                cfg,
+                cfg.DATASETS.TEST,
+                mapper=DatasetMapper(**DatasetMapper.from_config(cfg, is_train=False) | {"is_train": True}),
+            )
+            out.append(hooks.ValidationLoss(cfg.TEST.EVAL_PERIOD, self.model, val_loader))
+        if has_test:
+            out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, self.unwrapped_model)))
+            out.append(hooks.BestCheckpointer(self.checkpointer, metric, cfg.SOLVER.EARLY_STOP.MODE))
+        if cfg.SOLVER.EARLY_STOP.PATIENCE > 0:
+            out.append(hooks.EarlyStopping(metric, cfg.SOLVER.EARLY_STOP.MODE, cfg.SOLVER.EARLY_STOP.PATIENCE))
+        if comm.is_main_process():
+            writers = [
+                JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
+                TensorboardWriter(cfg.OUTPUT_DIR),
+                ProgressWriter(cfg.SOLVER.MAX_ITER),
+            ]
+            out.append(hooks.PeriodicWriter(writers, period=20))
+            out.append(hooks.TrainingCurves(cfg.OUTPUT_DIR))
+        return [h for h in out if h is not None]
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: str) -> DatasetEvaluator:
+        """COCO (bbox/segm), semantic, or all three plus panoptic for ``PanopticUNet``."""
+        arch = cfg.MODEL.META_ARCHITECTURE
+        coco_tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        coco = COCOEvaluator(dataset_name, coco_tasks, output_dir, backend=cfg.TEST.COCO_BACKEND)
+        semantic = SemSegEvaluator(
+            dataset_name,
+            output_dir=output_dir,
+            ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        )
+        if arch == "SemanticSegmentor":
+            return semantic
+        if arch == "PanopticUNet":
+            return DatasetEvaluators([coco, semantic, PanopticEvaluator(dataset_name, output_dir)])
+        return coco
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Evaluate ``model`` on every ``DATASETS.TEST`` entry; write each dataset's report to
+        ``OUTPUT_DIR/inference/<dataset>/``. Returns the results of the last dataset (flat
+        ``{task: {metric: value}}``, like Detectron2 with one test set) — all are logged."""
+        results: dict[str, dict[str, float]] = {}
+        for name in cfg.DATASETS.TEST:
+            short = os.path.splitext(os.path.basename(name))[0] if name.endswith(".json") else name
+            output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", short)
+            loader = build_detection_test_loader(cfg, name)
+            evaluator = cls.build_evaluator(cfg, name, output_dir)
+            results = inference_on_dataset(model, loader, evaluator)
+            if comm.is_main_process():
+                write_report(results, output_dir, dataset_name=name)
+                for task, metrics in results.items():
+                    shown = ", ".join(
+                        f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float) and "-" not in k
+                    )
+                    logger.info(f"[{short}] {task}: {shown}")
+        return results

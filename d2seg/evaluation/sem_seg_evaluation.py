@@ -1,0 +1,220 @@
+"""Semantic segmentation metrics from one confusion matrix over the non-ignored pixels.
+
+Scale: the keys Detectron2 reports — ``mIoU, fwIoU, mACC, pACC, IoU-<class>, ACC-<class>`` (and
+the binary headline ``IoU``) — are percentages (×100). ``Dice, F1, precision, recall, MCC`` and
+their ``-<class>`` variants are fractions (0..1; MCC -1..1), as torchmetrics returns them.
+"""
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from d2seg.config import CfgNode
+from d2seg.errors import DatasetError
+from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
+
+logger = logging.getLogger(__name__)
+# A binary model's headline keys hold the foreground class's value (mIoU etc. stay two-class).
+BINARY_HEADLINE = ("IoU", "Dice", "F1", "MCC", "precision", "recall")
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ratio, 0 where the denominator is 0 (torchmetrics' zero_division=0)."""
+    out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def _mean(values: np.ndarray, valid: np.ndarray) -> float:
+    return float(values[valid].mean()) if valid.any() else float("nan")
+
+
+def multiclass_mcc(confusion: np.ndarray) -> float:
+    """Gorodkin's R_K, the multi-class Matthews correlation of a K×K confusion matrix.
+
+    Equals the binary MCC for K = 2; 0 when either marginal is concentrated on one class.
+    """
+    confusion = confusion.astype(np.float64)
+    total, correct = confusion.sum(), np.trace(confusion)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    covariance = correct * total - predicted @ actual
+    denominator = np.sqrt((total**2 - predicted @ predicted) * (total**2 - actual @ actual))
+    return float(covariance / denominator) if denominator > 0 else 0.0
+
+
+def semantic_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """Metrics of a K×K pixel confusion matrix (row = ground truth, column = prediction).
+
+    Per class (one-vs-rest): ``IoU`` = TP/(TP+FP+FN), ``ACC`` = recall, ``Dice`` = ``F1`` =
+    2TP/(2TP+FP+FN), ``precision``, ``recall``, ``MCC``; NaN for a class absent from both
+    ground truth and prediction (and ``ACC`` NaN for a class absent from the ground truth).
+    Means are over the classes that are not NaN, like Detectron2's mIoU and torchmetrics'
+    macro averages. ``fwIoU`` weights IoU by ground-truth pixel share; ``pACC`` is the pixel
+    accuracy; ``MCC`` (the mean key) is the multi-class R_K, not a mean of per-class values.
+    """
+    confusion = confusion.astype(np.float64)
+    tp = np.diag(confusion)
+    gt_pixels, pred_pixels = confusion.sum(1), confusion.sum(0)
+    fp, fn = pred_pixels - tp, gt_pixels - tp
+    tn = confusion.sum() - tp - fp - fn
+    present = gt_pixels + pred_pixels > 0
+    in_gt = gt_pixels > 0
+    per_class = {
+        "IoU": _divide(tp, tp + fp + fn) * 100,
+        "ACC": _divide(tp, gt_pixels) * 100,
+        "Dice": _divide(2 * tp, 2 * tp + fp + fn),
+        "precision": _divide(tp, tp + fp),
+        "recall": _divide(tp, gt_pixels),
+        "MCC": _divide(
+            tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        ),
+    }
+    per_class["F1"] = per_class["Dice"]
+    iou = per_class["IoU"]
+    metrics = {
+        "mIoU": _mean(iou, present),
+        "fwIoU": float((iou * gt_pixels).sum() / gt_pixels.sum()) if in_gt.any() else float("nan"),
+        "mACC": _mean(per_class["ACC"], in_gt),
+        "pACC": float(tp.sum() / gt_pixels.sum() * 100) if in_gt.any() else float("nan"),
+        "Dice": _mean(per_class["Dice"], present),
+        "F1": _mean(per_class["F1"], present),
+        "precision": _mean(per_class["precision"], present),
+        "recall": _mean(per_class["recall"], present),
+        "MCC": multiclass_mcc(confusion),
+    }
+    for key, values in per_class.items():
+        valid = in_gt if key == "ACC" else present
+        for k, name in enumerate(class_names):
+            metrics[f"{key}-{name}"] = float(values[k]) if valid[k] else float("nan")
+    return metrics
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """A label PNG (mode L or P) as an int64 H×W array of class ids."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image, dtype=np.int64)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the label PNG ({e}); fix: check the file") from e
+
+
+class SemSegEvaluator(DatasetEvaluator):
+    """mIoU and friends of a model's ``sem_seg`` logits against ``sem_seg_file_name`` PNGs.
+
+    Multi-class models output K×H×W logits (prediction = argmax). Binary models output one
+    logit map 1×H×W (prediction = logit > 0 → classes {0, 1}); then ``IoU`` (×100), ``Dice``,
+    ``F1``, ``MCC``, ``precision`` and ``recall`` are the foreground class's values, while
+    ``mIoU``, ``fwIoU``, ``mACC`` and ``pACC`` stay two-class. See the module docstring for
+    which keys are ×100.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str | None = None,
+        *,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        ignore_label: int | None = None,
+    ):
+        """
+        Args:
+            dataset_name: registered dataset; gives ``stuff_classes`` and ``ignore_label``.
+            num_classes: class count K (≥ 2; a binary model counts background + foreground);
+                default ``len(class_names)``.
+            class_names: names for the per-class keys; default the metadata's
+                ``stuff_classes``, else ``class_0..class_{K-1}``.
+            ignore_label: label value excluded from every metric (default 255).
+        """
+        metadata = None
+        if dataset_name is not None:
+            from d2seg.data.catalog import MetadataCatalog
+
+            metadata = MetadataCatalog.get(dataset_name)
+            class_names = class_names or metadata.get("stuff_classes")
+            ignore_label = metadata.get("ignore_label") if ignore_label is None else ignore_label
+        if class_names is not None and len(class_names) == 1:
+            class_names = ["background", *class_names]  # a binary dataset names only the object
+        num_classes = num_classes or (len(class_names) if class_names else None)
+        if not num_classes or num_classes < 2:
+            raise DatasetError(
+                f"SemSegEvaluator: dataset '{dataset_name}' gives no class count; fix: set "
+                f"stuff_classes in its metadata or pass num_classes=K (2 for a binary model)"
+            )
+        self._num_classes = num_classes
+        self._class_names = list(class_names or [f"class_{k}" for k in range(num_classes)])
+        if len(self._class_names) != num_classes:
+            raise DatasetError(
+                f"SemSegEvaluator: {len(self._class_names)} class names for {num_classes} "
+                f"classes; fix: give one name per class"
+            )
+        self._ignore_label = 255 if ignore_label is None else ignore_label
+        self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self._binary = False
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, dataset_name: str) -> dict[str, Any]:
+        """Constructor arguments: ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE`` as the ignore label."""
+        return {"dataset_name": dataset_name, "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE}
+
+    def reset(self) -> None:
+        self._confusion = np.zeros_like(self._confusion)
+        self._binary = False
+
+    def _prediction(self, logits: torch.Tensor, source: str) -> np.ndarray:
+        channels = logits.shape[0]
+        if channels == 1 and self._num_classes == 2:
+            self._binary = True
+            return (logits[0] > 0).long().cpu().numpy()
+        if channels != self._num_classes:
+            raise DatasetError(
+                f"{source}: the model outputs {channels} sem_seg channels but the dataset has "
+                f"{self._num_classes} classes; fix: set MODEL.SEM_SEG_HEAD.NUM_CLASSES to match"
+            )
+        return logits.argmax(dim=0).cpu().numpy()
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for inp, out in zip(inputs, outputs):
+            if "sem_seg" not in out:
+                continue
+            source = inp["sem_seg_file_name"]
+            pred = self._prediction(out["sem_seg"].detach(), source)
+            gt = read_label_png(source)
+            if gt.shape != pred.shape:
+                raise DatasetError(
+                    f"{source}: label is {gt.shape[0]}x{gt.shape[1]} but the prediction is "
+                    f"{pred.shape[0]}x{pred.shape[1]}; fix: the image's height/width in the "
+                    f"dataset must match its label PNG"
+                )
+            valid = gt != self._ignore_label
+            gt, pred = gt[valid], pred[valid]
+            if gt.size and (gt.min() < 0 or gt.max() >= self._num_classes):
+                bad = int(gt[(gt < 0) | (gt >= self._num_classes)][0])
+                raise DatasetError(
+                    f"{source}: label value {bad} is not a class (0..{self._num_classes - 1}) "
+                    f"nor the ignore label {self._ignore_label}; fix: relabel the PNG or set "
+                    f"the dataset's stuff_classes / ignore_label"
+                )
+            k = self._num_classes
+            self._confusion += np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+
+    def evaluate(self) -> dict[str, Any]:
+        gathered = gather_to_main([(self._confusion, self._binary)])
+        if gathered is None:
+            return {}
+        self._confusion = sum(c for c, _ in gathered)
+        self._binary = any(b for _, b in gathered)
+        if not self._confusion.any():
+            logger.warning("SemSegEvaluator: no labelled pixels were evaluated; metrics are NaN")
+        metrics = semantic_metrics(self._confusion, self._class_names)
+        if self._binary:
+            foreground = self._class_names[1]
+            metrics.update({key: metrics[f"{key}-{foreground}"] for key in BINARY_HEADLINE})
+        return {"sem_seg": metrics}
+
+    def report_inputs(self) -> dict[str, Any]:
+        """The pixel confusion matrix and class names of the last evaluate."""
+        return {"stuff_classes": self._class_names, "semantic_confusion": self._confusion}

@@ -1,0 +1,130 @@
+"""PanopticUNet: Mask R-CNN/PointRend for "things" and a U-Net head for "stuff", one trunk.
+
+One ResNet pass feeds both the FPN (→ RPN → RoI heads, as :class:`GeneralizedRCNN`) and the
+U-Net decoder (``MODEL.SEM_SEG_HEAD``, over the trunk's stem/res2..res5). Detectron2's
+PanopticFPN conventions for the semantic branch:
+
+* semantic class 0 is "things": every pixel of any thing (instance) class;
+* classes 1..``SEM_SEG_HEAD.NUM_CLASSES``-1 are the stuff classes (background counts as one);
+* ``SEM_SEG_HEAD.IGNORE_VALUE`` (255) is void, ignored by the loss.
+
+So the ``"sem_seg"`` input must already use these labels. The panoptic output fuses the two
+branches with :func:`~d2seg.modeling.postprocess.combine_semantic_and_instance_outputs`.
+"""
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from d2seg.config import CfgNode
+from d2seg.errors import ConfigError
+from d2seg.modeling.losses import SemSegLoss
+from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
+from d2seg.modeling.meta_arch.semantic import build_sem_seg_head
+from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
+from d2seg.modeling.preprocess import pad_sem_seg_targets, resize_to_input
+from d2seg.modeling.registry import META_ARCH_REGISTRY
+
+
+@META_ARCH_REGISTRY.register()
+class PanopticUNet(GeneralizedRCNN):
+    """Panoptic segmentation: GeneralizedRCNN + a semantic head on the shared trunk.
+
+    Inputs as :class:`GeneralizedRCNN` plus, in training, ``"sem_seg"`` (long H×W, labels as in
+    the module docstring). Training returns the instance losses times
+    ``PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT`` and ``loss_sem_seg`` (already times
+    ``SEM_SEG_HEAD.LOSS_WEIGHT``). Inference returns per image ``{"instances": as
+    GeneralizedRCNN, "sem_seg": K×height×width logits, "panoptic_seg": (height×width int32
+    segment ids, segments_info)}``; ``panoptic_seg`` only when ``PANOPTIC_FPN.COMBINE.ENABLED``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sem_seg_head: nn.Module,
+        sem_seg_loss: SemSegLoss,
+        instance_loss_weight: float,
+        combine_enabled: bool,
+        combine_overlap_thresh: float,
+        combine_stuff_area_thresh: int,
+        combine_instances_score_thresh: float,
+        **rcnn_kwargs: Any,
+    ):
+        super().__init__(**rcnn_kwargs)
+        if not hasattr(self.backbone, "forward_with_trunk"):
+            raise ConfigError(
+                f"PanopticUNet needs a trunk + FPN backbone, got {type(self.backbone).__name__}; "
+                "fix: MODEL.BACKBONE.NAME build_resnet_fpn_backbone"
+            )
+        self.sem_seg_head = sem_seg_head
+        self.sem_seg_loss = sem_seg_loss
+        self.instance_loss_weight = instance_loss_weight
+        self.combine_enabled = combine_enabled
+        self.combine_overlap_thresh = combine_overlap_thresh
+        self.combine_stuff_area_thresh = combine_stuff_area_thresh
+        self.combine_instances_score_thresh = combine_instances_score_thresh
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        if not cfg.MODEL.MASK_ON:
+            raise ConfigError(
+                "MODEL.META_ARCHITECTURE PanopticUNet needs instance masks; fix: MODEL.MASK_ON True"
+            )
+        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES < 2:
+            raise ConfigError(
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}: "
+                "PanopticUNet predicts class 0 = things plus at least one stuff class; fix: set "
+                "it to 1 + the number of stuff classes (background included)"
+            )
+        rcnn = super().from_config(cfg)
+        combine = cfg.MODEL.PANOPTIC_FPN.COMBINE
+        return {
+            **rcnn,
+            "sem_seg_head": build_sem_seg_head(cfg, rcnn["backbone"].bottom_up.output_shape()),
+            "sem_seg_loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
+            "instance_loss_weight": cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT,
+            "combine_enabled": combine.ENABLED,
+            "combine_overlap_thresh": combine.OVERLAP_THRESH,
+            "combine_stuff_area_thresh": combine.STUFF_AREA_LIMIT,
+            "combine_instances_score_thresh": combine.INSTANCES_CONFIDENCE_THRESH,
+        }
+
+    def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
+        images = self.preprocessor(batched_inputs)
+        pyramid, trunk = self.backbone.forward_with_trunk(images.tensors)
+        sem_seg_logits = self.sem_seg_head(trunk)
+        targets = self.targets(batched_inputs) if self.training else None
+        detections, losses = self.detect(images, pyramid, targets)
+        if self.training:
+            sem_seg_targets = pad_sem_seg_targets(
+                batched_inputs,
+                tuple(sem_seg_logits.shape[-2:]),
+                self.sem_seg_loss.ignore_value,
+                self.device,
+            )
+            losses = {k: v * self.instance_loss_weight for k, v in losses.items()}
+            losses["loss_sem_seg"] = self.sem_seg_loss(sem_seg_logits, sem_seg_targets)
+            return losses
+
+        results = []
+        all_instances = self.postprocess_instances(detections, images, batched_inputs)
+        for x, instances, logits, size in zip(
+            batched_inputs, all_instances, sem_seg_logits, images.image_sizes
+        ):
+            height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
+            sem_seg = resize_to_input(logits, size, height, width).to(x["image"].device)
+            result: dict[str, Any] = {"instances": instances, "sem_seg": sem_seg}
+            if self.combine_enabled:
+                result["panoptic_seg"] = self.combine(instances, sem_seg)
+            results.append(result)
+        return results
+
+    def combine(self, instances: dict[str, Tensor], sem_seg: Tensor) -> tuple[Tensor, list[dict]]:
+        """Panoptic fusion of one image's instances and K×H×W semantic logits."""
+        return combine_semantic_and_instance_outputs(
+            instances,
+            sem_seg.argmax(dim=0),
+            overlap_threshold=self.combine_overlap_thresh,
+            stuff_area_thresh=self.combine_stuff_area_thresh,
+            instances_score_thresh=self.combine_instances_score_thresh,
+        )

@@ -1,0 +1,169 @@
+"""Mask-image source: Carvana-like ``<id>.jpg`` + ``<id>_mask.gif`` generated in a tmp folder."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from d2seg.data.convert.from_masks import MaskImageSource
+from d2seg.data.convert.pipeline import convert_dataset
+from d2seg.data.convert.record import ConversionReport
+from d2seg.data.convert.source import SourceOptions
+from d2seg.errors import AnnotationError, DatasetError
+
+HEIGHT, WIDTH = 64, 96
+
+
+def _two_blobs() -> np.ndarray:
+    """Bool H×W: a disc and a rectangle that do not touch."""
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    mask = (yy - 30) ** 2 + (xx - 25) ** 2 <= 15**2
+    mask[10:50, 60:85] = True
+    return mask
+
+
+def _save_image(path: Path, height: int = HEIGHT, width: int = WIDTH) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def _save_palette_gif(path: Path, mask: np.ndarray) -> None:
+    """Carvana's mask format: palette GIF, index 0 = background (black), 1 = car (white)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 255, 255, 255])
+    image.save(path)
+
+
+@pytest.fixture
+def carvana(tmp_path: Path) -> Path:
+    """Carvana's own layout: images in train/, masks in train_masks/."""
+    root = tmp_path / "carvana"
+    _save_image(root / "train" / "car_01.jpg")
+    _save_palette_gif(root / "train_masks" / "car_01_mask.gif", _two_blobs())
+    return root
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _decode_polygons(polygons: list[list[float]]) -> np.ndarray:
+    rles = mask_util.frPyObjects(polygons, HEIGHT, WIDTH)
+    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+
+
+def test_palette_gif_components_are_instances_with_faithful_polygons(carvana):
+    source = MaskImageSource(carvana, SourceOptions(mask_label="car"))
+    report = ConversionReport()
+    assert source.items(report) == ["train/car_01.jpg"]
+    assert source.labels("train/car_01.jpg") == ["car"]
+    record = source.load("train/car_01.jpg", report)
+
+    assert report.entries == []
+    assert (record.height, record.width) == (HEIGHT, WIDTH)
+    assert record.image is None and record.image_path == carvana / "train" / "car_01.jpg"
+    assert len(record.instances) == 2
+    union = np.zeros((HEIGHT, WIDTH), bool)
+    for instance in record.instances:
+        assert instance.label == "car"
+        (polygon,) = instance.polygons
+        assert _iou(_decode_polygons([polygon]), instance.mask) > 0.9
+        union |= instance.mask
+    np.testing.assert_array_equal(union, _two_blobs())
+
+
+def test_single_mode_gives_one_instance_per_mask(carvana):
+    source = MaskImageSource(carvana, SourceOptions(mask_instances="single"))
+    record = source.load("train/car_01.jpg", ConversionReport())
+    (instance,) = record.instances
+    assert instance.label == "object"
+    np.testing.assert_array_equal(instance.mask, _two_blobs())
+    assert len(instance.polygons) == 2
+    assert _iou(_decode_polygons(instance.polygons), instance.mask) > 0.9
+
+
+@pytest.mark.parametrize("kind", ["gray_0_255", "palette_png"])
+def test_png_masks(tmp_path, kind):
+    mask = _two_blobs()
+    _save_image(tmp_path / "a.png")
+    if kind == "gray_0_255":
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "a_mask.png")
+    else:
+        image = Image.fromarray(mask.astype(np.uint8) * 3, mode="P")
+        image.putpalette([0, 0, 0] * 3 + [128, 0, 0])  # VOC-like: index 3 is dark red
+        image.save(tmp_path / "a_mask.png")
+    source = MaskImageSource(tmp_path)
+    assert source.items(ConversionReport()) == ["a.png"]  # a_mask.png is not an image item
+    record = source.load("a.png", ConversionReport())
+    np.testing.assert_array_equal(np.any([i.mask for i in record.instances], axis=0), mask)
+
+
+def test_small_components_are_dropped_and_holes_become_rle(tmp_path):
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    mask[10:40, 10:40] = True
+    mask[20:30, 20:30] = False  # a hole
+    mask[50:52, 80:82] = True  # a 4-pixel speck
+    _save_image(tmp_path / "a.jpg")
+    _save_palette_gif(tmp_path / "a_mask.gif", mask)
+    report = ConversionReport()
+    record = MaskImageSource(tmp_path, SourceOptions(mask_min_area=5)).load("a.jpg", report)
+    (instance,) = record.instances
+    assert instance.polygons is None
+    assert instance.mask.sum() == 30 * 30 - 10 * 10
+    (entry,) = report.entries
+    assert entry.action == "skipped" and "4 px at x=80, y=50" in entry.reason
+
+
+def _messy_folder(root: Path) -> None:
+    _save_image(root / "good.jpg")
+    _save_palette_gif(root / "good_mask.gif", _two_blobs())
+    _save_image(root / "lonely.jpg")
+    _save_palette_gif(root / "orphan_mask.gif", _two_blobs())
+    _save_image(root / "small.jpg", height=32)
+    _save_palette_gif(root / "small_mask.gif", _two_blobs())
+
+
+def test_unpaired_and_mismatched_files_are_reported_and_skipped(tmp_path):
+    _messy_folder(tmp_path)
+    source = MaskImageSource(tmp_path)
+    report = ConversionReport()
+    assert source.items(report) == ["good.jpg", "small.jpg"]
+    assert sorted((e.file, e.action) for e in report.entries) == [
+        ("lonely.jpg", "missing"),
+        ("orphan_mask.gif", "missing"),
+    ]
+    assert source.load("small.jpg", report) is None
+    assert report.entries[-1].file == "small.jpg"
+    assert "small_mask.gif is 96×64, the image 96×32" in report.entries[-1].reason
+
+
+def test_end_to_end_and_strict(tmp_path):
+    root = tmp_path / "in"
+    _messy_folder(root)
+    options = SourceOptions(mask_label="car")
+    summary = convert_dataset(root, tmp_path / "out", fmt="masks", options=options)
+    assert summary["categories"] == ["car"]
+    assert summary["splits"]["all"]["images"] == 1
+    assert summary["skipped_files"] == 1
+    coco = json.loads((tmp_path / "out" / "annotations" / "all.json").read_text())
+    disc_area = float(_two_blobs()[:, :50].sum())
+    assert sorted(a["area"] for a in coco["annotations"]) == sorted([disc_area, 40.0 * 25.0])
+    assert {a["category_id"] for a in coco["annotations"]} == {1}
+
+    with pytest.raises(AnnotationError) as excinfo:
+        convert_dataset(root, tmp_path / "strict", fmt="masks", strict=True)
+    message = str(excinfo.value)
+    for name in ("lonely.jpg", "orphan_mask.gif", "small.jpg"):
+        assert name in message
+    assert not (tmp_path / "strict").exists()
+
+
+def test_folder_without_pairs_is_a_dataset_error(tmp_path):
+    _save_image(tmp_path / "a.jpg")
+    with pytest.raises(DatasetError, match=r"no image has a mask named <id>_mask\.gif.*fix:"):
+        MaskImageSource(tmp_path).items(ConversionReport())

@@ -1,0 +1,187 @@
+"""Dataset/metadata catalogs, COCO instances/panoptic/sem-seg registration, json datasets."""
+
+import json
+import multiprocessing
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2seg.data.catalog import (
+    DatasetCatalog,
+    MetadataCatalog,
+    register_coco_instances,
+    register_coco_panoptic,
+    register_sem_seg,
+    resolve_dataset,
+)
+from d2seg.errors import DatasetError
+
+
+@pytest.fixture
+def clean_catalogs():
+    """Forget whatever a test registers."""
+    before = set(DatasetCatalog.list()), set(MetadataCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before[0]:
+        DatasetCatalog.remove(name)
+    for name in set(MetadataCatalog.list()) - before[1]:
+        MetadataCatalog.remove(name)
+
+
+def _tiny_coco(root: Path) -> Path:
+    """The converter's layout: root/annotations/train.json + root/images/a.png."""
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "images" / "a.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 5, "segmentation": [[1, 1, 9, 1, 9, 9]],
+             "bbox": [1, 1, 8, 8], "iscrowd": 0, "area": 32},
+        ],
+        "categories": [{"id": 5, "name": "chip"}, {"id": 2, "name": "resistor"}],
+    }
+    json_file = root / "annotations" / "train.json"
+    json_file.parent.mkdir()
+    json_file.write_text(json.dumps(coco))
+    return json_file
+
+
+def test_register_get_list_remove(clean_catalogs):
+    DatasetCatalog.register("toy", lambda: [{"file_name": "x"}])
+    assert "toy" in DatasetCatalog.list()
+    assert DatasetCatalog.get("toy") == [{"file_name": "x"}]
+    with pytest.raises(DatasetError, match="'toy' is already registered"):
+        DatasetCatalog.register("toy", list)
+    DatasetCatalog.remove("toy")
+    assert "toy" not in DatasetCatalog.list()
+
+
+def test_unknown_dataset_lists_registered_names_and_the_json_hint(clean_catalogs):
+    DatasetCatalog.register("balloon_train", list)
+    with pytest.raises(DatasetError) as excinfo:
+        DatasetCatalog.get("balloon_trian")
+    message = str(excinfo.value)
+    assert "balloon_train" in message and "path to a COCO json" in message
+    with pytest.raises(DatasetError, match="registered: .*balloon_train.*COCO json"):
+        resolve_dataset("balloon_trian")
+
+
+def test_metadata_attributes(clean_catalogs):
+    meta = MetadataCatalog.get("toy").set(thing_classes=["a", "b"])
+    assert MetadataCatalog.get("toy") is meta
+    assert meta.thing_classes == ["a", "b"] and meta.name == "toy"
+    meta.set(thing_classes=["a", "b"])  # same value again is fine
+    with pytest.raises(DatasetError, match="'thing_classes' of dataset 'toy' is already"):
+        meta.thing_classes = ["c"]
+    with pytest.raises(AttributeError, match="no 'stuff_classes'.*thing_classes"):
+        meta.stuff_classes
+    assert meta.get("stuff_classes", []) == []
+    assert pickle.loads(pickle.dumps(meta)).as_dict() == meta.as_dict()
+
+
+def test_register_coco_instances(tmp_path, clean_catalogs):
+    json_file = _tiny_coco(tmp_path)
+    register_coco_instances("chips", {"note": "tiny"}, json_file, tmp_path / "images")
+    meta = MetadataCatalog.get("chips")
+    assert (meta.evaluator_type, meta.json_file, meta.note) == ("coco", str(json_file), "tiny")
+    (record,) = DatasetCatalog.get("chips")
+    assert record["file_name"] == str((tmp_path / "images" / "a.png").resolve())
+    assert record["annotations"][0]["category_id"] == 1  # id 5 is the second of sorted ids 2, 5
+    assert meta.thing_classes == ["resistor", "chip"]
+    assert meta.thing_dataset_id_to_contiguous_id == {2: 0, 5: 1}
+
+
+def test_resolve_json_path_uses_the_converter_layout(tmp_path, clean_catalogs):
+    json_file = _tiny_coco(tmp_path)
+    name = resolve_dataset(str(json_file))
+    assert name == str(json_file.resolve())
+    assert resolve_dataset(name) == name  # idempotent: a worker may call it again
+    assert MetadataCatalog.get(name).image_root == str((tmp_path / "images").resolve())
+    (record,) = DatasetCatalog.get(name)
+    assert Path(record["file_name"]).is_file()
+
+
+def test_resolve_json_path_with_images_beside_it(tmp_path, clean_catalogs):
+    json_file = _tiny_coco(tmp_path)
+    beside = tmp_path / "flat"
+    beside.mkdir()
+    (tmp_path / "images" / "a.png").rename(beside / "a.png")
+    json_file.rename(beside / "data.json")
+    (tmp_path / "images").mkdir(exist_ok=True)  # an unrelated images/ folder next to flat/
+    name = resolve_dataset(str(beside / "data.json"))
+    (record,) = DatasetCatalog.get(name)
+    assert Path(record["file_name"]) == (beside / "a.png").resolve()
+
+
+def test_resolve_missing_json_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match=r"nope\.json not found; fix:"):
+        resolve_dataset(str(tmp_path / "nope.json"))
+
+
+def _load_in_worker(json_path: str) -> int:
+    return len(DatasetCatalog.get(resolve_dataset(json_path)))
+
+
+def test_spawned_worker_recreates_the_registration(tmp_path, clean_catalogs):
+    json_file = str(_tiny_coco(tmp_path))
+    resolve_dataset(json_file)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_load_in_worker, (json_file,)) == 1
+
+
+@pytest.fixture(scope="module")
+def panoptic_sample(shared_data: Path) -> Path:
+    return shared_data / "coco_panoptic_sample" / "sample_data"
+
+
+def test_register_coco_panoptic_sample(panoptic_sample, clean_catalogs):
+    panoptic_json = panoptic_sample / "panoptic_examples.json"
+    register_coco_panoptic(
+        "pan_sample",
+        {},
+        panoptic_sample / "input_images",
+        panoptic_sample / "panoptic_examples",
+        panoptic_json,
+    )
+    meta = MetadataCatalog.get("pan_sample")
+    categories = sorted(json.loads(panoptic_json.read_text())["categories"], key=lambda c: c["id"])
+    assert meta.evaluator_type == "coco_panoptic_seg"
+    assert meta.stuff_classes == [c["name"] for c in categories]
+    dicts = DatasetCatalog.get("pan_sample")
+    assert [Path(d["file_name"]).name for d in dicts] == ["000000142238.jpg", "000000439180.jpg"]
+    for record in dicts:
+        assert Path(record["file_name"]).is_file()
+        rgb = np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB"), dtype=np.int64)
+        assert rgb.shape[:2] == (record["height"], record["width"])
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
+        present = set(np.unique(ids).tolist()) - {0}
+        segment_ids = {s["id"] for s in record["segments_info"]}
+        assert segment_ids == present
+        for segment in record["segments_info"]:
+            category = categories[segment["category_id"]]
+            assert segment["isthing"] == bool(category["isthing"])
+            assert segment["area"] == int((ids == segment["id"]).sum())
+
+
+def test_register_sem_seg(tmp_path, clean_catalogs):
+    for folder, names, ext in (("img", ["a", "b", "sub/c"], "jpg"), ("gt", ["a", "sub/c"], "png")):
+        for name in names:
+            path = tmp_path / folder / f"{name}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    classes = {"stuff_classes": ["bg", "x"]}
+    register_sem_seg("seg", tmp_path / "img", tmp_path / "gt", metadata=classes)
+    dicts = DatasetCatalog.get("seg")
+    assert [(Path(d["file_name"]).name, Path(d["sem_seg_file_name"]).name) for d in dicts] == [
+        ("a.jpg", "a.png"),
+        ("c.jpg", "c.png"),
+    ]
+    meta = MetadataCatalog.get("seg")
+    assert (meta.evaluator_type, meta.ignore_label) == ("sem_seg", 255)
+    assert meta.stuff_classes == ["bg", "x"]
+    register_sem_seg("seg_wrong_ext", tmp_path / "img", tmp_path / "gt", image_ext="tif")
+    with pytest.raises(DatasetError, match=r"no '\*\.tif' .* fix:"):
+        DatasetCatalog.get("seg_wrong_ext")

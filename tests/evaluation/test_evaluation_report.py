@@ -1,0 +1,70 @@
+"""The report: every class listed, the PNGs open at their documented sizes, JSON without NaN."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2seg.evaluation.coco_evaluation import evaluate_coco_predictions, load_coco_gt
+from d2seg.evaluation.report import figure_size_px, report_folder, write_report
+
+THINGS = ["cat", "dog", "hot|dog"]  # a '|' must not break the Markdown table
+STUFF = ["road", "sky"]
+
+
+@pytest.fixture
+def coco_eval(tmp_path):
+    """A COCOeval over 3 classes, one without ground truth (its PR panel says so)."""
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400,
+             "iscrowd": 0, "segmentation": [[2, 2, 22, 2, 22, 22, 2, 22]]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [30, 30, 20, 20], "area": 400,
+             "iscrowd": 0, "segmentation": [[30, 30, 50, 30, 50, 50, 30, 50]]},
+        ],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(THINGS)],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    coco_gt = load_coco_gt(tmp_path / "gt.json")
+    results = [{"image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 18], "score": 0.9},
+               {"image_id": 1, "category_id": 1, "bbox": [30, 30, 20, 20], "score": 0.8}]
+    return evaluate_coco_predictions(coco_gt, results, "bbox")
+
+
+def test_report_lists_every_class_and_writes_readable_plots(coco_eval, tmp_path):
+    metrics, cocoeval = coco_eval
+    sem_seg = {"mIoU": 50.0, "IoU-road": 80.0, "IoU-sky": 20.0, "MCC": 0.4}
+    results = {"bbox": metrics, "sem_seg": sem_seg,
+               "panoptic_seg": {"PQ": 40.0, "PQ-road": 40.0, "PQ-sky": float("nan")}}
+    folder = tmp_path / "report"
+    report = write_report(
+        results, folder, dataset_name="toy", thing_classes=THINGS,
+        coco_evals={"bbox": cocoeval}, instance_confusion=np.eye(4, dtype=np.int64),
+        stuff_classes=STUFF, semantic_confusion=np.array([[8, 2], [1, 3]]),
+    )
+    text = report.read_text()
+    for name in ["cat", "dog", "hot\\|dog", *STUFF]:
+        assert f"| {name} |" in text
+    expected = {
+        "pr_curves_bbox.png": figure_size_px("pr_curves", 3),
+        "instance_confusion.png": figure_size_px("confusion", 4),
+        "semantic_confusion.png": figure_size_px("confusion", 2),
+        "semantic_iou.png": figure_size_px("iou_bars", 2),
+    }
+    for name, size in expected.items():
+        assert f"({name})" in text
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and image.size == size
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["panoptic_seg"]["PQ-sky"] is None  # NaN → null: strict JSON
+    assert saved["bbox"]["AP-cat"] == pytest.approx(metrics["AP-cat"])
+    assert math.isnan(metrics["AP-hot|dog"])
+
+
+def test_report_folder_is_per_dataset(tmp_path):
+    assert report_folder("out", "balloon_val") == report_folder("out", "balloon_val")
+    assert report_folder("out", "/data/x/annotations/val.json").name == "val"
+    assert report_folder("out", "a b").parent.name == "inference"

@@ -1,0 +1,146 @@
+"""PQ on panopticapi's sample data: identity, perturbations checked by torchmetrics, crowd/void."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchmetrics.detection import PanopticQuality
+
+from d2seg.data.catalog import DatasetCatalog, register_coco_panoptic
+from d2seg.errors import DatasetError
+from d2seg.evaluation.panoptic_evaluation import (
+    PanopticEvaluator,
+    evaluate_coco_panoptic,
+    panoptic_image_stats,
+    panoptic_metrics,
+    read_panoptic_png,
+)
+
+
+@pytest.fixture(scope="module")
+def sample(shared_data):
+    folder = shared_data / "coco_panoptic_sample/sample_data"
+    coco = json.loads((folder / "panoptic_examples.json").read_text())
+    images = [(read_panoptic_png(folder / "panoptic_examples" / a["file_name"]),
+               a["segments_info"]) for a in coco["annotations"]]
+    return folder, coco, images
+
+
+def test_ground_truth_against_itself_is_perfect(sample):
+    folder, _, _ = sample
+    gt_json, png_dir = folder / "panoptic_examples.json", folder / "panoptic_examples"
+    metrics = evaluate_coco_panoptic(gt_json, png_dir, gt_json, png_dir)
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"):
+        assert metrics[key] == pytest.approx(100.0)
+
+
+def _without_crowd(ids, segments):
+    """Crowd regions → void: torchmetrics has no crowd rule, so compare on the rest."""
+    crowd = [s["id"] for s in segments if s["iscrowd"]]
+    return np.where(np.isin(ids, crowd), 0, ids), [s for s in segments if not s["iscrowd"]]
+
+
+def _perturb(ids, segments):
+    """Erode the largest thing, drop the second largest, relabel the third as category 2.
+
+    Freed pixels go to the largest stuff segment, so the prediction has no void where the
+    ground truth has a segment (torchmetrics and panopticapi count such pixels differently).
+    """
+    pred, segments = ids.copy(), [dict(s) for s in segments]
+    things = sorted((s for s in segments if s["category_id"] <= 90), key=lambda s: -s["area"])
+    filler = max((s for s in segments if s["category_id"] > 90), key=lambda s: s["area"])["id"]
+    largest = ids == things[0]["id"]
+    eroded = cv2.erode(largest.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    pred[largest & ~eroded] = filler
+    pred[ids == things[1]["id"]] = filler
+    segments = [s for s in segments if s["id"] != things[1]["id"]]
+    relabelled = next(s for s in segments if s["id"] == things[2]["id"])
+    relabelled["category_id"] = 2 if relabelled["category_id"] != 2 else 3
+    return pred, segments
+
+
+def _torchmetrics_input(ids, segments):
+    category = np.zeros_like(ids)
+    for s in segments:
+        category[ids == s["id"]] = s["category_id"]
+    return torch.from_numpy(np.stack([category, ids], axis=-1))[None]
+
+
+def test_perturbed_prediction_matches_torchmetrics(sample):
+    _, coco, images = sample
+    categories = {c["id"]: c for c in coco["categories"]}
+    reference = PanopticQuality(
+        things={c for c, v in categories.items() if v["isthing"]},
+        stuffs={c for c, v in categories.items() if not v["isthing"]},
+        allow_unknown_preds_category=True, return_per_class=True,
+    )
+    stats = {}
+    for ids, segments in images:
+        gt_ids, gt_segments = _without_crowd(ids, segments)
+        pred_ids, pred_segments = _perturb(gt_ids, gt_segments)
+        for category, values in panoptic_image_stats(gt_ids, gt_segments, pred_ids,
+                                                     pred_segments).items():
+            stats[category] = stats.get(category, 0) + values
+        reference.update(_torchmetrics_input(pred_ids, pred_segments),
+                         _torchmetrics_input(gt_ids, gt_segments))
+    metrics = panoptic_metrics(stats, categories)
+    per_class = reference.compute().flatten().double().numpy()
+    sorted_ids = sorted(categories)
+    seen = [c for c in sorted_ids if c in stats]
+    assert 0 < metrics["PQ"] < 100
+    assert metrics["PQ"] == pytest.approx(per_class[[sorted_ids.index(c) for c in seen]].mean()
+                                          * 100, abs=1e-4)
+    for c in seen:
+        assert metrics[f"PQ-{categories[c]['name']}"] == pytest.approx(
+            per_class[sorted_ids.index(c)] * 100, abs=1e-4)  # torchmetrics: float32
+
+
+def test_crowd_and_void_rules_follow_panopticapi():
+    gt = np.zeros((10, 10), np.int64)
+    gt[:, :5] = 1  # crowd region of category 7
+    gt[:, 5:8] = 2  # a person (category 1)
+    # columns 8-9 are void
+    pred = np.zeros_like(gt)
+    pred[:, :4] = 11  # category 7 inside the crowd region: ignored, not a false positive
+    pred[:, 4:8] = 12  # category 1 over the person + one crowd column: IoU 30 / 40 = 0.75
+    pred[:, 8:] = 13  # category 3 on void only: ignored
+    gt_segments = [{"id": 1, "category_id": 7, "iscrowd": 1}, {"id": 2, "category_id": 1}]
+    pred_segments = [{"id": 11, "category_id": 7}, {"id": 12, "category_id": 1},
+                     {"id": 13, "category_id": 3}]
+    stats = panoptic_image_stats(gt, gt_segments, pred, pred_segments)
+    assert set(stats) == {1}
+    np.testing.assert_allclose(stats[1], [0.75, 1, 0, 0])
+
+
+def test_evaluator_on_registered_dataset_round_trips_coco_panoptic_files(sample, tmp_path):
+    folder, _, _ = sample
+    name = f"pan_sample_{tmp_path.name}"
+    register_coco_panoptic(name, {}, folder / "input_images", folder / "panoptic_examples",
+                           folder / "panoptic_examples.json")
+    evaluator = PanopticEvaluator(name, output_dir=tmp_path)
+    for inp in DatasetCatalog.get(name):
+        ids = torch.from_numpy(read_panoptic_png(inp["pan_seg_file_name"]).astype(np.int32))
+        segments = [{"id": s["id"], "isthing": s["isthing"], "category_id": s["category_id"],
+                     "score": 1.0} for s in inp["segments_info"]]
+        evaluator.process([inp], [{"panoptic_seg": (ids, segments)}])
+    metrics = evaluator.evaluate()["panoptic_seg"]
+    assert metrics["PQ"] == pytest.approx(100) and metrics["PQ_th"] == pytest.approx(100)
+    assert metrics["PQ-person"] == pytest.approx(100)
+    written = evaluate_coco_panoptic(folder / "panoptic_examples.json",
+                                     folder / "panoptic_examples",
+                                     tmp_path / "panoptic_predictions.json",
+                                     tmp_path / "panoptic_predictions")
+    assert written["PQ"] == pytest.approx(100)
+
+
+def test_category_outside_the_dataset_is_a_dataset_error(sample, tmp_path):
+    folder, _, images = sample
+    evaluator = PanopticEvaluator(class_names=["thing", "stuff"], thing_ids=[0])
+    inp = {"image_id": 1, "pan_seg_file_name": str(folder / "panoptic_examples/000000142238.png"),
+           "segments_info": []}
+    prediction = (torch.zeros(427, 640, dtype=torch.int32),
+                  [{"id": 1, "isthing": True, "category_id": 5, "score": 0.9}])
+    with pytest.raises(DatasetError, match="predicted category 5.*2 classes"):
+        evaluator.process([inp], [{"panoptic_seg": prediction}])

@@ -1,0 +1,177 @@
+"""GeneralizedRCNN (Mask R-CNN over torchvision): losses, outputs, resizing back, overfitting.
+
+The overfitting test covers the whole family on the same data: Mask R-CNN, PointRend (a mask
+head of GeneralizedRCNN) and PanopticUNet (a GeneralizedRCNN with a stuff head).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import masks_to_boxes
+
+from d2seg.config import get_cfg
+from d2seg.data.synthetic import render_sample
+from d2seg.errors import ConfigError
+from d2seg.modeling import build_model
+from d2seg.modeling.postprocess import detector_postprocess
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY_CONFIG = CONFIGS / "tiny" / "mask_rcnn_R_18_tiny.yaml"
+RCNN_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+
+
+def tiny_cfg(*overrides: Any, path: Path = TINY_CONFIG):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(overrides))
+    return cfg
+
+
+def balloon_inputs(count: int, size: int) -> list[dict]:
+    """``count`` synthetic balloon images (RGB, ``size``² px) as model inputs: instances, and
+    ``sem_seg`` as PanopticUNet reads it (0 on any balloon pixel, 1 = background stuff)."""
+    inputs = []
+    for index in range(count):
+        sample = render_sample("balloons", seed=1, index=index, size=(size, size))
+        masks = torch.from_numpy(sample["masks"]).to(torch.uint8)
+        image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
+        inputs.append(
+            {
+                "image": image.contiguous(),
+                "height": size,
+                "width": size,
+                "instances": {
+                    # masks_to_boxes gives the last pixel's index; boxes end at its far edge.
+                    "boxes": masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0]),
+                    "classes": torch.tensor(sample["classes"]),
+                    "masks": masks,
+                },
+                "sem_seg": 1 - masks.amax(dim=0).long(),
+            }
+        )
+    return inputs
+
+
+def best_iou_per_target(inputs: list[dict], outputs: list[dict], min_score: float) -> list:
+    """For each ground-truth mask, the best IoU of a predicted mask scoring ≥ ``min_score``."""
+    ious = []
+    for x, output in zip(inputs, outputs):
+        predicted = output["instances"]["masks"][output["instances"]["scores"] >= min_score]
+        for target in x["instances"]["masks"].bool():
+            if len(predicted) == 0:
+                ious.append(0.0)
+                continue
+            inter = (predicted & target).sum((1, 2)).float()
+            union = (predicted | target).sum((1, 2)).float()
+            ious.append(float((inter / union).max()))
+    return ious
+
+
+@pytest.mark.parametrize(
+    "config", ["mask_rcnn_R_18_tiny", "pointrend_R_18_tiny", "panoptic_unet_R_18_tiny"]
+)
+def test_tiny_model_overfits_two_images(config: str):
+    """AdamW (lr 1e-3) until every balloon has a mask (score ≥ 0.5) with IoU ≥ 0.8."""
+    cfg = tiny_cfg(
+        "MODEL.ROI_HEADS.NUM_CLASSES", "1", "MODEL.POINT_HEAD.NUM_CLASSES", "1",
+        path=CONFIGS / "tiny" / f"{config}.yaml",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    inputs = balloon_inputs(2, 64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(1, 161):
+        model.train()
+        losses = model(inputs)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if step % 20 == 0:
+            model.eval()
+            with torch.no_grad():
+                outputs = model([{"image": x["image"]} for x in inputs])
+            ious = best_iou_per_target(inputs, outputs, min_score=0.5)
+            if min(ious) >= 0.8:
+                break
+    assert min(ious) >= 0.8, ious
+    if cfg.MODEL.META_ARCHITECTURE == "PanopticUNet":
+        for x, output in zip(inputs, outputs):
+            stuff, truth = output["sem_seg"].argmax(dim=0) == 1, x["sem_seg"] == 1
+            assert (stuff & truth).sum() / (stuff | truth).sum() >= 0.9
+            things = [s for s in output["panoptic_seg"][1] if s["isthing"]]
+            assert len(things) >= len(x["instances"]["classes"])
+
+
+def test_training_returns_detectron2_loss_names_and_survives_empty_images():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    inputs = balloon_inputs(2, 64)
+    empty = inputs[1]["instances"]
+    inputs[1]["instances"] = {
+        "boxes": torch.zeros(0, 4),
+        "classes": torch.zeros(0, dtype=torch.long),
+        "masks": torch.zeros(0, *empty["masks"].shape[1:], dtype=torch.uint8),
+    }
+    losses = model(inputs)
+    assert set(losses) == RCNN_LOSSES | {"loss_mask"}
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    # A batch of only empty images trains too (no positive proposals, no mask targets).
+    losses = model([inputs[1]])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_inference_returns_instances_at_the_input_height_and_width():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")).eval()
+    image = balloon_inputs(1, 64)[0]["image"][:, :, :48]  # 64×48: padded to 64×64 inside
+    with torch.no_grad():
+        (output,) = model([{"image": image, "height": 128, "width": 96}])
+    instances = output["instances"]
+    assert set(output) == {"instances"}
+    assert set(instances) == {"boxes", "scores", "classes", "masks"}
+    count = len(instances["scores"])
+    assert 0 < count <= 20  # TEST.DETECTIONS_PER_IMAGE
+    assert instances["boxes"].shape == (count, 4)
+    assert instances["masks"].shape == (count, 128, 96) and instances["masks"].dtype == torch.bool
+    assert instances["classes"].dtype == torch.int64
+    assert instances["classes"].min() >= 0 and instances["classes"].max() < 2
+    assert instances["boxes"][:, 2].max() <= 96 and instances["boxes"][:, 3].max() <= 128
+    assert instances["boxes"].device == image.device
+
+
+def test_mask_on_false_is_faster_rcnn():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.MASK_ON", "False"))
+    inputs = balloon_inputs(1, 64)
+    assert set(model.train()(inputs)) == RCNN_LOSSES
+    with torch.no_grad():
+        (output,) = model.eval()([{"image": inputs[0]["image"]}])
+    assert set(output["instances"]) == {"boxes", "scores", "classes"}
+
+
+def test_detector_postprocess_scales_boxes_and_pastes_masks():
+    # A 28×28 all-foreground mask on box (8, 4)-(24, 20) of a 32×32 image, returned at 64×64:
+    # exactly the pixels whose centres are inside the scaled box (16, 8)-(48, 40).
+    result = {
+        "boxes": torch.tensor([[8.0, 4.0, 24.0, 20.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([2]),
+        "masks": torch.ones(1, 1, 28, 28),
+    }
+    instances = detector_postprocess(result, (32, 32), 64, 64)
+    torch.testing.assert_close(instances["boxes"], torch.tensor([[16.0, 8.0, 48.0, 40.0]]))
+    assert instances["classes"].tolist() == [1]
+    expected = torch.zeros(64, 64, dtype=torch.bool)
+    expected[8:40, 16:48] = True
+    assert torch.equal(instances["masks"][0], expected)
+
+
+def test_anchor_sizes_must_match_rpn_features():
+    cfg = tiny_cfg("MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16]]")
+    with pytest.raises(ConfigError, match="ANCHOR_GENERATOR.SIZES"):
+        build_model(cfg)

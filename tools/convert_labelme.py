@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Convert Labelme (or VIA, or mask-image) annotations to COCO instances, semantic and panoptic.
+
+    python tools/convert_labelme.py --input DIR --output OUT [--labels labels.txt]
+        [--split val=0.2 ...] [--seed 0] [--strict] [--workers N] [--format labelme|via|masks]
+
+Writes OUT/annotations/<split>.json, OUT/images/, OUT/sem_seg/<split>/, OUT/panoptic/ and
+OUT/report.json (see d2seg.data.convert.pipeline), then prints the summary as JSON. Nothing is
+written when it fails; user mistakes end with one line on stderr and exit status 2.
+"""
+
+import argparse
+import json
+
+from d2seg.data.convert.pipeline import convert_dataset
+from d2seg.data.convert.source import SourceOptions
+from d2seg.data.convert.split import parse_split_args
+from d2seg.utils.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="folder of annotation files")
+    parser.add_argument("--output", required=True, help="new folder to create")
+    parser.add_argument("--format", default="labelme", help="labelme (default), via or masks")
+    parser.add_argument(
+        "--labels", help="labels.txt: one class per line, in id order (default: sorted labels used)"
+    )
+    parser.add_argument(
+        "--split", nargs="+", action="extend", default=[], metavar="NAME=FRACTION",
+        help="e.g. val=0.2 test=0.1; the rest goes to train (default: one split 'all')",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffle")
+    parser.add_argument("--strict", action="store_true", help="every reported problem is an error")
+    parser.add_argument("--workers", type=int, default=1, help="processes converting files")
+    parser.add_argument(
+        "--allow-outside-root", action="store_true",
+        help="accept imagePath values that resolve outside --input",
+    )
+    defaults = SourceOptions()
+    parser.add_argument(
+        "--mask-label", default=defaults.mask_label, help="category of --format masks"
+    )
+    parser.add_argument(
+        "--mask-instances", choices=("components", "single"), default=defaults.mask_instances,
+        help="--format masks: one instance per connected component, or per mask file",
+    )
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    summary = convert_dataset(
+        args.input,
+        args.output,
+        fmt=args.format,
+        labels_file=args.labels,
+        splits=parse_split_args(args.split) or None,
+        seed=args.seed,
+        strict=args.strict,
+        workers=args.workers,
+        options=SourceOptions(
+            allow_outside_root=args.allow_outside_root,
+            mask_label=args.mask_label,
+            mask_instances=args.mask_instances,
+        ),
+    )
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

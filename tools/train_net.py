@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Train or evaluate a d2seg model, as Detectron2's ``tools/train_net.py``.
+
+    python tools/train_net.py --config-file configs/balloon/mask_rcnn_R_50_FPN.yaml \\
+        OUTPUT_DIR runs/balloon
+    python tools/train_net.py --config-file CFG --resume                      # continue a run
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS runs/x/model_final.pth
+    python tools/train_net.py --config-file CFG --num-gpus 2                  # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG          # under torchrun
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from d2seg.checkpoint import D2SegCheckpointer  # noqa: E402
+from d2seg.engine import default_argument_parser, default_setup, launch, setup_cfg  # noqa: E402
+from d2seg.engine.trainer import DefaultTrainer, auto_scale_workers  # noqa: E402
+from d2seg.errors import ConfigError  # noqa: E402
+from d2seg.modeling import build_model  # noqa: E402
+from d2seg.utils import comm  # noqa: E402
+from d2seg.utils.cli import run_cli  # noqa: E402
+
+
+def main(args: argparse.Namespace) -> dict:
+    cfg = auto_scale_workers(setup_cfg(args), comm.get_world_size())
+    default_setup(cfg, args)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise ConfigError(
+                "--eval-only needs weights; fix: add MODEL.WEIGHTS path/to/model_final.pth"
+            )
+        model = build_model(cfg)
+        D2SegCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        return DefaultTrainer.test(cfg, model)
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    return {}
+
+
+def cli() -> None:
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    run_cli(cli)
