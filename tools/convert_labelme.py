@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = SourceOptions()
     parser.add_argument(
-        "--mask-label", default=defaults.mask_label, help="category of --format masks"
+        "--mask-label", default=defaults.mask_label, metavar="NAME",
+        help="class of annotations that name none: every mask of --format masks (default "
+        "'object') and VIA regions without a label/class/name attribute (default 'balloon')",
     )
     parser.add_argument(
         "--mask-instances", choices=("components", "single"), default=defaults.mask_instances,

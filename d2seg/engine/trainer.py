@@ -30,6 +30,7 @@ from d2seg.evaluation import (
     PanopticEvaluator,
     SemSegEvaluator,
     inference_on_dataset,
+    report_folder,
     write_report,
 )
 from d2seg.modeling import build_model
@@ -218,17 +219,15 @@ class DefaultTrainer(SimpleTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: str) -> DatasetEvaluator:
         """COCO (bbox/segm), semantic, or all three plus panoptic for ``PanopticUNet``."""
         arch = cfg.MODEL.META_ARCHITECTURE
-        coco_tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        coco = COCOEvaluator(dataset_name, coco_tasks, output_dir, backend=cfg.TEST.COCO_BACKEND)
-        semantic = SemSegEvaluator(
-            dataset_name,
-            output_dir=output_dir,
-            ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        )
         if arch == "SemanticSegmentor":
-            return semantic
+            return SemSegEvaluator(**SemSegEvaluator.from_config(cfg, dataset_name, output_dir))
+        coco = COCOEvaluator(**COCOEvaluator.from_config(cfg, dataset_name, output_dir))
         if arch == "PanopticUNet":
-            return DatasetEvaluators([coco, semantic, PanopticEvaluator(dataset_name, output_dir)])
+            return DatasetEvaluators([
+                coco,
+                SemSegEvaluator(**SemSegEvaluator.from_config(cfg, dataset_name, output_dir)),
+                PanopticEvaluator(dataset_name, output_dir),
+            ])
         return coco
 
     @classmethod
@@ -238,16 +237,18 @@ class DefaultTrainer(SimpleTrainer):
         ``{task: {metric: value}}``, like Detectron2 with one test set) — all are logged."""
         results: dict[str, dict[str, float]] = {}
         for name in cfg.DATASETS.TEST:
-            short = os.path.splitext(os.path.basename(name))[0] if name.endswith(".json") else name
-            output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", short)
+            output_dir = report_folder(cfg.OUTPUT_DIR, name)
             loader = build_detection_test_loader(cfg, name)
             evaluator = cls.build_evaluator(cfg, name, output_dir)
             results = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
-                write_report(results, output_dir, dataset_name=name)
+                write_report(results, output_dir, dataset_name=name, **evaluator.report_inputs())
                 for task, metrics in results.items():
                     shown = ", ".join(
-                        f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float) and "-" not in k
+                        f"{k}={v:.2f}"
+                        for k, v in metrics.items()
+                        if isinstance(v, float) and "-" not in k
                     )
-                    logger.info(f"[{short}] {task}: {shown}")
+                    logger.info(f"[{name}] {task}: {shown}")
+                logger.info(f"Report written to {os.path.join(output_dir, 'report.md')}")
         return results

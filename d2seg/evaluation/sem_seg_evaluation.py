@@ -16,6 +16,7 @@ from PIL import Image
 from d2seg.config import CfgNode
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
+from d2seg.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 # A binary model's headline keys hold the foreground class's value (mIoU etc. stay two-class).
@@ -119,6 +120,7 @@ class SemSegEvaluator(DatasetEvaluator):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         ignore_label: int | None = None,
+        output_dir: str | os.PathLike | None = None,
     ):
         """
         Args:
@@ -128,6 +130,8 @@ class SemSegEvaluator(DatasetEvaluator):
             class_names: names for the per-class keys; default the metadata's
                 ``stuff_classes``, else ``class_0..class_{K-1}``.
             ignore_label: label value excluded from every metric (default 255).
+            output_dir: where ``sem_seg_confusion.json`` (class names + K×K pixel counts,
+                row = ground truth) is written by ``evaluate``; ``None``: not written.
         """
         metadata = None
         if dataset_name is not None:
@@ -152,13 +156,20 @@ class SemSegEvaluator(DatasetEvaluator):
                 f"classes; fix: give one name per class"
             )
         self._ignore_label = 255 if ignore_label is None else ignore_label
+        self._output_dir = output_dir
         self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         self._binary = False
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, dataset_name: str) -> dict[str, Any]:
+    def from_config(
+        cls, cfg: CfgNode, dataset_name: str, output_dir: str | os.PathLike | None = None
+    ) -> dict[str, Any]:
         """Constructor arguments: ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE`` as the ignore label."""
-        return {"dataset_name": dataset_name, "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE}
+        return {
+            "dataset_name": dataset_name,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "output_dir": output_dir,
+        }
 
     def reset(self) -> None:
         self._confusion = np.zeros_like(self._confusion)
@@ -209,6 +220,11 @@ class SemSegEvaluator(DatasetEvaluator):
         self._binary = any(b for _, b in gathered)
         if not self._confusion.any():
             logger.warning("SemSegEvaluator: no labelled pixels were evaluated; metrics are NaN")
+        if self._output_dir is not None:
+            atomic_write_json(
+                os.path.join(self._output_dir, "sem_seg_confusion.json"),
+                {"class_names": self._class_names, "confusion": self._confusion.tolist()},
+            )
         metrics = semantic_metrics(self._confusion, self._class_names)
         if self._binary:
             foreground = self._class_names[1]

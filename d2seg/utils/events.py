@@ -50,18 +50,31 @@ class EventStorage:
         return self._history[name].median(window)
 
 
+class _NewScalars:
+    """Which of the storage's latest scalars a writer has not written yet (values put after
+    a write at the same iteration, such as the final evaluation, still count as new)."""
+
+    def __init__(self) -> None:
+        self._written: dict[str, int] = {}
+
+    def take(self, storage: EventStorage) -> dict[int, dict[str, float]]:
+        by_iter: dict[int, dict[str, float]] = defaultdict(dict)
+        for name, (value, it) in storage.latest().items():
+            if it > self._written.get(name, -1):
+                by_iter[it][name] = value
+                self._written[name] = it
+        return by_iter
+
+
 class JSONWriter:
     """Appends the scalars put since the last write to ``path`` as JSON lines."""
 
     def __init__(self, path: str):
         self.path = path
-        self._last_written = -1
+        self._new = _NewScalars()
 
     def write(self, storage: EventStorage) -> None:
-        by_iter: dict[int, dict[str, float]] = defaultdict(dict)
-        for name, (value, it) in storage.latest().items():
-            if it > self._last_written:
-                by_iter[it][name] = value
+        by_iter = self._new.take(storage)
         if not by_iter:
             return
         with open(self.path, "a", encoding="utf-8") as f:
@@ -69,7 +82,6 @@ class JSONWriter:
                 f.write(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._last_written = max(by_iter)
 
     def close(self) -> None:
         return None
@@ -82,15 +94,12 @@ class TensorboardWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir)
-        self._last_written = -1
+        self._new = _NewScalars()
 
     def write(self, storage: EventStorage) -> None:
-        newest = self._last_written
-        for name, (value, it) in storage.latest().items():
-            if it > self._last_written:
+        for it, scalars in self._new.take(storage).items():
+            for name, value in scalars.items():
                 self._writer.add_scalar(name, value, it)
-                newest = max(newest, it)
-        self._last_written = newest
         self._writer.flush()
 
     def close(self) -> None:
@@ -107,6 +116,9 @@ class ProgressWriter:
         self._shown: int | None = None
 
     def write(self, storage: EventStorage) -> None:
+        done = storage.iter + 1
+        if done == self._shown:
+            return
         if self._shown is None:
             self._shown = storage.start_iter
             if self.use_bar:
@@ -119,7 +131,6 @@ class ProgressWriter:
         losses = {k: v for k, (v, _) in latest.items() if "loss" in k and "/" not in k}
         shown = {k: storage.median(k) for k in losses}
         lr = latest.get("lr", (float("nan"), 0))[0]
-        done = storage.iter + 1
         eta = ""
         if "time" in latest:
             seconds = storage.median("time") * (self.max_iter - done)

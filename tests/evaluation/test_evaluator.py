@@ -98,8 +98,11 @@ def _two_process_worker(rank, init_file, folder):
 
 
 def test_distributed_results_are_gathered_on_rank_0(tmp_path):
-    torch.multiprocessing.spawn(_two_process_worker, args=(str(tmp_path / "init"), str(tmp_path)),
-                                nprocs=2)
+    # fork: with --import-mode=importlib a spawned child cannot import this test module.
+    torch.multiprocessing.start_processes(
+        _two_process_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+        start_method="fork",
+    )
     main = json.loads((tmp_path / "rank0.json").read_text())["sem_seg"]
     assert json.loads((tmp_path / "rank1.json").read_text()) == {}
     # 16 pixels of class 0 right, 16 of class 1 predicted as 0: both ranks' pixels counted.

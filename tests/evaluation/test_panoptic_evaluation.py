@@ -135,8 +135,8 @@ def test_evaluator_on_registered_dataset_round_trips_coco_panoptic_files(sample,
     assert written["PQ"] == pytest.approx(100)
 
 
-def test_category_outside_the_dataset_is_a_dataset_error(sample, tmp_path):
-    folder, _, images = sample
+def test_category_outside_the_dataset_is_a_dataset_error(sample):
+    folder, _, _ = sample
     evaluator = PanopticEvaluator(class_names=["thing", "stuff"], thing_ids=[0])
     inp = {"image_id": 1, "pan_seg_file_name": str(folder / "panoptic_examples/000000142238.png"),
            "segments_info": []}

@@ -1,5 +1,6 @@
 """Semantic metrics against torchmetrics on random label maps with ignored pixels."""
 
+import json
 import math
 
 import numpy as np
@@ -141,9 +142,11 @@ def test_registered_dataset_gives_class_names_and_ignore_label(tmp_path):
     name = f"sem_{tmp_path.name}"
     register_sem_seg(name, tmp_path, tmp_path, metadata={"stuff_classes": ["ground", "balloon"]})
     gt = np.array([[0, 1], [IGNORE, 1]], np.uint8)
-    evaluator = SemSegEvaluator(name)
+    evaluator = SemSegEvaluator(name, output_dir=tmp_path / "out")
     evaluator.process([{"sem_seg_file_name": _write_png(tmp_path / "a.png", gt)}],
                       [{"sem_seg": _logits_for(np.array([[0, 1], [0, 0]]), 2)}])
     metrics = evaluator.evaluate()["sem_seg"]
     assert metrics["IoU-ground"] == pytest.approx(50.0)  # the ignored pixel is not counted
     assert metrics["IoU-balloon"] == pytest.approx(50.0)
+    saved = json.loads((tmp_path / "out/sem_seg_confusion.json").read_text())
+    assert saved == {"class_names": ["ground", "balloon"], "confusion": [[1, 0], [1, 1]]}

@@ -14,7 +14,7 @@ from torchvision.ops import masks_to_boxes
 
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
-from d2seg.errors import ConfigError
+from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling import build_model
 from d2seg.modeling.postprocess import detector_postprocess
 
@@ -105,9 +105,16 @@ def test_tiny_model_overfits_two_images(config: str):
             assert len(things) >= len(x["instances"]["classes"])
 
 
-def test_training_returns_detectron2_loss_names_and_survives_empty_images():
+@pytest.mark.parametrize(
+    "config, mask_losses",
+    [
+        ("mask_rcnn_R_18_tiny", {"loss_mask"}),
+        ("pointrend_R_18_tiny", {"loss_mask", "loss_mask_point"}),
+    ],
+)
+def test_training_returns_detectron2_loss_names_and_survives_empty_images(config, mask_losses):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).train()
+    model = build_model(tiny_cfg(path=CONFIGS / "tiny" / f"{config}.yaml")).train()
     inputs = balloon_inputs(2, 64)
     empty = inputs[1]["instances"]
     inputs[1]["instances"] = {
@@ -116,7 +123,7 @@ def test_training_returns_detectron2_loss_names_and_survives_empty_images():
         "masks": torch.zeros(0, *empty["masks"].shape[1:], dtype=torch.uint8),
     }
     losses = model(inputs)
-    assert set(losses) == RCNN_LOSSES | {"loss_mask"}
+    assert set(losses) == RCNN_LOSSES | mask_losses
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     # A batch of only empty images trains too (no positive proposals, no mask targets).
@@ -175,3 +182,14 @@ def test_anchor_sizes_must_match_rpn_features():
     cfg = tiny_cfg("MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16]]")
     with pytest.raises(ConfigError, match="ANCHOR_GENERATOR.SIZES"):
         build_model(cfg)
+
+
+def test_classes_beyond_num_classes_are_a_dataset_error():
+    model = build_model(tiny_cfg()).train()  # NUM_CLASSES 2
+    inputs = balloon_inputs(1, 64)
+    inputs[0]["instances"]["classes"] = inputs[0]["instances"]["classes"] + 2
+    with pytest.raises(DatasetError, match="NUM_CLASSES"):
+        model(inputs)
+    del inputs[0]["instances"]
+    with pytest.raises(DatasetError, match="instances"):
+        model(inputs)

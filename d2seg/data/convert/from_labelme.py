@@ -42,16 +42,9 @@ class LabelmeSource(AnnotationSource):
     """A folder of Labelme JSON files (any Labelme version) and their images."""
 
     def items(self, report: ConversionReport) -> list[str]:
-        if not self.input_dir.is_dir():
-            raise DatasetError(
-                f"--input {self.input_dir} is not a folder; fix: pass the folder that holds the "
-                f"Labelme .json files"
-            )
         found = [
             p.relative_to(self.input_dir).as_posix()
-            for p in self.input_dir.rglob("*.json")
-            if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(self.input_dir).parts)
+            for p in self.input_files("*.json", "the Labelme .json files")
         ]
         if not found:
             raise DatasetError(

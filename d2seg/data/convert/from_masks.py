@@ -11,11 +11,12 @@ palette PNG), the value for grayscale (0/255 or 0/1 PNG), any colour channel for
 Mask pixels are taken to match the image's stored pixels, so an image with an EXIF rotation is
 reported and skipped rather than silently misaligned.
 
-There is one category, ``SourceOptions.mask_label`` (``--mask-label``). Connected components
-(8-connected) smaller than ``mask_min_area`` pixels are dropped and reported; the rest are one
-instance each (``mask_instances="components"``) or one instance together (``"single"``).
-Instances get COCO polygons from their outer contours (``cv2.findContours``), unless the mask
-has holes or a contour encloses no area (thin lines, single pixels): those are written as RLE.
+There is one category, ``SourceOptions.mask_label`` (``--mask-label``; ``"object"`` when
+unset). Connected components (8-connected) smaller than ``mask_min_area`` pixels are dropped and
+reported; the rest are one instance each (``mask_instances="components"``) or one instance
+together (``"single"``). Instances get COCO polygons from their outer contours
+(``cv2.findContours``), unless the mask has holes or a contour encloses no area (thin lines,
+single pixels): those are written as RLE.
 ``area`` and ``bbox`` always come from the mask itself.
 """
 
@@ -33,6 +34,7 @@ from d2seg.errors import AnnotationError, DatasetError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_SUFFIXES = frozenset({".gif", ".png"})
 MASK_TAG = "_mask"
+DEFAULT_LABEL = "object"
 
 
 def _open(path: Path, what: str) -> PIL.Image.Image:
@@ -76,32 +78,23 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
     return [c.reshape(-1).astype(float).tolist() for c in contours]
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 class MaskImageSource(AnnotationSource):
     """Images with ``<id>_mask.gif|png`` binary masks; one class, ``options.mask_label``."""
 
     def __init__(self, input_dir: str | Path, options: SourceOptions = SourceOptions()):
         super().__init__(input_dir, options)
+        self.label = DEFAULT_LABEL if options.mask_label is None else options.mask_label
         self._pairs: dict[str, Path] | None = None
 
     def _index(self, report: ConversionReport | None = None) -> dict[str, Path]:
         """Item (image path relative to the input folder) → its mask file."""
         if self._pairs is not None:
             return self._pairs
-        if not self.input_dir.is_dir():
-            raise DatasetError(
-                f"--input {self.input_dir} is not a folder; fix: pass the folder that holds the "
-                f"images and their <id>_mask.gif/png masks"
-            )
+        files = self.input_files("*", "the images and their <id>_mask.gif/png masks")
         report = report if report is not None else ConversionReport()
         images: dict[str, list[Path]] = {}
         masks: dict[str, list[Path]] = {}
-        for path in sorted(self.input_dir.rglob("*")):
-            if not path.is_file() or _is_hidden(path, self.input_dir):
-                continue
+        for path in files:
             suffix = path.suffix.lower()
             if path.stem.endswith(MASK_TAG) and suffix in MASK_SUFFIXES:
                 masks.setdefault(path.stem[: -len(MASK_TAG)], []).append(path)
@@ -150,7 +143,7 @@ class MaskImageSource(AnnotationSource):
         return sorted(self._index(report))
 
     def labels(self, item: str) -> list[str]:
-        return [self.options.mask_label]
+        return [self.label]
 
     def load(self, item: str, report: ConversionReport) -> ImageRecord | None:
         image_path = self.input_dir / item
@@ -212,7 +205,7 @@ class MaskImageSource(AnnotationSource):
             groups = [(labels == c, f"{mask_name}: component {i}") for i, c in enumerate(kept)]
         return [
             InstanceRecord(
-                label=self.options.mask_label,
+                label=self.label,
                 mask=mask,
                 polygons=mask_polygons(mask),
                 source=source,

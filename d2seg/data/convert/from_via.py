@@ -14,15 +14,15 @@ left out of the items. Image sizes are read from the images (VIA does not store 
 
 Each region becomes one instance, read as the equivalent Labelme shape so that masks are
 rasterised, clipped and reported exactly as for Labelme (:mod:`d2seg.data.labelme`):
-``polygon`` (VIA 1.x repeats the first point at the end: the repeat is dropped and reported as
-``fixed``) and ``rect`` → COCO polygons; ``ellipse`` → a 64-point polygon; ``circle``,
-``polyline`` (10 px wide line) and ``point`` → RLE.
+``polygon`` (VIA 1.x closes every polygon by repeating its first point at the end: a valid
+spelling, normalised silently by dropping the repeat) and ``rect`` → COCO polygons; ``ellipse``
+→ a 64-point polygon; ``circle``, ``polyline`` (10 px wide line) and ``point`` → RLE.
 
 Class of a region, first match wins:
 
 1. the region attribute ``label``, ``class`` or ``name`` (in that order) when it is a non-empty
    string;
-2. the implicit class: ``SourceOptions.mask_label`` when it was set (``--mask-label NAME``),
+2. the implicit class: ``SourceOptions.mask_label`` when it is set (``--mask-label NAME``),
    otherwise ``"balloon"`` — VIA files without region attributes are almost always the
    balloon set of Matterport's and Detectron2's tutorials, which then needs no flag.
 """
@@ -38,19 +38,12 @@ import numpy as np
 from d2seg.data.convert.from_labelme import LabelmeSource
 from d2seg.data.convert.record import ConversionReport, ImageRecord
 from d2seg.data.convert.source import SourceOptions
-from d2seg.data.labelme import (
-    LabelmeAnnotation,
-    LabelmeShape,
-    load_image,
-    load_json,
-    resolve_image_path,
-)
+from d2seg.data.labelme import LabelmeAnnotation, LabelmeShape, load_json, resolve_image_path
 from d2seg.errors import AnnotationError, DatasetError
 
 IMPLICIT_LABEL = "balloon"
 LABEL_ATTRIBUTES = ("label", "class", "name")
 ELLIPSE_POINTS = 64
-_DEFAULT_MASK_LABEL = SourceOptions().mask_label
 
 
 @dataclass
@@ -120,29 +113,30 @@ def _ellipse_points(cx: float, cy: float, rx: float, ry: float, theta: float) ->
     return np.stack([cx + x * cos - y * sin, cy + x * sin + y * cos], axis=1)
 
 
-def _shape_geometry(attributes: dict, where: str) -> tuple[str, np.ndarray, bool]:
-    """(Labelme shape_type, points K×2, whether a closing repeated point was dropped)."""
+def _shape_geometry(attributes: dict, where: str) -> tuple[str, np.ndarray]:
+    """(Labelme shape_type, points K×2) of a region's ``shape_attributes``."""
     kind = attributes.get("name")
     if kind == "polygon":
         points = _point_lists(attributes, where)
+        # VIA 1.x closes polygons explicitly; Labelme polygons are implicitly closed.
         closed = len(points) > 3 and bool((points[0] == points[-1]).all())
-        return "polygon", points[:-1] if closed else points, closed
+        return "polygon", points[:-1] if closed else points
     if kind == "polyline":
-        return "linestrip", _point_lists(attributes, where), False
+        return "linestrip", _point_lists(attributes, where)
     if kind == "rect":
         x, y, w, h = _numbers(attributes, ("x", "y", "width", "height"), where)
-        return "rectangle", np.array([[x, y], [x + w, y + h]]), False
+        return "rectangle", np.array([[x, y], [x + w, y + h]])
     if kind == "circle":
         cx, cy, r = _numbers(attributes, ("cx", "cy", "r"), where)
-        return "circle", np.array([[cx, cy], [cx + r, cy]]), False
+        return "circle", np.array([[cx, cy], [cx + r, cy]])
     if kind == "ellipse":
         cx, cy, rx, ry = _numbers(attributes, ("cx", "cy", "rx", "ry"), where)
         theta = _numbers(attributes, ("theta",), where)[0] if "theta" in attributes else 0.0
-        return "polygon", _ellipse_points(cx, cy, rx, ry, theta), False
+        return "polygon", _ellipse_points(cx, cy, rx, ry, theta)
     if kind == "point":
-        return "point", np.array([_numbers(attributes, ("cx", "cy"), where)]), False
+        return "point", np.array([_numbers(attributes, ("cx", "cy"), where)])
     # Left to LabelmeSource, which reports unsupported shape types as skipped.
-    return str(kind), np.zeros((0, 2)), False
+    return str(kind), np.zeros((0, 2))
 
 
 class ViaSource(LabelmeSource):
@@ -150,6 +144,7 @@ class ViaSource(LabelmeSource):
 
     def __init__(self, input_dir: str | Path, options: SourceOptions = SourceOptions()):
         super().__init__(input_dir, options)
+        self.implicit_label = IMPLICIT_LABEL if options.mask_label is None else options.mask_label
         self._entries: dict[str, ViaEntry] | None = None
 
     def __getstate__(self) -> dict:
@@ -160,20 +155,10 @@ class ViaSource(LabelmeSource):
         """Item name → entry, over every VIA file; problems go to ``report`` when given."""
         if self._entries is not None:
             return self._entries
-        if not self.input_dir.is_dir():
-            raise DatasetError(
-                f"--input {self.input_dir} is not a folder; fix: pass the folder that holds the "
-                f"VIA .json file(s)"
-            )
+        json_files = self.input_files("*.json", "the VIA .json file(s)")
         report = report if report is not None else ConversionReport()
         entries: dict[str, ViaEntry] = {}
         via_files = 0
-        json_files = sorted(
-            p
-            for p in self.input_dir.rglob("*.json")
-            if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(self.input_dir).parts)
-        )
         for json_path in json_files:
             json_rel = json_path.relative_to(self.input_dir)
             via = _via_entries(load_json(json_path))
@@ -236,9 +221,7 @@ class ViaSource(LabelmeSource):
                 value = attributes.get(key)
                 if isinstance(value, str) and value.strip():
                     return value.strip()
-        if self.options.mask_label != _DEFAULT_MASK_LABEL:
-            return self.options.mask_label
-        return IMPLICIT_LABEL
+        return self.implicit_label
 
     def items(self, report: ConversionReport) -> list[str]:
         return sorted(self._index(report))
@@ -249,7 +232,7 @@ class ViaSource(LabelmeSource):
     def _annotation(
         self, item: str, entry: ViaEntry, report: ConversionReport
     ) -> LabelmeAnnotation:
-        shapes, closed = [], []
+        shapes = []
         for index, region in enumerate(entry.regions):
             where = f"{entry.json_path}: '{entry.filename}' regions[{index}]"
             attributes = region.get("shape_attributes") if isinstance(region, dict) else None
@@ -257,20 +240,12 @@ class ViaSource(LabelmeSource):
                 raise AnnotationError(
                     f"{where} has no shape_attributes object; fix: redraw or delete the region"
                 )
-            shape_type, points, was_closed = _shape_geometry(attributes, where)
+            shape_type, points = _shape_geometry(attributes, where)
             if shape_type == "polygon" and len(points) < 3:
                 report.add(item, "skipped", f"a polygon of {len(points)} point(s)", index)
                 continue
-            if was_closed:
-                closed.append(index)
             shapes.append(
                 LabelmeShape(index, self._region_label(region), shape_type, points, group_id=None)
-            )
-        if closed:
-            report.add(
-                item,
-                "fixed",
-                f"regions {closed} repeat their first point at the end (VIA 1.x); dropped it",
             )
         return LabelmeAnnotation(
             path=entry.json_path,
@@ -284,22 +259,12 @@ class ViaSource(LabelmeSource):
     def load(self, item: str, report: ConversionReport) -> ImageRecord | None:
         entry = self._index()[item]
         annotation = self._annotation(item, entry, report)
+        # Not reported when found by name only: _add_entry accepted that image already (a VIA
+        # filename may be a path on the annotating machine).
         image_file, _ = resolve_image_path(
             annotation, self.input_dir, self.options.allow_outside_root
         )
-        image = load_image(annotation, image_file)
-        # EXIF-rotated pixels are written from memory, as PNG.
-        suffix = PurePosixPath(item).suffix if image.pixels is None else ".png"
-        record = ImageRecord(
-            source=item,
-            file_name=PurePosixPath(item).with_suffix(suffix).as_posix(),
-            height=image.height,
-            width=image.width,
-            image=image.pixels,
-            image_path=image_file if image.pixels is None else None,
-        )
-        self._add_shapes(annotation, item, record, report)
-        return record
+        return self._to_record(item, annotation, image_file, report)
 
 
 SOURCE = ViaSource

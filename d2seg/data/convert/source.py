@@ -5,12 +5,15 @@ whose ``SOURCE`` attribute is an :class:`AnnotationSource` subclass. Sources are
 plain paths and options so that ``--workers`` processes can rebuild them (they are pickled).
 """
 
+import fnmatch
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from d2seg.data.convert.record import ConversionReport, ImageRecord
+from d2seg.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -19,14 +22,16 @@ class SourceOptions:
 
     Attributes:
         allow_outside_root: accept image paths that resolve outside the input folder.
-        mask_label: category name of mask-image sources (one class per mask file).
+        mask_label: the class of annotations that name none: every mask of ``--format masks``
+            (default there ``"object"``), VIA regions without a label attribute (default there
+            ``"balloon"``). ``None`` = each source's default.
         mask_instances: "components" = one instance per connected component of a mask,
             "single" = one instance per mask file.
         mask_min_area: connected components smaller than this (pixels) are dropped and reported.
     """
 
     allow_outside_root: bool = False
-    mask_label: str = "object"
+    mask_label: str | None = None
     mask_instances: Literal["components", "single"] = "components"
     mask_min_area: int = 16
 
@@ -37,6 +42,28 @@ class AnnotationSource(ABC):
     def __init__(self, input_dir: str | Path, options: SourceOptions = SourceOptions()):
         self.input_dir = Path(input_dir)
         self.options = options
+
+    def input_files(self, pattern: str, expected: str) -> list[Path]:
+        """Sorted files under the input folder whose name matches ``pattern`` (e.g. ``"*.json"``).
+
+        Hidden files and folders (``.git``, ``.ipynb_checkpoints``, ...) are skipped and not
+        descended into. ``expected`` says what the folder should hold, for the DatasetError
+        raised when ``input_dir`` is not a folder (e.g. "the Labelme .json files").
+        """
+        if not self.input_dir.is_dir():
+            raise DatasetError(
+                f"--input {self.input_dir} is not a folder; fix: pass the folder that holds "
+                f"{expected}"
+            )
+        found = []
+        for folder, subfolders, files in os.walk(self.input_dir):
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            found.extend(
+                Path(folder, name)
+                for name in files
+                if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern)
+            )
+        return sorted(found)
 
     @abstractmethod
     def items(self, report: ConversionReport) -> list[str]:

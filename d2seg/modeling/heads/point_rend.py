@@ -336,7 +336,7 @@ class PointRendMaskHead(MaskHead):
         side = self.coarse_pooler_side
         grid = regular_grid_points(side, num_boxes, features[self.coarse_in_features[0]].device)
         pooled = self._point_features(self.coarse_in_features, features, boxes, grid)
-        return self.coarse_head(pooled.view(num_boxes, -1, side, side))
+        return self.coarse_head(pooled.view(num_boxes, pooled.shape[1], side, side))
 
     def losses(self, features, proposals, image_shapes, gt_masks, gt_labels, matched_idxs):
         """``loss_mask`` (coarse prediction vs. the mask projected on the proposal, torchvision's

@@ -164,7 +164,8 @@ class GeneralizedRCNN(nn.Module):
     def targets(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
         """Ground truth in torchvision's form: boxes, labels = classes + 1, masks."""
         num_classes = self.roi_heads.box_predictor.cls_score.out_features - 1
-        needed = ("boxes", "classes") + (("masks",) if self.roi_heads.mask_head else ())
+        with_masks = self.roi_heads.mask_head is not None
+        needed = ("boxes", "classes") + (("masks",) if with_masks else ())
         targets = []
         for i, x in enumerate(batched_inputs):
             instances = x.get("instances", {})
@@ -186,7 +187,7 @@ class GeneralizedRCNN(nn.Module):
                 "boxes": instances["boxes"].to(self.device, torch.float32).reshape(-1, 4),
                 "labels": instances["classes"].to(self.device, torch.int64) + 1,
             }
-            if self.roi_heads.mask_head is not None:
+            if with_masks:
                 target["masks"] = instances["masks"].to(self.device)
             targets.append(target)
         return targets
