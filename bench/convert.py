@@ -3,18 +3,23 @@
 
 Generates ``--num-files`` synthetic Labelme balloon files (1–4 polygons each, no groups, so both
 tools produce one annotation per shape), converts them with both tools, each writing its output
-JSON as it normally does, and prints::
+as it normally does, and prints (labelme2coco seconds / d2seg seconds, workers=1)::
 
-    convert_speedup: X        (labelme2coco seconds / d2seg seconds, workers=1; target >= 5)
+    convert_speedup: X                  d2seg with all outputs
+    convert_speedup_instances_only: Y   d2seg with --outputs instances
 
-It then compares the annotations pairwise (same image, same order). The two tools measure
-different things: labelme2coco takes ``area`` and ``bbox`` from the polygon (shapely), d2seg from
-the rasterised mask (pixel count, as labelme's own converter does), so areas are reported as
-"exact matches / max |Δ|" and boxes as "within 1 px". ``--profile`` adds a cProfile of d2seg's
-side. d2seg does more per file than labelme2coco (it opens and copies the images and writes
-semantic and panoptic PNGs); that work is inside its time. d2seg gets ``labels.txt`` (its
-documented ``--labels`` usage), labelme2coco collects names as it goes; each tool's fastest of
-``--repeat`` runs counts, since the machine may be shared.
+labelme2coco parses each JSON and writes one COCO json, taking ``area`` and ``bbox`` from the
+polygon (shapely). d2seg also reads each image's header (size, EXIF orientation), copies the
+image into ``OUT/images``, rasterises every shape to get labelme's exact pixel ``area``/``bbox``
+and validates the json; with all outputs it also writes a semantic and a panoptic PNG per image
+and the panoptic json. That work is inside its time; the instances-only line shows how much of
+it is the two PNGs per image.
+
+It then compares the annotations pairwise (same image, same order): areas as "exact matches /
+max |Δ|" (pixel count vs polygon area), boxes as "within 1 px". ``--profile`` adds a cProfile of
+d2seg's full-output side. d2seg gets ``labels.txt`` (its documented ``--labels`` usage),
+labelme2coco collects names as it goes; each tool's fastest of ``--repeat`` runs counts, since
+the machine may be shared.
 """
 
 import argparse
@@ -103,14 +108,18 @@ def main() -> None:
         labels = labelme_dir / "labels.txt"  # d2seg's documented usage: --labels labels.txt
         d2seg_s = best_time(lambda run: convert_dataset(
             labelme_dir, root / f"d2seg{run}", labels_file=labels, workers=1), args.repeat, profile)
+        instances_s = best_time(lambda run: convert_dataset(
+            labelme_dir, root / f"instances{run}", labels_file=labels, workers=1,
+            outputs=("instances",)), args.repeat)
         reference_s = best_time(
             lambda run: labelme2coco.convert(str(labelme_dir), str(root / f"l2c{run}")),
             args.repeat)
-        print(f"d2seg convert_dataset (workers=1): {d2seg_s:.2f} s "
-              f"({1000 * d2seg_s / args.num_files:.2f} ms/file)")
-        print(f"labelme2coco.convert: {reference_s:.2f} s "
-              f"({1000 * reference_s / args.num_files:.2f} ms/file)")
+        for name, seconds in (("d2seg convert_dataset, all outputs", d2seg_s),
+                              ("d2seg convert_dataset, outputs=instances", instances_s),
+                              ("labelme2coco.convert", reference_s)):
+            print(f"{name}: {seconds:.2f} s ({1000 * seconds / args.num_files:.2f} ms/file)")
         print(f"convert_speedup: {reference_s / d2seg_s:.2f}")
+        print(f"convert_speedup_instances_only: {reference_s / instances_s:.2f}")
         compare(json.loads((root / "d2seg0" / "annotations" / "all.json").read_text()),
                 json.loads((root / "l2c0" / "dataset.json").read_text()))
     if profile is not None:

@@ -25,3 +25,7 @@ class AnnotationError(D2SegError):
 
 class CheckpointError(D2SegError):
     """A checkpoint file is missing, corrupt, or holds something other than tensors."""
+
+
+class ExportError(D2SegError):
+    """An exported graph disagrees with the PyTorch model it was exported from."""

@@ -3,16 +3,18 @@
 
     python tools/convert_labelme.py --input DIR --output OUT [--labels labels.txt]
         [--split val=0.2 ...] [--seed 0] [--strict] [--workers N] [--format labelme|via|masks]
+        [--outputs instances,sem_seg,panoptic]
 
 Writes OUT/annotations/<split>.json, OUT/images/, OUT/sem_seg/<split>/, OUT/panoptic/ and
-OUT/report.json (see d2seg.data.convert.pipeline), then prints the summary as JSON. Nothing is
+OUT/report.json (see d2seg.data.convert.pipeline; --outputs instances writes only the COCO
+instances, images and report), then prints the summary as JSON. Nothing is
 written when it fails; user mistakes end with one line on stderr and exit status 2.
 """
 
 import argparse
 import json
 
-from d2seg.data.convert.pipeline import convert_dataset
+from d2seg.data.convert.pipeline import OUTPUTS, convert_dataset
 from d2seg.data.convert.source import SourceOptions
 from d2seg.data.convert.split import parse_split_args
 from d2seg.utils.cli import run_cli
@@ -33,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffle")
     parser.add_argument("--strict", action="store_true", help="every reported problem is an error")
     parser.add_argument("--workers", type=int, default=1, help="processes converting files")
+    parser.add_argument(
+        "--outputs", default=",".join(OUTPUTS), metavar="LIST",
+        help=f"comma-separated subset of {','.join(OUTPUTS)} to write (default: all); "
+        f"'instances' alone saves the time and disk of two PNGs per image",
+    )
     parser.add_argument(
         "--allow-outside-root", action="store_true",
         help="accept imagePath values that resolve outside --input",
@@ -61,6 +68,7 @@ def main() -> int:
         seed=args.seed,
         strict=args.strict,
         workers=args.workers,
+        outputs=[name.strip() for name in args.outputs.split(",") if name.strip()],
         options=SourceOptions(
             allow_outside_root=args.allow_outside_root,
             mask_label=args.mask_label,

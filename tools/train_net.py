@@ -26,12 +26,12 @@ from d2seg.utils.cli import run_cli  # noqa: E402
 
 def main(args: argparse.Namespace) -> dict:
     cfg = auto_scale_workers(setup_cfg(args), comm.get_world_size())
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise ConfigError(
+            "--eval-only needs weights; fix: add MODEL.WEIGHTS path/to/model_final.pth"
+        )
     default_setup(cfg, args)
     if args.eval_only:
-        if not cfg.MODEL.WEIGHTS:
-            raise ConfigError(
-                "--eval-only needs weights; fix: add MODEL.WEIGHTS path/to/model_final.pth"
-            )
         model = build_model(cfg)
         D2SegCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
         return DefaultTrainer.test(cfg, model)

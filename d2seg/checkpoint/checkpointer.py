@@ -29,8 +29,10 @@ from d2seg.utils.io import atomic_open
 class D2SegCheckpointer(Checkpointer):
     """A :class:`fvcore.common.checkpoint.Checkpointer` with safe loading and atomic saving."""
 
-    def save(self, name: str, **kwargs: Any) -> None:
-        """Write ``{save_dir}/{name}.pth`` atomically, then point ``last_checkpoint`` at it."""
+    def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
+        """Write ``{save_dir}/{name}.pth`` atomically, then point ``last_checkpoint`` at it
+        unless ``tag_last`` is False (a best-model copy must not become what ``--resume``
+        continues from)."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
@@ -42,7 +44,8 @@ class D2SegCheckpointer(Checkpointer):
         self.logger.info(f"Saving checkpoint to {path}")
         with atomic_open(path, "wb") as f:
             torch.save(data, f)
-        self.tag_last_checkpoint(basename)
+        if tag_last:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:

@@ -7,9 +7,11 @@ pickle; a spawned worker process that needs a dataset calls :func:`resolve_datas
 ``register_*`` call) again and gets the same name.
 
 A COCO json path works wherever a dataset name does (``DATASETS.TRAIN: ("out/annotations/
-train.json",)``): :func:`resolve_dataset` registers it under its absolute path. Its images are
-looked up in ``OUT/images`` when the json is ``OUT/annotations/<name>.json`` and that folder
-exists (the layout ``tools/convert_labelme.py`` writes), otherwise in the json's own folder.
+train.json",)``): :func:`resolve_dataset` registers it under its absolute path. When the json is
+``OUT/annotations/<split>.json`` and ``OUT/images`` exists (the layout ``tools/convert_labelme.py``
+writes), it is a converted split (:func:`load_converted_split`): images in ``OUT/images`` and the
+converter's semantic and panoptic labels attached. Otherwise its images are looked up in the
+json's own folder.
 """
 
 import functools
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from d2seg.data.coco import load_coco_json, read_json
+from d2seg.data.convert.writers import IGNORE_VALUE, label_map_name
 from d2seg.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -317,12 +320,71 @@ def register_sem_seg(
     )
 
 
-def _coco_image_root(json_file: Path) -> Path:
-    """Images of an unregistered COCO json: the converter's ``images/`` or the json's folder."""
-    converter_layout = json_file.parent.parent / "images"
-    if json_file.parent.name == "annotations" and converter_layout.is_dir():
-        return converter_layout
-    return json_file.parent
+def _is_converted_split(json_file: Path) -> bool:
+    """Whether ``json_file`` is ``OUT/annotations/<split>.json`` beside ``OUT/images``."""
+    return json_file.parent.name == "annotations" and (json_file.parent.parent / "images").is_dir()
+
+
+def _converted_split_metadata(json_file: Path) -> dict[str, Any]:
+    """Metadata of a converted split: its files (the label parts only where they exist)."""
+    out, split = json_file.parent.parent, json_file.stem
+    metadata: dict[str, Any] = {
+        "json_file": str(json_file),
+        "image_root": str(out / "images"),
+        "evaluator_type": "coco",
+        "ignore_label": IGNORE_VALUE,
+    }
+    if (out / "sem_seg" / split).is_dir():
+        metadata["sem_seg_root"] = str(out / "sem_seg" / split)
+    panoptic_json, panoptic_root = out / "panoptic" / f"{split}.json", out / "panoptic" / split
+    if panoptic_json.is_file() and panoptic_root.is_dir():
+        metadata.update(panoptic_root=str(panoptic_root), panoptic_json=str(panoptic_json))
+    return metadata
+
+
+def load_converted_split(json_file: str | os.PathLike, dataset_name: str) -> list[dict]:
+    """Dataset dicts of a split written by ``tools/convert_labelme.py``.
+
+    ``json_file`` is the absolute path of ``OUT/annotations/<split>.json``. Returns
+    :func:`load_coco_json`'s dicts (images in ``OUT/images``) with, where the converter wrote
+    them:
+
+    - ``sem_seg_file_name``: ``OUT/sem_seg/<split>/<file_name with suffix .png>``, uint8 H×W:
+      0 background, k = ``thing_classes[k - 1]``, 255 ignore;
+    - ``pan_seg_file_name`` and ``segments_info`` (contiguous category ids, as
+      :func:`load_coco_panoptic_json`) from ``OUT/panoptic/<split>.json``.
+
+    Sets the metadata ``stuff_classes = ["background", *thing_classes]``: semantic class k is
+    the PNG value k, so a semantic model trained on it needs ``MODEL.SEM_SEG_HEAD.NUM_CLASSES =
+    len(thing_classes) + 1``. Also ``ignore_label`` 255 and ``json_file``, ``image_root``,
+    ``sem_seg_root``, ``panoptic_root``, ``panoptic_json`` (those that exist).
+    """
+    files = _converted_split_metadata(Path(json_file))
+    image_root = files["image_root"]
+    dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
+    metadata = MetadataCatalog.get(dataset_name).set(**files)
+    metadata.set(stuff_classes=["background", *metadata.thing_classes])
+    if "sem_seg_root" in files:
+        for record in dataset_dicts:
+            file_name = Path(os.path.relpath(record["file_name"], image_root)).as_posix()
+            label_file = Path(files["sem_seg_root"], label_map_name(file_name))
+            if label_file.is_file():
+                record["sem_seg_file_name"] = str(label_file)
+    if "panoptic_json" in files:
+        panoptic = load_coco_panoptic_json(
+            files["panoptic_json"],
+            image_root,
+            files["panoptic_root"],
+            metadata.thing_dataset_id_to_contiguous_id,
+            {},
+        )
+        by_image = {(p["image_id"], p["file_name"]): p for p in panoptic}
+        for record in dataset_dicts:
+            match = by_image.get((record["image_id"], record["file_name"]))
+            if match is not None:
+                record["pan_seg_file_name"] = match["pan_seg_file_name"]
+                record["segments_info"] = match["segments_info"]
+    return dataset_dicts
 
 
 def resolve_dataset(name_or_path: str) -> str:
@@ -340,8 +402,14 @@ def resolve_dataset(name_or_path: str) -> str:
                 f"from the working folder {Path.cwd()})"
             )
         name = str(path.resolve())
-        if name not in DatasetCatalog:
-            register_coco_instances(name, {}, name, _coco_image_root(Path(name)))
+        if name in DatasetCatalog:
+            return name
+        json_file = Path(name)
+        if _is_converted_split(json_file):
+            DatasetCatalog.register(name, functools.partial(load_converted_split, name, name))
+            MetadataCatalog.get(name).set(**_converted_split_metadata(json_file))
+        else:
+            register_coco_instances(name, {}, name, json_file.parent)
         return name
     registered = ", ".join(sorted(DatasetCatalog)) or "none"
     raise DatasetError(

@@ -217,24 +217,39 @@ def annotations_to_instances(
     return instances
 
 
-def panoptic_to_targets(
-    segment_ids: np.ndarray, segments_info: list[dict], ignore_value: int = 255
-) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """A panoptic H×W segment-id map → (thing instances, semantic labels).
+# PanopticFPN's semantic labels, as PanopticUNet's U-Net head predicts them (see
+# d2seg/modeling/meta_arch/panoptic.py): 0 = any thing, 1 = "background" (pixels no segment covers:
+# void in the panoptic PNG), 2 + k = stuff category k (contiguous stuff id).
+PANOPTIC_THINGS_LABEL = 0
+PANOPTIC_BACKGROUND_LABEL = 1
+PANOPTIC_FIRST_STUFF_LABEL = 2
 
-    Every segment's pixels get its contiguous ``category_id`` in the uint8 H×W semantic map
-    (void = ``ignore_value``); non-crowd segments with ``isthing`` become instances
-    ``{"boxes": float32 N×4 XYXY (tight around the mask), "classes": int64 N, "masks": uint8
-    N×H×W}``.
+
+def panoptic_to_targets(
+    segment_ids: np.ndarray, segments_info: list[dict]
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """A panoptic H×W segment-id map → (thing instances, PanopticFPN semantic labels).
+
+    ``segments_info`` category ids are contiguous within things (0..T-1) and within stuff
+    (0..S-1), told apart by ``isthing``. The uint8 H×W semantic map holds
+    :data:`PANOPTIC_THINGS_LABEL` (0) on every thing segment (crowd included),
+    :data:`PANOPTIC_BACKGROUND_LABEL` (1) where no segment is (id 0: the converter's background)
+    and ``PANOPTIC_FIRST_STUFF_LABEL + k`` (2 + k) on stuff category k, so a model needs
+    ``SEM_SEG_HEAD.NUM_CLASSES = 2 + S``. Non-crowd thing segments become instances
+    ``{"boxes": float32 N×4 XYXY (tight around the mask), "classes": int64 N (0..T-1),
+    "masks": uint8 N×H×W}``.
     """
-    sem_seg = np.full(segment_ids.shape, ignore_value, dtype=np.uint8)
+    sem_seg = np.full(segment_ids.shape, PANOPTIC_BACKGROUND_LABEL, dtype=np.uint8)
     masks, classes = [], []
     for segment in segments_info:
         mask = segment_ids == segment["id"]
-        sem_seg[mask] = segment["category_id"]
-        if segment.get("isthing") and not segment.get("iscrowd", 0):
-            masks.append(mask)
-            classes.append(segment["category_id"])
+        if segment.get("isthing", True):
+            sem_seg[mask] = PANOPTIC_THINGS_LABEL
+            if not segment.get("iscrowd", 0):
+                masks.append(mask)
+                classes.append(segment["category_id"])
+        else:
+            sem_seg[mask] = PANOPTIC_FIRST_STUFF_LABEL + segment["category_id"]
     masks_tensor = torch.from_numpy(
         np.stack(masks).astype(np.uint8) if masks else np.zeros((0, *segment_ids.shape), np.uint8)
     )

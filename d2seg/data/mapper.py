@@ -29,6 +29,12 @@ class DatasetMapper:
       PNG's thing segments; crowd regions dropped, instances whose box became empty removed) and
       ``"sem_seg"``: int64 H×W class ids (255 = ignore), from ``sem_seg_file_name`` or a panoptic
       PNG.
+
+    Semantic labels from a panoptic PNG follow PanopticFPN (things 0, background 1, stuff 2..;
+    see :func:`~d2seg.data.detection_utils.panoptic_to_targets`). With ``panoptic_semantic``
+    (PanopticUNet) they are used even where the dict also has a ``sem_seg_file_name`` (the
+    converter writes both), whose ``ignore_value`` pixels then stay void; otherwise the semantic
+    PNG's per-category labels win.
     """
 
     def __init__(
@@ -40,6 +46,7 @@ class DatasetMapper:
         num_channels: int | None = None,
         recompute_boxes: bool = False,
         ignore_value: int = 255,
+        panoptic_semantic: bool = False,
     ) -> None:
         """
         Args:
@@ -49,7 +56,9 @@ class DatasetMapper:
             num_channels: channels every image must have (``len(MODEL.PIXEL_MEAN)``), or None.
             recompute_boxes: replace boxes by the tight boxes of the augmented masks (Detectron2
                 does this when cropping, because a cropped box no longer bounds its object).
-            ignore_value: semantic label of panoptic void pixels.
+            ignore_value: the "ignore" label of semantic PNGs.
+            panoptic_semantic: semantic targets from the panoptic PNG when a dict has one
+                (PanopticFPN labels, what ``PanopticUNet`` trains on).
         """
         self.is_train = is_train
         self.augmentations = augmentations
@@ -57,6 +66,7 @@ class DatasetMapper:
         self.num_channels = num_channels
         self.recompute_boxes = recompute_boxes
         self.ignore_value = ignore_value
+        self.panoptic_semantic = panoptic_semantic
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
@@ -67,6 +77,7 @@ class DatasetMapper:
             "num_channels": len(cfg.MODEL.PIXEL_MEAN),
             "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "panoptic_semantic": cfg.MODEL.META_ARCHITECTURE == "PanopticUNet",
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -105,7 +116,7 @@ class DatasetMapper:
             segment_ids = utils.read_panoptic_ids(pan_seg_file)
             _check_same_size(pan_seg_file, segment_ids.shape, dataset_dict, height, width)
             instances, sem_seg = utils.panoptic_to_targets(
-                segment_ids, dataset_dict.get("segments_info", []), self.ignore_value
+                segment_ids, dataset_dict.get("segments_info", [])
             )
         if "annotations" in dataset_dict:
             instances = utils.annotations_to_instances(
@@ -113,8 +124,14 @@ class DatasetMapper:
             )
         sem_seg_file = dataset_dict.get("sem_seg_file_name")
         if sem_seg_file is not None:
-            sem_seg = utils.read_sem_seg(sem_seg_file)
-            _check_same_size(sem_seg_file, sem_seg.shape, dataset_dict, height, width)
+            labels = utils.read_sem_seg(sem_seg_file)
+            _check_same_size(sem_seg_file, labels.shape, dataset_dict, height, width)
+            if sem_seg is not None and self.panoptic_semantic:
+                # The panoptic PNG's void is background and ignore alike; the semantic PNG
+                # tells them apart.
+                sem_seg[labels == self.ignore_value] = self.ignore_value
+            else:
+                sem_seg = labels
 
         targets: dict[str, Any] = {}
         if sem_seg is not None:

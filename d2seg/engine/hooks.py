@@ -68,8 +68,9 @@ class PeriodicCheckpointer(HookBase):
         it = self.trainer.iter
         if self.period > 0 and (it + 1) % self.period == 0 and comm.is_main_process():
             name = f"model_{it:07d}"
-            self.checkpointer.save(name, iteration=it, **self.extra_state())
+            # Listed before saving, so that the saved hook state includes the file itself.
             self._recent.append(os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
+            self.checkpointer.save(name, iteration=it, **self.extra_state())
             if self.max_to_keep > 0:
                 while len(self._recent) > self.max_to_keep:
                     old = self._recent.pop(0)
@@ -81,6 +82,13 @@ class PeriodicCheckpointer(HookBase):
             self.checkpointer.save(
                 "model_final", iteration=self.trainer.iter, **self.extra_state()
             )
+
+    def state_dict(self) -> dict[str, Any]:
+        # After --resume, files of the first session still count towards max_to_keep.
+        return {"recent": list(self._recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._recent = list(state["recent"])
 
 
 class EvalHook(HookBase):
@@ -153,7 +161,9 @@ class BestCheckpointer(_MetricWatcher):
         self.best, self.best_iter = value, self.trainer.iter
         logger.info(f"New best {self.metric} = {value:.4f} at iteration {self.trainer.iter + 1}")
         if comm.is_main_process():
-            self.checkpointer.save("model_best", iteration=self.trainer.iter, **{self.metric: value})
+            self.checkpointer.save(
+                "model_best", tag_last=False, iteration=self.trainer.iter, **{self.metric: value}
+            )
 
     def after_step(self) -> None:
         self._check()
@@ -235,7 +245,8 @@ class ValidationLoss(HookBase):
 
 
 class PeriodicWriter(HookBase):
-    """Calls every writer (metrics.json, TensorBoard, progress) every ``period`` iterations."""
+    """Calls every writer (metrics.json, TensorBoard, progress) after the first iteration (so a
+    user sees the starting loss at once), then every ``period`` iterations and at the end."""
 
     def __init__(self, writers: list[Any], period: int = 20):
         self.writers = writers
@@ -243,7 +254,8 @@ class PeriodicWriter(HookBase):
 
     def after_step(self) -> None:
         done = self.trainer.iter + 1
-        if done % self.period == 0 or done == self.trainer.max_iter:
+        first = self.trainer.iter == self.trainer.start_iter
+        if first or done % self.period == 0 or done == self.trainer.max_iter:
             for writer in self.writers:
                 writer.write(self.trainer.storage)
 

@@ -62,17 +62,25 @@ def launch(
                 "of machine 0"
             )
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    # Workers send a user error back here: whichever process fails first, the parent raises
+    # it once (run_cli prints one line), and no rank's message is lost when the others are
+    # terminated.
+    user_errors = mp.get_context("spawn").SimpleQueue()
     try:
         mp.start_processes(
             _distributed_worker,
             nprocs=num_gpus_per_machine,
-            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args),
+            args=(
+                main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
+                user_errors,
+            ),
             daemon=False,
             start_method="spawn",
         )
     except mp.ProcessExitedException as e:
         if e.exit_code == USER_ERROR_EXIT_CODE:
-            # The worker already printed the one-line message; no traceback for user mistakes.
+            if not user_errors.empty():
+                raise user_errors.get() from None
             raise SystemExit(USER_ERROR_EXIT_CODE) from None
         raise
 
@@ -85,6 +93,7 @@ def _distributed_worker(
     machine_rank: int,
     dist_url: str,
     args: tuple,
+    user_errors: Any,
 ) -> None:
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     os.environ["LOCAL_RANK"] = str(local_rank)
@@ -101,8 +110,7 @@ def _distributed_worker(
         dist.barrier()
         main_func(*args)
     except D2SegError as e:
-        if global_rank == 0:
-            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        user_errors.put(e)
         sys.exit(USER_ERROR_EXIT_CODE)
     finally:
         dist.destroy_process_group()

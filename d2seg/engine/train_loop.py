@@ -6,15 +6,18 @@ early by raising :class:`StopTraining` (early stopping).
 """
 
 import logging
+import math
 import time
 import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from d2seg.errors import ConfigError
+from d2seg.utils import comm
 from d2seg.utils.events import EventStorage
 
 logger = logging.getLogger(__name__)
@@ -168,7 +171,12 @@ class SimpleTrainer(TrainerBase):
         with autocast:
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
-        check_finite_losses(loss_dict, self.iter)
+        # One host sync for all terms (not one .item() per term), averaged over the processes
+        # of a DDP job so that the log shows the loss of the whole batch, and so that every
+        # process sees the same values and stops together on a non-finite one.
+        values = _mean_over_processes(torch.stack([v.detach().float() for v in loss_dict.values()]))
+        loss_values = dict(zip(loss_dict, values.tolist()))
+        check_finite_losses(loss_values, self.iter)
 
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
@@ -185,16 +193,22 @@ class SimpleTrainer(TrainerBase):
             self.optimizer.step()
 
         self.storage.put_scalars(
-            total_loss=losses.detach().item(),
-            data_time=data_time,
-            **{k: v.detach().item() for k, v in loss_dict.items()},
+            total_loss=sum(loss_values.values()), data_time=data_time, **loss_values
         )
 
 
+def _mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the processes of a DDP job (itself in a single process)."""
+    if comm.get_world_size() == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / comm.get_world_size()
 
-def check_finite_losses(loss_dict: dict[str, torch.Tensor], iteration: int) -> None:
+
+def check_finite_losses(loss_values: dict[str, float], iteration: int) -> None:
     """Stop with a message naming the iteration and every non-finite loss term."""
-    bad = {k: v.detach().item() for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+    bad = {k: v for k, v in loss_values.items() if not math.isfinite(v)}
     if bad:
         terms = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
         raise ConfigError(

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import CfgNode
 from d2seg.data.build import build_detection_test_loader, build_detection_train_loader
+from d2seg.data.catalog import resolve_dataset
 from d2seg.data.mapper import DatasetMapper
 from d2seg.engine import hooks
 from d2seg.engine.train_loop import SimpleTrainer
@@ -236,8 +237,10 @@ class DefaultTrainer(SimpleTrainer):
         ``OUTPUT_DIR/inference/<dataset>/``. Returns the results of the last dataset (flat
         ``{task: {metric: value}}``, like Detectron2 with one test set) — all are logged."""
         results: dict[str, dict[str, float]] = {}
-        for name in cfg.DATASETS.TEST:
-            output_dir = report_folder(cfg.OUTPUT_DIR, name)
+        for entry in cfg.DATASETS.TEST:
+            output_dir = report_folder(cfg.OUTPUT_DIR, entry)
+            # A json path is registered under its absolute path; evaluators look it up by that.
+            name = resolve_dataset(entry)
             loader = build_detection_test_loader(cfg, name)
             evaluator = cls.build_evaluator(cfg, name, output_dir)
             results = inference_on_dataset(model, loader, evaluator)

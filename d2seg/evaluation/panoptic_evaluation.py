@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from d2seg.data.coco import read_json
+from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_open, atomic_write_json
@@ -201,12 +202,17 @@ def evaluate_coco_panoptic(
 class PanopticEvaluator(DatasetEvaluator):
     """PQ/SQ/RQ of a model's ``panoptic_seg`` output against ``pan_seg_file_name`` PNGs.
 
-    Model output per image: ``(H×W int32 segment ids, [{"id", "isthing", "category_id"
-    (contiguous), "score"}])``, 0 = void. Ground truth: the dataset dict's
-    ``pan_seg_file_name`` and ``segments_info`` (contiguous category ids, ``iscrowd``).
-    ``evaluate()`` returns ``{"panoptic_seg": {PQ, SQ, RQ, PQ_th, ..., RQ_st, "PQ-<class>",
-    ...}}`` (×100). With ``output_dir`` the predictions are also written in COCO panoptic
-    format (``panoptic_predictions.json`` + ``panoptic_predictions/*.png``, dataset ids).
+    Model output per image (PanopticUNet's fusion): ``(H×W int32 segment ids, 0 = void,
+    [{"id", "isthing", "category_id", ...}])`` where a thing's ``category_id`` is its instance
+    class (0..T-1, contiguous over thing categories) and a stuff segment's is its semantic label
+    in PanopticFPN's convention (see :func:`d2seg.data.detection_utils.panoptic_to_targets`):
+    1 = background, which is no dataset category and is scored as void, 2 + k = stuff category
+    k. Ground truth: the dataset dict's ``pan_seg_file_name`` and ``segments_info`` (category
+    ids contiguous within things and within stuff, ``isthing``, ``iscrowd``). Both are mapped to
+    dataset category ids before matching. ``evaluate()`` returns ``{"panoptic_seg": {PQ, SQ, RQ,
+    PQ_th, ..., RQ_st, "PQ-<class>", ...}}`` (×100). With ``output_dir`` the predictions are also
+    written in COCO panoptic format (``panoptic_predictions.json`` + ``panoptic_predictions/
+    *.png``, dataset ids).
     """
 
     def __init__(
@@ -214,66 +220,90 @@ class PanopticEvaluator(DatasetEvaluator):
         dataset_name: str | None = None,
         output_dir: str | os.PathLike | None = None,
         *,
-        class_names: list[str] | None = None,
-        thing_ids: Iterable[int] | None = None,
-        dataset_ids: list[int] | None = None,
+        thing_classes: list[str] | None = None,
+        stuff_classes: list[str] | None = None,
     ):
         """
         Args:
-            dataset_name: a registered panoptic dataset; gives ``thing_classes`` (names of all
-                contiguous ids), ``thing_dataset_id_to_contiguous_id`` and
-                ``stuff_dataset_id_to_contiguous_id``.
+            dataset_name: a registered panoptic dataset; gives ``thing_dataset_id_to_contiguous_id``,
+                ``stuff_dataset_id_to_contiguous_id`` (optional) and the names
+                ``thing_classes[thing id]``, ``stuff_classes[stuff id]``.
             output_dir: where to write the COCO panoptic predictions (``None``: not written).
-            class_names: name of each contiguous category (instead of the metadata).
-            thing_ids: the contiguous ids that are things; default the metadata's, else the
-                ``isthing`` flags of the ground-truth segments.
-            dataset_ids: dataset category id of each contiguous id, for the written files.
+            thing_classes, stuff_classes: names by contiguous id, instead of a dataset; their
+                dataset ids are then 1..T and T+1..T+S.
         """
-        maps = {}
         if dataset_name is not None:
-            from d2seg.data.catalog import MetadataCatalog
+            from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
 
             metadata = MetadataCatalog.get(dataset_name)
-            class_names = class_names or metadata.get("thing_classes")
-            maps = {
-                **metadata.get("stuff_dataset_id_to_contiguous_id", {}),
-                **metadata.get("thing_dataset_id_to_contiguous_id", {}),
-            }
-            if thing_ids is None and metadata.get("thing_dataset_id_to_contiguous_id"):
-                thing_ids = metadata.thing_dataset_id_to_contiguous_id.values()
-        if not class_names:
+            if metadata.get("thing_dataset_id_to_contiguous_id") is None:
+                DatasetCatalog.get(dataset_name)  # loading a COCO json sets the class maps
+            thing_map = metadata.get("thing_dataset_id_to_contiguous_id") or {}
+            stuff_map = metadata.get("stuff_dataset_id_to_contiguous_id") or {}
+            names = {d: metadata.thing_classes[c] for d, c in thing_map.items()}
+            names.update({d: metadata.stuff_classes[c] for d, c in stuff_map.items()})
+        else:
+            things, stuff = list(thing_classes or []), list(stuff_classes or [])
+            thing_map = {i + 1: i for i in range(len(things))}
+            stuff_map = {len(things) + 1 + i: i for i in range(len(stuff))}
+            names = dict(zip([*thing_map, *stuff_map], things + stuff))
+        if not thing_map and not stuff_map:
             raise DatasetError(
-                f"PanopticEvaluator: dataset '{dataset_name}' has no class names; fix: register "
-                f"it with register_coco_panoptic or pass class_names=[...]"
+                f"PanopticEvaluator: dataset '{dataset_name}' has no categories; fix: register "
+                f"it with register_coco_panoptic or pass thing_classes=[...]"
             )
-        self._class_names = list(class_names)
-        self._thing_ids = None if thing_ids is None else set(thing_ids)
-        if dataset_ids is None and maps:
-            dataset_ids = [d for d, _ in sorted(maps.items(), key=lambda kv: kv[1])]
-        self._dataset_ids = dataset_ids or list(range(1, len(self._class_names) + 1))
+        # Dataset id of each model class: instance class t, stuff semantic label 2 + k.
+        self._thing_dataset_ids = [d for d, _ in sorted(thing_map.items(), key=lambda kv: kv[1])]
+        self._stuff_dataset_ids = [d for d, _ in sorted(stuff_map.items(), key=lambda kv: kv[1])]
+        self._gt_dataset_ids = {(True, c): d for d, c in thing_map.items()}
+        self._gt_dataset_ids.update({(False, c): d for d, c in stuff_map.items()})
+        self._categories = {d: {"name": names[d], "isthing": d in thing_map} for d in names}
         self._output_dir = output_dir
         self.reset()
 
     def reset(self) -> None:
         self._stats: PanopticStats = {}
-        self._gt_thing_ids: set[int] = set()
         self._predictions: list[dict] = []
+
+    def _prediction_dataset_id(self, segment: dict, image_id: Any) -> int | None:
+        """Dataset category id of a predicted segment; None for the background stuff class."""
+        category = segment["category_id"]
+        if segment.get("isthing", True):
+            ids, index = self._thing_dataset_ids, category
+        elif category == PANOPTIC_BACKGROUND_LABEL:
+            return None
+        else:
+            ids, index = self._stuff_dataset_ids, category - PANOPTIC_FIRST_STUFF_LABEL
+        if not 0 <= index < len(ids):
+            kind = "thing" if segment.get("isthing", True) else "stuff"
+            raise DatasetError(
+                f"image {image_id}: the model predicted {kind} category {category}, but the "
+                f"dataset has {len(self._thing_dataset_ids)} thing and "
+                f"{len(self._stuff_dataset_ids)} stuff classes; fix: set "
+                f"MODEL.ROI_HEADS.NUM_CLASSES to the thing count and SEM_SEG_HEAD.NUM_CLASSES to "
+                f"2 + the stuff count"
+            )
+        return ids[index]
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for inp, out in zip(inputs, outputs):
             if "panoptic_seg" not in out:
                 continue
-            pred_map, pred_segments = out["panoptic_seg"]
+            pred_map, segments = out["panoptic_seg"]
             pred_ids = pred_map.detach().cpu().numpy().astype(np.int64) if isinstance(
-                pred_map, torch.Tensor) else np.asarray(pred_map, dtype=np.int64)
-            bad = [s["category_id"] for s in pred_segments
-                   if not 0 <= s["category_id"] < len(self._class_names)]
-            if bad:
-                raise DatasetError(
-                    f"image {inp.get('image_id')}: the model predicted category {bad[0]}, but "
-                    f"the dataset has {len(self._class_names)} classes; fix: make the model's "
-                    f"class count match the dataset's"
-                )
+                pred_map, torch.Tensor) else np.array(pred_map, dtype=np.int64)
+            pred_segments = []
+            for segment in segments:
+                category = self._prediction_dataset_id(segment, inp.get("image_id"))
+                if category is None:
+                    pred_ids[pred_ids == segment["id"]] = VOID
+                else:
+                    pred_segments.append({**segment, "category_id": category})
+            gt_segments = [
+                {**s, "category_id": self._gt_dataset_ids[(bool(s.get("isthing", True)),
+                                                           s["category_id"])]}
+                for s in inp["segments_info"]
+            ]
             gt_ids = read_panoptic_png(inp["pan_seg_file_name"])
             if gt_ids.shape != pred_ids.shape:
                 raise DatasetError(
@@ -282,28 +312,11 @@ class PanopticEvaluator(DatasetEvaluator):
                     f"its panoptic PNG"
                 )
             _add_stats(self._stats, panoptic_image_stats(
-                gt_ids, inp["segments_info"], pred_ids, pred_segments,
+                gt_ids, gt_segments, pred_ids, pred_segments,
                 source=f"image {inp.get('image_id')}",
             ))
-            self._gt_thing_ids |= {s["category_id"] for s in inp["segments_info"]
-                                   if s.get("isthing", True)}
             if self._output_dir is not None:
-                self._predictions.append(self._coco_panoptic_prediction(inp, pred_ids,
-                                                                        pred_segments))
-
-    def _coco_panoptic_prediction(
-        self, inp: dict, pred_ids: np.ndarray, pred_segments: list[dict]
-    ) -> dict:
-        png = io.BytesIO()
-        Image.fromarray(id_to_rgb(pred_ids)).save(png, format="PNG")
-        return {
-            "image_id": inp["image_id"],
-            "file_name": Path(inp["pan_seg_file_name"]).with_suffix(".png").name,
-            "png": png.getvalue(),
-            "segments_info": [
-                {**s, "category_id": self._dataset_ids[s["category_id"]]} for s in pred_segments
-            ],
-        }
+                self._predictions.append(_coco_panoptic_prediction(inp, pred_ids, pred_segments))
 
     def _write_predictions(self, predictions: list[dict]) -> None:
         folder = Path(self._output_dir) / "panoptic_predictions"
@@ -316,17 +329,24 @@ class PanopticEvaluator(DatasetEvaluator):
         )
 
     def evaluate(self) -> dict[str, Any]:
-        gathered = gather_to_main([(self._stats, self._gt_thing_ids, self._predictions)])
+        gathered = gather_to_main([(self._stats, self._predictions)])
         if gathered is None:
             return {}
         stats: PanopticStats = {}
-        for part, gt_thing_ids, _ in gathered:
+        for part, _ in gathered:
             _add_stats(stats, part)
-            self._gt_thing_ids |= gt_thing_ids
         if self._output_dir is not None:
-            self._write_predictions([p for _, _, part in gathered for p in part])
-        thing_ids = self._thing_ids if self._thing_ids is not None else self._gt_thing_ids
-        categories = {
-            k: {"name": name, "isthing": k in thing_ids} for k, name in enumerate(self._class_names)
-        }
-        return {"panoptic_seg": panoptic_metrics(stats, categories)}
+            self._write_predictions([p for _, part in gathered for p in part])
+        return {"panoptic_seg": panoptic_metrics(stats, self._categories)}
+
+
+def _coco_panoptic_prediction(inp: dict, pred_ids: np.ndarray, pred_segments: list[dict]) -> dict:
+    """One image's prediction as a COCO panoptic annotation plus its PNG bytes."""
+    png = io.BytesIO()
+    Image.fromarray(id_to_rgb(pred_ids)).save(png, format="PNG")
+    return {
+        "image_id": inp["image_id"],
+        "file_name": Path(inp["pan_seg_file_name"]).with_suffix(".png").name,
+        "png": png.getvalue(),
+        "segments_info": pred_segments,
+    }

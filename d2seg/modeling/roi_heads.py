@@ -13,19 +13,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 
-from d2seg.errors import ConfigError
-from d2seg.modeling.shape_spec import ShapeSpec
-
-
-def check_in_features(key: str, names: list[str], input_shape: dict[str, ShapeSpec]) -> None:
-    """Raise :class:`ConfigError` unless config ``key`` names ≥ 1 map, all in ``input_shape``."""
-    missing = [n for n in names if n not in input_shape]
-    if missing or not names:
-        raise ConfigError(
-            f"{key} = {list(names)}: the backbone does not output {missing or 'any of them'}; "
-            f"fix: choose from {sorted(input_shape)}"
-        )
-
 
 class MaskRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` whose mask branch is ``mask_head`` (None = boxes only).

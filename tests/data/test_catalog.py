@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d2seg.data.build import get_detection_dataset_dicts
 from d2seg.data.catalog import (
     DatasetCatalog,
     MetadataCatalog,
@@ -17,6 +18,7 @@ from d2seg.data.catalog import (
     register_sem_seg,
     resolve_dataset,
 )
+from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.errors import DatasetError
 
 
@@ -104,6 +106,43 @@ def test_resolve_json_path_uses_the_converter_layout(tmp_path, clean_catalogs):
     assert Path(record["file_name"]).is_file()
 
 
+def test_converted_split_carries_semantic_and_panoptic_labels(
+    repo_root, tmp_path, clean_catalogs
+):
+    out = tmp_path / "out"
+    convert_dataset(repo_root / "annotations" / "chipsets", out, splits={"val": 0.25})
+    name = resolve_dataset(str(out / "annotations" / "train.json"))
+    meta = MetadataCatalog.get(name)
+    # the label files are known at registration, the class names once the json is read
+    assert meta.ignore_label == 255 and meta.json_file == name
+    assert meta.sem_seg_root == str((out / "sem_seg" / "train").resolve())
+    assert meta.panoptic_root == str((out / "panoptic" / "train").resolve())
+    assert meta.panoptic_json == str((out / "panoptic" / "train.json").resolve())
+    dicts = DatasetCatalog.get(name)
+
+    num_classes = len(meta.thing_classes)
+    assert meta.stuff_classes == ["background", *meta.thing_classes]
+    assert len(dicts) == len(json.loads(Path(name).read_text())["images"]) > 0
+    for record in dicts:
+        with Image.open(record["file_name"]) as image:
+            assert image.size == (record["width"], record["height"])
+        semantic = np.asarray(Image.open(record["sem_seg_file_name"]))
+        assert semantic.shape == (record["height"], record["width"])
+        assert set(np.unique(semantic).tolist()) <= set(range(num_classes + 1)) | {255}
+        rgb = np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB"), dtype=np.int64)
+        segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        assert segment_ids.shape == semantic.shape
+        segments = record["segments_info"]
+        assert set(np.unique(segment_ids).tolist()) - {0} == {s["id"] for s in segments}
+        assert len(segments) > 0
+        for segment in segments:
+            pixels = segment_ids == segment["id"]
+            assert segment["area"] == pixels.sum() and segment["isthing"]
+            # panoptic contiguous class k is semantic value k + 1 (0 = background)
+            assert (semantic[pixels] == segment["category_id"] + 1).all()
+        assert (semantic[segment_ids == 0] % 255 == 0).all()  # void: background or ignore
+
+
 def test_resolve_json_path_with_images_beside_it(tmp_path, clean_catalogs):
     json_file = _tiny_coco(tmp_path)
     beside = tmp_path / "flat"
@@ -121,15 +160,15 @@ def test_resolve_missing_json_is_an_error(tmp_path):
         resolve_dataset(str(tmp_path / "nope.json"))
 
 
-def _load_in_worker(json_path: str) -> int:
-    return len(DatasetCatalog.get(resolve_dataset(json_path)))
-
-
 def test_spawned_worker_recreates_the_registration(tmp_path, clean_catalogs):
     json_file = str(_tiny_coco(tmp_path))
-    resolve_dataset(json_file)
+    name = resolve_dataset(json_file)
+    # A library function, not one of this module: spawned children cannot import test modules
+    # under pytest's importlib import mode.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        assert pool.apply(_load_in_worker, (json_file,)) == 1
+        assert pool.apply_async(resolve_dataset, (json_file,)).get(timeout=120) == name
+        loaded = pool.apply_async(get_detection_dataset_dicts, ([json_file],)).get(timeout=120)
+    assert loaded == DatasetCatalog.get(name)
 
 
 @pytest.fixture(scope="module")

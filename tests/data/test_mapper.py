@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from d2seg.config import get_cfg
 from d2seg.data.catalog import load_coco_panoptic_json
 from d2seg.data.coco import BoxMode, load_coco_json
-from d2seg.data.detection_utils import read_image
+from d2seg.data.detection_utils import read_image, read_panoptic_ids
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import DatasetError
 
@@ -248,20 +248,20 @@ def test_coco_json_of_real_labelme_data_against_pycocotools(shared_data):
         assert np.allclose(out["instances"]["boxes"].numpy(), xyxy)
 
 
-def test_panoptic_png_gives_thing_instances_and_semantic_labels(shared_data):
-    """COCO panoptic sample: thing masks equal panopticapi's own detection-format conversion."""
+def test_panoptic_png_gives_thing_instances_and_panoptic_fpn_semantic_labels(shared_data):
+    """COCO panoptic sample: thing masks equal panopticapi's own detection-format conversion;
+    semantic labels are PanopticFPN's (0 things, 1 unlabelled background, 2 + k stuff k)."""
     root = shared_data / "coco_panoptic_sample/sample_data"
     panoptic = json.loads((root / "panoptic_examples.json").read_text())
     categories = sorted(panoptic["categories"], key=lambda c: c["id"])
-    contiguous = {c["id"]: i for i, c in enumerate(categories)}
-    things = {c["id"] for c in categories if c["isthing"]}
+    things = [c["id"] for c in categories if c["isthing"]]
+    stuff = [c["id"] for c in categories if not c["isthing"]]
     dataset_dicts = load_coco_panoptic_json(
         root / "panoptic_examples.json", root / "input_images", root / "panoptic_examples",
-        {k: v for k, v in contiguous.items() if k in things},
-        {k: v for k, v in contiguous.items() if k not in things},
+        {c: i for i, c in enumerate(things)}, {c: i for i, c in enumerate(stuff)},
     )
     detection = json.loads((root / "panoptic_coco_detection_format.json").read_text())
-    mapper = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,))
+    mapper = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,), "MODEL.META_ARCHITECTURE", "PanopticUNet")
     for dataset_dict in dataset_dicts:
         out = mapper(dataset_dict)
         expected = [a for a in detection["annotations"] if a["image_id"] == dataset_dict["image_id"]
@@ -270,10 +270,42 @@ def test_panoptic_png_gives_thing_instances_and_semantic_labels(shared_data):
         assert len(masks) == len(expected) > 0
         for mask, ann in zip(masks, expected):
             assert np.array_equal(mask, mask_util.decode(ann["segmentation"]))
-        classes = [contiguous[a["category_id"]] for a in expected]
+        classes = [things.index(a["category_id"]) for a in expected]
         assert out["instances"]["classes"].tolist() == classes
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in expected)]
         assert out["instances"]["boxes"].tolist() == xyxy
-        labelled = out["sem_seg"] != 255
-        assert labelled.float().mean() > 0.5
-        assert set(out["sem_seg"][labelled].unique().tolist()) <= set(contiguous.values())
+        ids = read_panoptic_ids(dataset_dict["pan_seg_file_name"])
+        expected_labels = np.ones(ids.shape, np.int64)
+        for segment in dataset_dict["segments_info"]:
+            label = 2 + segment["category_id"] if not segment["isthing"] else 0
+            expected_labels[ids == segment["id"]] = label
+        assert np.array_equal(out["sem_seg"].numpy(), expected_labels)
+        assert {0, 1} < set(np.unique(expected_labels).tolist())
+
+
+def test_panoptic_model_keeps_the_semantic_png_ignore_region_void(tmp_path):
+    """Converter output has both PNGs: PanopticUNet's labels come from the panoptic one, with
+    the semantic PNG's ignore pixels (void in the panoptic PNG, like background) kept void."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(image)
+    ids = np.zeros((4, 6, 3), np.uint8)
+    ids[:2, :3, 0] = 1  # segment 1: a thing
+    Image.fromarray(ids).save(tmp_path / "pan.png")
+    semantic = np.zeros((4, 6), np.uint8)
+    semantic[:2, :3] = 3  # category 3 in the all-category labels
+    semantic[3, 4:] = 255
+    Image.fromarray(semantic).save(tmp_path / "sem.png")
+    dataset_dict = {
+        "file_name": str(image), "height": 4, "width": 6, "image_id": 1,
+        "pan_seg_file_name": str(tmp_path / "pan.png"), "sem_seg_file_name": str(tmp_path / "sem.png"),
+        "segments_info": [{"id": 1, "category_id": 2, "isthing": True, "iscrowd": 0}],
+    }
+    panoptic = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,), "MODEL.META_ARCHITECTURE",
+                       "PanopticUNet")(dataset_dict)
+    expected = np.ones((4, 6), np.int64)
+    expected[:2, :3] = 0
+    expected[3, 4:] = 255
+    assert np.array_equal(panoptic["sem_seg"].numpy(), expected)
+    assert panoptic["instances"]["classes"].tolist() == [2]
+    semantic_model = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,))(dataset_dict)
+    assert np.array_equal(semantic_model["sem_seg"].numpy(), semantic)

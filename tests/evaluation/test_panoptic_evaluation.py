@@ -114,20 +114,35 @@ def test_crowd_and_void_rules_follow_panopticapi():
     np.testing.assert_allclose(stats[1], [0.75, 1, 0, 0])
 
 
-def test_evaluator_on_registered_dataset_round_trips_coco_panoptic_files(sample, tmp_path):
-    folder, _, _ = sample
+def _as_model_output(segments, categories):
+    """Ground-truth segments (dataset ids) as PanopticUNet reports them: a thing's instance
+    class over thing categories, a stuff segment's semantic label 2 + its stuff index."""
+    things = [c["id"] for c in categories if c["isthing"]]
+    stuff = [c["id"] for c in categories if not c["isthing"]]
+    return [{"id": s["id"], "isthing": s["category_id"] in things, "score": 1.0,
+             "category_id": things.index(s["category_id"]) if s["category_id"] in things
+             else 2 + stuff.index(s["category_id"])} for s in segments]
+
+
+def test_evaluator_maps_model_classes_to_dataset_ids_and_round_trips_files(sample, tmp_path):
+    folder, coco, _ = sample
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
     name = f"pan_sample_{tmp_path.name}"
     register_coco_panoptic(name, {}, folder / "input_images", folder / "panoptic_examples",
                            folder / "panoptic_examples.json")
     evaluator = PanopticEvaluator(name, output_dir=tmp_path)
+    by_image = {a["image_id"]: a["segments_info"] for a in coco["annotations"]}
     for inp in DatasetCatalog.get(name):
-        ids = torch.from_numpy(read_panoptic_png(inp["pan_seg_file_name"]).astype(np.int32))
-        segments = [{"id": s["id"], "isthing": s["isthing"], "category_id": s["category_id"],
-                     "score": 1.0} for s in inp["segments_info"]]
-        evaluator.process([inp], [{"panoptic_seg": (ids, segments)}])
+        ids = read_panoptic_png(inp["pan_seg_file_name"])
+        segments = _as_model_output(by_image[inp["image_id"]], categories)
+        # A background (label 1) segment over the void pixels is scored as void.
+        segments.append({"id": int(ids.max()) + 1, "isthing": False, "category_id": 1})
+        ids[ids == 0] = segments[-1]["id"]
+        evaluator.process([inp], [{"panoptic_seg": (torch.from_numpy(ids.astype(np.int32)),
+                                                    segments)}])
     metrics = evaluator.evaluate()["panoptic_seg"]
     assert metrics["PQ"] == pytest.approx(100) and metrics["PQ_th"] == pytest.approx(100)
-    assert metrics["PQ-person"] == pytest.approx(100)
+    assert metrics["PQ_st"] == pytest.approx(100) and metrics["PQ-person"] == pytest.approx(100)
     written = evaluate_coco_panoptic(folder / "panoptic_examples.json",
                                      folder / "panoptic_examples",
                                      tmp_path / "panoptic_predictions.json",
@@ -135,12 +150,13 @@ def test_evaluator_on_registered_dataset_round_trips_coco_panoptic_files(sample,
     assert written["PQ"] == pytest.approx(100)
 
 
-def test_category_outside_the_dataset_is_a_dataset_error(sample):
+def test_category_outside_the_model_classes_is_a_dataset_error(sample):
     folder, _, _ = sample
-    evaluator = PanopticEvaluator(class_names=["thing", "stuff"], thing_ids=[0])
+    evaluator = PanopticEvaluator(thing_classes=["thing"], stuff_classes=["stuff"])
     inp = {"image_id": 1, "pan_seg_file_name": str(folder / "panoptic_examples/000000142238.png"),
            "segments_info": []}
-    prediction = (torch.zeros(427, 640, dtype=torch.int32),
-                  [{"id": 1, "isthing": True, "category_id": 5, "score": 0.9}])
-    with pytest.raises(DatasetError, match="predicted category 5.*2 classes"):
-        evaluator.process([inp], [{"panoptic_seg": prediction}])
+    for segment, message in (({"isthing": True, "category_id": 1}, "thing category 1"),
+                             ({"isthing": False, "category_id": 3}, "stuff category 3")):
+        prediction = (torch.zeros(427, 640, dtype=torch.int32), [{"id": 1, **segment}])
+        with pytest.raises(DatasetError, match=f"{message}.*1 thing and 1 stuff"):
+            evaluator.process([inp], [{"panoptic_seg": prediction}])

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torchvision.ops import masks_to_boxes
 
+from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
 from d2seg.errors import ConfigError, DatasetError
@@ -193,3 +195,81 @@ def test_classes_beyond_num_classes_are_a_dataset_error():
     del inputs[0]["instances"]
     with pytest.raises(DatasetError, match="instances"):
         model(inputs)
+
+
+@pytest.fixture(scope="module")
+def torchvision_maskrcnn_file(tmp_path_factory):
+    """A random torchvision ``maskrcnn_resnet50_fpn`` (91 classes) saved as a state dict."""
+    torch.manual_seed(0)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    path = tmp_path_factory.mktemp("weights") / "maskrcnn_resnet50_fpn.pth"
+    torch.save(model.state_dict(), path)
+    return model.eval(), path
+
+
+def _r50_fpn_loaded(path: Path, num_classes: int):
+    model = build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", num_classes, "MODEL.DEVICE",
+                                 "cpu", path=CONFIGS / "InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    checkpointer = D2SegCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(path)))
+    return model.eval(), incompatible
+
+
+def test_every_torchvision_maskrcnn_tensor_lands(torchvision_maskrcnn_file):
+    """MODEL.WEIGHTS may be a torchvision Mask R-CNN file: with the same class count (90
+    foreground + background) nothing is missing, unused or mis-shaped, and every part computes
+    what torchvision's does."""
+    tv, path = torchvision_maskrcnn_file
+    model, incompatible = _r50_fpn_loaded(path, 90)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    torch.manual_seed(1)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 96)
+        pyramid = model.backbone(x)
+        for ours, theirs in zip(pyramid.values(), tv.backbone(x).values()):
+            torch.testing.assert_close(ours, theirs)
+        levels = list(pyramid.values())
+        torch.testing.assert_close(model.rpn.head(levels), tv.rpn.head(levels))
+        pooled = torch.randn(3, 256, 7, 7)
+        torch.testing.assert_close(
+            model.roi_heads.box_predictor(model.roi_heads.box_head(pooled)),
+            tv.roi_heads.box_predictor(tv.roi_heads.box_head(pooled)),
+        )
+        mask_features = torch.randn(2, 256, 14, 14)
+        mask_head = model.roi_heads.mask_head
+        torch.testing.assert_close(
+            mask_head.predictor(mask_head.convs(mask_features)),
+            tv.roi_heads.mask_predictor(tv.roi_heads.mask_head(mask_features)),
+        )
+
+
+def test_torchvision_maskrcnn_with_other_class_count_skips_only_the_predictors(
+    torchvision_maskrcnn_file,
+):
+    tv, path = torchvision_maskrcnn_file
+    model, incompatible = _r50_fpn_loaded(path, 3)
+    predictors = {
+        f"roi_heads.{layer}.{p}" for p in ("weight", "bias") for layer in
+        ("box_predictor.cls_score", "box_predictor.bbox_pred", "mask_head.predictor.mask_fcn_logits")
+    }
+    # fvcore skips the mis-shaped tensors (with its warning), so they are also "missing".
+    assert {key for key, _, _ in incompatible.incorrect_shapes} == predictors
+    assert set(incompatible.missing_keys) == predictors and not incompatible.unexpected_keys
+    torch.testing.assert_close(model.roi_heads.mask_head.predictor.conv5_mask.weight,
+                               tv.roi_heads.mask_predictor.conv5_mask.weight)
+
+
+def test_checkpointer_loads_torchvision_resnet_into_grayscale_panoptic_model(tmp_path):
+    """A torchvision ResNet file: its conv1 summed over RGB into the gray trunk's one channel."""
+    model = build_model(tiny_cfg("INPUT.FORMAT", "L", "MODEL.PIXEL_MEAN", [128.0],
+                                 "MODEL.PIXEL_STD", [64.0],
+                                 path=CONFIGS / "tiny/panoptic_unet_R_18_tiny.yaml"))
+    resnet = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(resnet, tmp_path / "resnet18.pth")
+    D2SegCheckpointer(model).load(str(tmp_path / "resnet18.pth"))
+    trunk = model.backbone.bottom_up
+    torch.testing.assert_close(trunk.conv1.weight.detach(),
+                               resnet["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(trunk.layer4[1].conv2.weight.detach(),
+                               resnet["layer4.1.conv2.weight"])

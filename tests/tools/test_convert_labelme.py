@@ -102,3 +102,16 @@ def test_existing_output_and_unknown_format(repo_root, tmp_path):
     assert done.returncode == 2 and "choose a new --output or delete it" in done.stderr
     done = _run(repo_root, "--input", src, "--output", tmp_path / "new", "--format", "xml")
     assert done.returncode == 2 and "labelme" in done.stderr and not (tmp_path / "new").exists()
+
+
+def test_outputs_instances_writes_only_coco_and_bad_names_exit_2(repo_root, tmp_path):
+    src = _folder(tmp_path / "in")
+    done = _run(repo_root, "--input", src, "--output", tmp_path / "out", "--outputs", "instances")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outputs"] == ["instances"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "annotations", "images", "report.json"
+    ]
+    done = _run(repo_root, "--input", src, "--output", tmp_path / "bad", "--outputs", "coco")
+    assert done.returncode == 2 and "--outputs coco: unknown coco" in done.stderr
+    assert not (tmp_path / "bad").exists()

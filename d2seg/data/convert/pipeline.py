@@ -2,17 +2,19 @@
 
 Output layout (all written into a temp folder that becomes ``output_dir`` only on success)::
 
-    OUT/images/<file_name>                      the images (``file_name`` is relative to it)
-    OUT/annotations/<split>.json                COCO instances
-    OUT/sem_seg/<split>/<stem>.png              uint8: 0 background, 1..N classes, 255 ignore
-    OUT/panoptic/<split>.json                   COCO panoptic
-    OUT/panoptic/<split>/<stem>.png             RGB segment ids
-    OUT/report.json                             ConversionReport.to_json() + {"summary": ...}
+    OUT/images/<file_name>              the images (``file_name`` is relative to it)
+    OUT/annotations/<split>.json        "instances": COCO instances
+    OUT/sem_seg/<split>/<stem>.png      "sem_seg": uint8, 0 background, 1..N classes, 255 ignore
+    OUT/panoptic/<split>.json           "panoptic": COCO panoptic
+    OUT/panoptic/<split>/<stem>.png     "panoptic": RGB segment ids
+    OUT/report.json                     ConversionReport.to_json() + {"summary": ...}
 
-``<split>`` is ``all`` without splits; ``<stem>`` is ``file_name`` without its suffix. Category
-ids are 1..N in labels-file order (sorted names when collected from the data), the same in every
-split. With ``workers > 1`` items are converted in a process pool; each worker writes its image
-and PNGs and returns only the light json entries, so the output equals that of ``workers=1``.
+``<split>`` is ``all`` without splits; ``<stem>`` is ``file_name`` without its suffix
+(:func:`~d2seg.data.convert.writers.label_map_name`). ``outputs`` selects the quoted parts (all
+by default); images and report are always written. Category ids are 1..N in labels-file order
+(sorted names when collected from the data), the same in every split. With ``workers > 1``
+items are converted in a process pool; each worker writes its image and PNGs and returns only
+the light json entries, so the output equals that of ``workers=1``.
 """
 
 import importlib
@@ -21,8 +23,9 @@ import logging
 import multiprocessing
 import pkgutil
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -35,6 +38,7 @@ from d2seg.data.convert.writers import (
     MAX_SEMANTIC_CATEGORIES,
     coco_json,
     instance_annotations,
+    label_map_name,
     label_maps,
     write_image,
     write_png,
@@ -45,6 +49,7 @@ from d2seg.utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 _FORMAT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+OUTPUTS = ("instances", "sem_seg", "panoptic")
 
 
 def available_formats() -> list[str]:
@@ -84,10 +89,12 @@ class _ItemConverter:
         categories: list[str],
         out: Path,
         labels_file: str | Path | None,
+        outputs: Collection[str],
     ):
         self.source = source
         self.category_ids = {name: i for i, name in enumerate(categories, start=1)}
         self.out = out
+        self.outputs = outputs
         self.labels_origin = f"--labels {labels_file}" if labels_file else "the categories"
 
     def __call__(self, job: tuple[str, str]) -> _ItemResult:
@@ -110,10 +117,14 @@ class _ItemConverter:
         record.instances = kept
         write_image(record, self.out / "images")
         annotations = instance_annotations(record, self.category_ids)
-        semantic, panoptic, segments = label_maps(record, annotations)
-        stem = str(Path(record.file_name).with_suffix(""))
-        write_png(self.out / "sem_seg" / split / f"{stem}.png", semantic)
-        write_png(self.out / "panoptic" / split / f"{stem}.png", panoptic)
+        segments: list[dict] = []
+        if "sem_seg" in self.outputs or "panoptic" in self.outputs:
+            semantic, panoptic, segments = label_maps(record, annotations)
+            png_name = label_map_name(record.file_name)
+            if "sem_seg" in self.outputs:
+                write_png(self.out / "sem_seg" / split / png_name, semantic)
+            if "panoptic" in self.outputs:
+                write_png(self.out / "panoptic" / split / png_name, panoptic)
         image = {"file_name": record.file_name, "height": record.height, "width": record.width}
         return _ItemResult(split, image, annotations, segments, report.entries)
 
@@ -188,18 +199,30 @@ class _SplitEntries:
             self.annotations.append(
                 {"id": len(self.annotations) + 1, "image_id": image_id, **annotation}
             )
-        png_name = PurePosixPath(result.image["file_name"]).with_suffix(".png").as_posix()
         self.panoptic.append(
-            {"image_id": image_id, "file_name": png_name, "segments_info": result.segments}
+            {
+                "image_id": image_id,
+                "file_name": label_map_name(result.image["file_name"]),
+                "segments_info": result.segments,
+            }
         )
 
-    def write(self, tmp: Path, name: str, categories: list[str], output_dir: Path) -> dict:
-        """Validate and write the split's instances and panoptic json; returns its summary."""
-        coco = coco_json(self.images, self.annotations, categories)
-        validate(coco, str(output_dir / "annotations" / f"{name}.json"))
-        _write_json(tmp / "annotations" / f"{name}.json", coco)
-        panoptic = coco_json(self.images, self.panoptic, categories, panoptic=True)
-        _write_json(tmp / "panoptic" / f"{name}.json", panoptic)
+    def write(
+        self,
+        tmp: Path,
+        name: str,
+        categories: list[str],
+        output_dir: Path,
+        outputs: Collection[str],
+    ) -> dict:
+        """Write the split's instances (validated) and panoptic json; returns its summary."""
+        if "instances" in outputs:
+            coco = coco_json(self.images, self.annotations, categories)
+            validate(coco, str(output_dir / "annotations" / f"{name}.json"))
+            _write_json(tmp / "annotations" / f"{name}.json", coco)
+        if "panoptic" in outputs:
+            panoptic = coco_json(self.images, self.panoptic, categories, panoptic=True)
+            _write_json(tmp / "panoptic" / f"{name}.json", panoptic)
         with_objects = {a["image_id"] for a in self.annotations}
         return {
             "images": len(self.images),
@@ -219,10 +242,15 @@ def convert_dataset(
     strict: bool = False,
     workers: int = 1,
     options: SourceOptions = SourceOptions(),
+    outputs: Collection[str] = OUTPUTS,
 ) -> dict:
     """Convert an annotation folder; returns the summary (also saved in ``report.json``).
 
-    Summary: ``{"format", "categories": [names in id order], "splits": {split: {"images",
+    ``outputs``: which of ``"instances"``, ``"sem_seg"``, ``"panoptic"`` to write (images and
+    ``report.json`` always are); e.g. ``("instances",)`` for a Mask R-CNN dataset saves the time
+    and disk of two PNGs per image.
+
+    Summary: ``{"format", "outputs", "categories": [names in id order], "splits": {split: {"images",
     "annotations", "images_without_objects"}}, "skipped_files", "report": {action: count}}``.
     Raises DatasetError if ``output_dir`` exists, AnnotationError for unreadable input (and,
     with ``strict``, for any reported problem); nothing is written then.
@@ -234,6 +262,14 @@ def convert_dataset(
         )
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1; fix: e.g. --workers 4")
+    outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    unknown = [name for name in outputs if name not in OUTPUTS]
+    if unknown or not outputs:
+        problem = f"unknown {', '.join(unknown)}" if unknown else "nothing selected"
+        raise ConfigError(
+            f"--outputs {','.join(outputs)}: {problem}; fix: give a comma-separated subset of "
+            f"{','.join(OUTPUTS)}"
+        )
     source = source_class(fmt)(input_dir, options)
     report = ConversionReport(strict=strict)
     items = source.items(report)
@@ -242,7 +278,7 @@ def convert_dataset(
     categories = collect_categories(source, items, labels_file, workers)
 
     with atomic_directory(output_dir) as tmp:
-        convert = _ItemConverter(source, categories, tmp, labels_file)
+        convert = _ItemConverter(source, categories, tmp, labels_file, outputs)
         collected = {name: _SplitEntries() for name in assignment}  # empty splits too
         skipped = 0
         jobs = [(item, split_of[item]) for item in items]
@@ -255,11 +291,12 @@ def convert_dataset(
         report.raise_if_strict()
         _check_unique_file_names(collected)
         summary_splits = {
-            name: entries.write(tmp, name, categories, output_dir)
+            name: entries.write(tmp, name, categories, output_dir, outputs)
             for name, entries in collected.items()
         }
         summary = {
             "format": fmt,
+            "outputs": list(outputs),
             "categories": categories,
             "splits": summary_splits,
             "skipped_files": skipped,

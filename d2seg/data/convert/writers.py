@@ -19,7 +19,7 @@ Conventions:
 """
 
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -32,6 +32,15 @@ IGNORE_VALUE = 255
 MAX_SEMANTIC_CATEGORIES = 254  # uint8 maps: 0 background, 255 ignore
 # Label maps are long runs of equal values: zlib's RLE strategy is fast and small for them.
 _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
+def label_map_name(file_name: str) -> str:
+    """The semantic and panoptic PNG of an output image: ``file_name`` with suffix ``.png``.
+
+    Relative to ``OUT/sem_seg/<split>`` and ``OUT/panoptic/<split>``, as ``file_name`` is to
+    ``OUT/images`` (POSIX separators).
+    """
+    return PurePosixPath(file_name).with_suffix(".png").as_posix()
 
 
 def encode_mask(mask: np.ndarray) -> tuple[dict, float, list[float]]:
@@ -108,8 +117,9 @@ def label_maps(
 
 def _imwrite(path: Path, array: np.ndarray, params: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = array[..., ::-1] if array.ndim == 3 else array  # OpenCV wants BGR
-    if not cv2.imwrite(str(path), np.ascontiguousarray(pixels), params):
+    # OpenCV wants BGR; cvtColor is ~10x faster than a contiguous copy of array[..., ::-1].
+    pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    if not cv2.imwrite(str(path), pixels, params):
         raise DatasetError(
             f"{path}: cannot write the image; fix: check free space and permissions (and that "
             f"the name ends in .png or .jpg)"

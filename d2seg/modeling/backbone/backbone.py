@@ -36,7 +36,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 def check_in_features(key: str, in_features: list[str], shapes: dict[str, ShapeSpec]) -> None:
     """Raise ConfigError unless every name in ``in_features`` (config ``key``) is in ``shapes``.
 
-    For modules built on a backbone's ``output_shape()`` (FPN, dense heads).
+    The one check of every module built on a backbone's ``output_shape()``: FPN, RPN, RoI
+    heads, PointRend, the U-Net head.
     """
     missing = [f for f in in_features if f not in shapes]
     if missing or not in_features:

@@ -27,9 +27,9 @@ from torchvision.models.detection.roi_heads import maskrcnn_loss
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
+from d2seg.modeling.backbone.backbone import check_in_features
 from d2seg.modeling.heads.mask_head import MaskHead
 from d2seg.modeling.registry import POINT_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
-from d2seg.modeling.roi_heads import check_in_features
 from d2seg.modeling.shape_spec import ShapeSpec
 
 

@@ -5,11 +5,18 @@ U-Net decoder (``MODEL.SEM_SEG_HEAD``, over the trunk's stem/res2..res5). Detect
 PanopticFPN conventions for the semantic branch:
 
 * semantic class 0 is "things": every pixel of any thing (instance) class;
-* classes 1..``SEM_SEG_HEAD.NUM_CLASSES``-1 are the stuff classes (background counts as one);
+* class 1 is "background": pixels no segment covers (void in a panoptic PNG; on the
+  converter's output, where every category is a thing, that is all non-object pixels);
+* classes 2..``SEM_SEG_HEAD.NUM_CLASSES``-1 are the dataset's stuff categories in contiguous
+  order, so ``NUM_CLASSES`` = 2 + their number;
 * ``SEM_SEG_HEAD.IGNORE_VALUE`` (255) is void, ignored by the loss.
 
-So the ``"sem_seg"`` input must already use these labels. The panoptic output fuses the two
-branches with :func:`~d2seg.modeling.postprocess.combine_semantic_and_instance_outputs`.
+Instance classes are contiguous over thing categories (``ROI_HEADS.NUM_CLASSES`` of them).
+:class:`~d2seg.data.mapper.DatasetMapper` derives these labels from a panoptic PNG
+(:func:`~d2seg.data.detection_utils.panoptic_to_targets`); the panoptic output fuses the two
+branches with :func:`~d2seg.modeling.postprocess.combine_semantic_and_instance_outputs` and
+keeps the semantic label as a stuff segment's ``category_id``, which
+:class:`~d2seg.evaluation.PanopticEvaluator` maps back to dataset ids (background → void).
 """
 
 from typing import Any
@@ -73,8 +80,8 @@ class PanopticUNet(GeneralizedRCNN):
         if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES < 2:
             raise ConfigError(
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}: "
-                "PanopticUNet predicts class 0 = things plus at least one stuff class; fix: set "
-                "it to 1 + the number of stuff classes (background included)"
+                "PanopticUNet predicts class 0 = things and 1 = background; fix: set it to 2 + "
+                "the number of stuff categories (2 for the converter's output)"
             )
         rcnn = super().from_config(cfg)
         combine = cfg.MODEL.PANOPTIC_FPN.COMBINE

@@ -23,12 +23,15 @@ from torchvision.ops import MultiScaleRoIAlign
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling.backbone import Backbone, build_backbone
+from d2seg.modeling.backbone.backbone import check_in_features
+from d2seg.modeling.backbone.resnet import map_resnet_checkpoint
 from d2seg.modeling.build import build_from_registry
 from d2seg.modeling.postprocess import detector_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor
 from d2seg.modeling.registry import META_ARCH_REGISTRY, ROI_MASK_HEAD_REGISTRY
-from d2seg.modeling.roi_heads import MaskRoIHeads, check_in_features
+from d2seg.modeling.roi_heads import MaskRoIHeads
 from d2seg.modeling.shape_spec import ShapeSpec
+from d2seg.modeling.torchvision_keys import map_torchvision_maskrcnn_keys
 
 # Detectron2's loss names for torchvision's.
 _LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc"}
@@ -160,6 +163,11 @@ class GeneralizedRCNN(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.preprocessor.pixel_mean.device
+
+    def map_external_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Checkpointer hook: torchvision Mask R-CNN and ResNet files, and checkpoints with
+        another input-channel count (RGB → gray), load into this model."""
+        return map_resnet_checkpoint(map_torchvision_maskrcnn_keys(state_dict, self), self)
 
     def targets(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
         """Ground truth in torchvision's form: boxes, labels = classes + 1, masks."""

@@ -216,6 +216,8 @@ def test_via2_plain_export_and_pickled_source(tmp_path):
     record = worker_copy.load("x.jpg", ConversionReport())
     assert [i.label for i in record.instances] == ["balloon"]
     assert record.instances[0].polygons == [[1.0, 1.0, 20.0, 1.0, 10.0, 15.0]]
+    # --mask-label names the implicit class, even when it is the masks source's default name
+    assert ViaSource(tmp_path, SourceOptions(mask_label="object")).labels("x.jpg") == ["object"]
 
 
 def test_broken_region_names_file_image_and_region(tmp_path):

@@ -217,3 +217,28 @@ def test_existing_output_and_failed_runs_leave_nothing(tmp_path):
 def test_unknown_format_lists_the_known_ones(tmp_path):
     with pytest.raises(ConfigError, match="--format 'xml'.*labelme"):
         convert_dataset(tmp_path, tmp_path / "out", fmt="xml")
+
+
+def test_outputs_selects_what_is_written_without_changing_it(tmp_path):
+    src = _labelme_folder(tmp_path / "in", 6)
+    convert_dataset(src, tmp_path / "all", splits={"val": 0.3})
+    convert_dataset(src, tmp_path / "coco", splits={"val": 0.3}, outputs=("instances",))
+    convert_dataset(src, tmp_path / "sem", splits={"val": 0.3}, outputs=["sem_seg"])
+
+    def files(run: str) -> set[Path]:
+        return {p.relative_to(tmp_path / run) for p in (tmp_path / run).rglob("*.*")}
+
+    def written(run: str, top: str) -> set[Path]:
+        return {p for p in files(run) if p.parts[0] == top}
+
+    for run, kept in (("coco", {"images", "annotations"}), ("sem", {"images", "sem_seg"})):
+        assert {p.parts[0] for p in files(run)} == kept | {"report.json"}
+        for top in kept:
+            assert written(run, top) == written("all", top)
+            for rel in written(run, top):
+                assert (tmp_path / run / rel).read_bytes() == (tmp_path / "all" / rel).read_bytes()
+    with pytest.raises(ConfigError, match="--outputs instances,masks: unknown masks; fix:.*sem_seg"):
+        convert_dataset(src, tmp_path / "bad", outputs=("instances", "masks"))
+    with pytest.raises(ConfigError, match="nothing selected"):
+        convert_dataset(src, tmp_path / "bad", outputs=())
+    assert not (tmp_path / "bad").exists()

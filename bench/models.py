@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Model latency on CPU: d2seg models against the libraries they replace, one process.
+
+Two pairs, each run on the same ``--size``² image (a synthetic balloon scene), in eval mode,
+under ``torch.no_grad()`` with ``torch.set_num_threads(--threads)``; one warm-up call, then the
+median of ``--repeats`` calls:
+
+1. ``configs/Semantic/unet_R_34_12cls.yaml`` (``SemanticSegmentor``: the whole model call,
+   normalisation and padding included) vs ``segmentation_models_pytorch.Unet("resnet34",
+   encoder_weights=None, classes=12)`` on the normalised tensor → ``unet_r34_latency_ratio``
+   (target <= 1.0);
+2. ``configs/InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml`` (``GeneralizedRCNN``) vs
+   ``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``
+   with its resizing disabled (min/max size = the image). d2seg loads torchvision's random
+   weights through ``map_external_state_dict`` and both keep every detection
+   (``--score-thresh``), so both run the same boxes through the mask head and paste the same
+   number of masks → ``maskrcnn_latency_ratio`` (target <= 1.05).
+
+Also prints each model's parameter count and fvcore FLOPs (``FlopCountAnalysis``, one
+multiply-add = one flop, as Detectron2 reports them; operators fvcore has no formula for are
+left out, the same for both sides).
+"""
+
+import argparse
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torchvision
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from d2seg.config import get_cfg
+from d2seg.data.synthetic import render_sample
+from d2seg.modeling import build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+UNET_CONFIG = CONFIGS / "Semantic" / "unet_R_34_12cls.yaml"
+MASK_RCNN_CONFIG = CONFIGS / "InstanceSegmentation" / "mask_rcnn_R_50_FPN_1x.yaml"
+# torchvision's COCO class count, background included: d2seg's NUM_CLASSES is one less.
+TORCHVISION_NUM_CLASSES = 91
+
+
+def median_seconds(call: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``call()`` over ``repeats`` runs, after one warm-up run."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gflops(model: nn.Module, inputs: tuple) -> float:
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis.total() / 1e9
+
+
+def million_params(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def d2seg_model(config: Path, *overrides: Any) -> nn.Module:
+    cfg = get_cfg()
+    cfg.merge_from_file(str(config))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *overrides])
+    return build_model(cfg).eval()
+
+
+def report(name: str, ours: nn.Module, ours_inputs: tuple, reference: nn.Module,
+           reference_inputs: tuple, repeats: int) -> None:
+    """Print params, FLOPs, latencies and ``name: ratio`` (d2seg / reference seconds)."""
+    with torch.no_grad():
+        for label, model, inputs in (("d2seg", ours, ours_inputs),
+                                     ("reference", reference, reference_inputs)):
+            print(f"{name} {label}: {million_params(model):.2f} M params, "
+                  f"{gflops(model, inputs):.2f} GFLOPs")
+        ours_s = median_seconds(lambda: ours(*ours_inputs), repeats)
+        reference_s = median_seconds(lambda: reference(*reference_inputs), repeats)
+    print(f"{name}: d2seg {ours_s * 1000:.1f} ms, reference {reference_s * 1000:.1f} ms")
+    print(f"{name}: {ours_s / reference_s:.3f}")
+
+
+def bench_unet(image: torch.Tensor, repeats: int) -> None:
+    ours = d2seg_model(UNET_CONFIG)
+    mean = ours.preprocessor.pixel_mean
+    std = ours.preprocessor.pixel_std
+    reference = smp.Unet("resnet34", encoder_weights=None, classes=ours.sem_seg_head.num_classes)
+    normalised = ((image.float() - mean) / std)[None]
+    report("unet_r34_latency_ratio", ours, ([{"image": image}],), reference.eval(),
+           (normalised,), repeats)
+
+
+def bench_mask_rcnn(image: torch.Tensor, repeats: int, score_thresh: float) -> None:
+    size = min(image.shape[1:])
+    reference = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=TORCHVISION_NUM_CLASSES,
+        min_size=size,
+        max_size=max(image.shape[1:]),
+        box_score_thresh=score_thresh,
+    ).eval()
+    ours = d2seg_model(
+        MASK_RCNN_CONFIG,
+        "MODEL.ROI_HEADS.NUM_CLASSES", TORCHVISION_NUM_CLASSES - 1,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", score_thresh,
+    )
+    ours.load_state_dict(ours.map_external_state_dict(reference.state_dict()))
+    with torch.no_grad():
+        detections = len(ours([{"image": image}])[0]["instances"]["scores"])
+        reference_detections = len(reference([image.float() / 255])[0]["scores"])
+    print(f"maskrcnn: {detections} detections (d2seg), {reference_detections} (torchvision)")
+    report("maskrcnn_latency_ratio", ours, ([{"image": image}],), reference,
+           ([image.float() / 255],), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--score-thresh", type=float, default=0.0,
+                        help="Mask R-CNN detection score threshold (both models)")
+    parser.add_argument("--only", choices=("unet", "maskrcnn"), default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    logging.disable(logging.WARNING)  # fvcore's per-op tracing notes
+    sample = render_sample("balloons", seed=0, size=(args.size, args.size))
+    image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
+    print(f"image {args.size}x{args.size}, {args.threads} threads, median of {args.repeats}")
+    if args.only in (None, "unet"):
+        bench_unet(image, args.repeats)
+    if args.only in (None, "maskrcnn"):
+        bench_mask_rcnn(image, args.repeats, args.score_thresh)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""ONNX → C++: read, optimise, (optionally) quantise, plan, emit and write the folder."""
+
+import re
+from pathlib import Path
+
+from d2seg.errors import ConfigError
+from d2seg.export.edge.emit import emit_model
+from d2seg.export.edge.ir import load_onnx
+from d2seg.export.edge.passes import optimize
+from d2seg.export.edge.project import cmake_lists, main_source
+from d2seg.export.edge.quantize import calibrate, load_calibration_images, quantize_graph
+from d2seg.export.edge.report import lowering_report
+from d2seg.utils.io import atomic_directory, atomic_write_json
+
+
+def lower_onnx_to_cpp(
+    onnx_path: str | Path,
+    output_dir: str | Path,
+    *,
+    name: str = "model",
+    int8: bool = False,
+    calib_dir: str | Path | None = None,
+) -> dict:
+    """Write ``output_dir``/{name}.h, {name}.cpp, main.cpp, CMakeLists.txt, report.json.
+
+    Args:
+        onnx_path: a static ONNX graph, input float32 1×C×H×W pixels 0-255.
+        output_dir: must not exist; written atomically.
+        name: C identifier prefix of the generated files and entry point ``{name}_run``.
+        int8: quantise (needs ``calib_dir``, a folder of representative images).
+    Returns:
+        The report (also ``report.json``): weights/arena/lower-bound/naive bytes, MACs and
+        device fit.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"--name {name!r} is not a C identifier; fix: use letters, digits "
+                          f"and underscores, e.g. unet_r18")
+    if int8 and calib_dir is None:
+        raise ConfigError("--int8 needs --calib IMAGES_DIR; fix: pass a folder of images for "
+                          "calibration")
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        raise ConfigError(f"--output {output_dir} already exists; fix: choose a new folder or "
+                          f"remove the old one")
+    graph = optimize(load_onnx(onnx_path), fuse_residual_add=not int8)
+    input_shape = graph.shapes[graph.inputs[0]]
+    output_shape = graph.shapes[graph.outputs[0]] if graph.outputs[0] in graph.shapes else ()
+    if len(input_shape) != 4 or len(output_shape) != 4:
+        raise ConfigError(f"{onnx_path}: input {input_shape} / output {output_shape} are not "
+                          f"N×C×H×W; fix: export the semantic model (image in, logits out)")
+    if int8:
+        images = load_calibration_images(calib_dir, input_shape)
+        quantize_graph(graph, calibrate(onnx_path, graph, images))
+    model = emit_model(graph, name, Path(onnx_path).name)
+    report = lowering_report(model, name=name, precision="int8" if int8 else "float32",
+                             input_shape=input_shape, output_shape=output_shape)
+    with atomic_directory(output_dir) as tmp:
+        (tmp / f"{name}.h").write_text(model.header)
+        (tmp / f"{name}.cpp").write_text(model.source, encoding="latin-1")
+        (tmp / "main.cpp").write_text(main_source(name))
+        (tmp / "CMakeLists.txt").write_text(cmake_lists(name))
+        atomic_write_json(tmp / "report.json", report, indent=2)
+    return report

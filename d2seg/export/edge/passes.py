@@ -1,0 +1,257 @@
+"""Graph passes run before planning: simplify, fold, fuse, and put attributes in one form.
+
+``optimize(graph, fuse_residual=...)`` runs them in order: identity removal, constant folding,
+BatchNorm folding into the Conv in front of it, Relu fusion into its Conv/Add producer,
+(float only) Conv+Add(+Relu) fusion of residual connections, then :func:`canonicalize`, which
+checks every node can be lowered and rewrites its attributes into what the emitter reads.
+"""
+
+import numpy as np
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from d2seg.errors import ConfigError
+from d2seg.export.edge.ir import Graph, Node
+
+
+def _unsupported(node: Node, why: str, fix: str) -> ConfigError:
+    return ConfigError(f"{node.op} node {node.name!r}: {why}; fix: {fix}")
+
+
+def _rename_tensor(graph: Graph, old: str, new: str) -> None:
+    for node in graph.nodes:
+        node.inputs = [new if i == old else i for i in node.inputs]
+        node.outputs = [new if o == old else o for o in node.outputs]
+
+
+def remove_identity(graph: Graph) -> None:
+    """Drop Identity nodes; a graph output keeps its name (the producer is renamed instead)."""
+    for node in [n for n in graph.nodes if n.op == "Identity"]:
+        graph.nodes.remove(node)
+        source, target = node.inputs[0], node.outputs[0]
+        if target in graph.outputs and source not in graph.constants:
+            _rename_tensor(graph, source, target)
+        elif source in graph.constants:
+            graph.constants[target] = graph.constants[source]
+        else:
+            _rename_tensor(graph, target, source)
+
+
+def fold_constants(graph: Graph) -> None:
+    """Evaluate nodes whose inputs are all constants (onnx's reference evaluator)."""
+    for node in list(graph.nodes):
+        inputs = [i for i in node.inputs if i]
+        if not inputs or not all(i in graph.constants for i in inputs):
+            continue
+        proto = helper.make_node(node.op, node.inputs, node.outputs, **node.attrs)
+        values = ReferenceEvaluator(proto).run(
+            None, {i: graph.constants[i] for i in inputs}
+        )
+        for name, value in zip(node.outputs, values):
+            graph.constants[name] = np.asarray(value)
+        graph.nodes.remove(node)
+
+
+def _single_use(graph: Graph, name: str) -> bool:
+    return len(graph.consumers(name)) == 1 and name not in graph.outputs
+
+
+def fold_batchnorm(graph: Graph) -> None:
+    """Fold each BatchNormalization into the Conv that produces its input (exact in float64)."""
+    for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        conv = graph.producer(bn.inputs[0])
+        params = bn.inputs[1:5]
+        if (conv is None or conv.op != "Conv" or not _single_use(graph, bn.inputs[0])
+                or not all(p in graph.constants for p in params) or len(bn.outputs) > 1):
+            raise _unsupported(bn, "only a BatchNormalization right after a Conv can be lowered",
+                               "export the model in eval mode so BatchNorm follows its Conv")
+        gamma, beta, mean, var = (graph.constants[p].astype(np.float64) for p in params)
+        scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+        weight = graph.constants[conv.inputs[1]].astype(np.float64)
+        bias = (graph.constants[conv.inputs[2]].astype(np.float64) if len(conv.inputs) > 2
+                and conv.inputs[2] else np.zeros(weight.shape[0]))
+        folded_w, folded_b = f"{conv.name}.folded_weight", f"{conv.name}.folded_bias"
+        graph.constants[folded_w] = (weight * scale[:, None, None, None]).astype(np.float32)
+        graph.constants[folded_b] = ((bias - mean) * scale + beta).astype(np.float32)
+        conv.inputs = [conv.inputs[0], folded_w, folded_b]
+        conv.outputs = list(bn.outputs)
+        graph.nodes.remove(bn)
+
+
+def fuse_relu(graph: Graph) -> None:
+    """Relu after a Conv or Add (its only consumer) becomes the producer's activation."""
+    for relu in [n for n in graph.nodes if n.op == "Relu"]:
+        producer = graph.producer(relu.inputs[0])
+        if (producer is None or producer.op not in ("Conv", "Add")
+                or producer.attrs.get("activation", "none") != "none"
+                or not _single_use(graph, relu.inputs[0])):
+            continue
+        producer.attrs["activation"] = "relu"
+        producer.outputs = list(relu.outputs)
+        graph.nodes.remove(relu)
+
+
+def fuse_residual(graph: Graph) -> None:
+    """Conv → Add(·, r) [→ Relu] becomes one Conv that adds ``r`` before its activation.
+
+    The Conv moves to the Add's place, after ``r`` is computed; of two Conv inputs the one
+    computed later is fused, so nothing else has to move.
+    """
+    for add in [n for n in graph.nodes if n.op == "Add"]:
+        if any(i in graph.constants for i in add.inputs):
+            continue
+        candidates = []
+        for k, name in enumerate(add.inputs):
+            conv = graph.producer(name)
+            other = add.inputs[1 - k]
+            if (conv is not None and conv.op == "Conv" and _single_use(graph, name)
+                    and conv.attrs.get("activation", "none") == "none"
+                    and graph.shapes[name] == graph.shapes[other] and other != name):
+                candidates.append((graph.nodes.index(conv), conv, other))
+        if not candidates:
+            continue
+        _, conv, residual = max(candidates, key=lambda c: c[0])
+        graph.nodes.remove(conv)
+        conv.inputs = [*conv.inputs[:3], residual] if len(conv.inputs) >= 3 else \
+            [*conv.inputs, "", residual]
+        conv.attrs["residual"] = True
+        conv.attrs["activation"] = add.attrs.get("activation", "none")
+        conv.outputs = list(add.outputs)
+        graph.nodes[graph.nodes.index(add)] = conv
+
+
+def _conv_attrs(graph: Graph, node: Node) -> None:
+    weight = graph.constants.get(node.inputs[1])
+    if weight is None or weight.ndim != 4:
+        raise _unsupported(node, "only 2-D convolutions with constant weights are supported",
+                           "export a static graph of Conv2d layers")
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise _unsupported(node, f"auto_pad={node.attrs['auto_pad']}",
+                           "export with explicit pads (torch.onnx does)")
+    node.attrs.setdefault("strides", [1, 1])
+    node.attrs.setdefault("dilations", [1, 1])
+    node.attrs.setdefault("pads", [0, 0, 0, 0])
+    node.attrs.setdefault("group", 1)
+    node.attrs.setdefault("activation", "none")
+    node.attrs["kernel"] = list(weight.shape[2:])
+
+
+def _resize_attrs(graph: Graph, node: Node) -> None:
+    mode = node.attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear") or node.attrs.get("antialias", 0):
+        raise _unsupported(node, f"Resize mode {mode!r}", "use bilinear or nearest upsampling")
+    in_shape, out_shape = graph.shapes[node.inputs[0]], graph.shapes[node.outputs[0]]
+    scales = node.inputs[2] if len(node.inputs) > 2 else ""
+    sizes = node.inputs[3] if len(node.inputs) > 3 else ""
+    if scales and scales in graph.constants and graph.constants[scales].size:
+        values = graph.constants[scales].astype(np.float32)
+    elif sizes and sizes in graph.constants:
+        values = (graph.constants[sizes].astype(np.float32)
+                  / np.asarray(in_shape, dtype=np.float32))
+    else:
+        raise _unsupported(node, "non-constant Resize scale",
+                           "export a static graph (fixed input size) so scales are constants")
+    if len(in_shape) != 4 or values[0] != 1 or values[1] != 1:
+        raise _unsupported(node, "only spatial resizing of N×C×H×W tensors is supported",
+                           "resize over H and W only")
+    node.attrs["scales"] = [float(values[2]), float(values[3])]
+    node.attrs.setdefault("coordinate_transformation_mode", "half_pixel")
+    node.attrs.setdefault("nearest_mode", "round_prefer_floor")
+    node.attrs["mode"] = mode
+    if node.attrs["coordinate_transformation_mode"] not in (
+            "half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        raise _unsupported(node, f"coordinate_transformation_mode "
+                           f"{node.attrs['coordinate_transformation_mode']!r}",
+                           "use align_corners=False (half_pixel) or align_corners=True")
+    node.inputs = node.inputs[:1]
+
+
+def _axis(graph: Graph, node: Node, default: int) -> int:
+    rank = len(graph.shapes[node.inputs[0]])
+    axis = node.attrs.get("axis", default)
+    return axis + rank if axis < 0 else axis
+
+
+def _binary_attrs(graph: Graph, node: Node) -> None:
+    """Elementwise ops: two same-shape activations, or an activation and a constant that
+    broadcasts over it (scalar, per channel, or full; stored as ``constant``/``period``)."""
+    out_shape = graph.shapes[node.outputs[0]]
+    a, b = node.inputs
+    if a not in graph.constants and b not in graph.constants:
+        if graph.shapes[a] != graph.shapes[b]:
+            raise _unsupported(node, f"broadcast between activations {graph.shapes[a]} and "
+                               f"{graph.shapes[b]}", "make both operands the same shape")
+        return
+    node.attrs["constant_first"] = a in graph.constants
+    constant = graph.constants[a if a in graph.constants else b].astype(np.float32)
+    if graph.shapes[b if a in graph.constants else a] != out_shape:
+        raise _unsupported(node, "the constant operand enlarges the output",
+                           "broadcast the constant to the activation's shape")
+    full = np.broadcast_to(constant, out_shape)
+    inner = int(np.prod(out_shape[2:])) if len(out_shape) > 2 else 1
+    if constant.size == 1:
+        values, period = constant.reshape(1), int(np.prod(out_shape))
+    elif (len(out_shape) >= 2 and constant.ndim == len(out_shape)
+          and all(d == 1 for k, d in enumerate(constant.shape) if k != 1)):
+        values, period = constant.reshape(-1), inner
+    else:
+        values, period = np.ascontiguousarray(full).reshape(-1), 1
+    name = f"{node.name}.constant"
+    graph.constants[name] = values
+    node.inputs = [b if a in graph.constants else a, name]
+    node.attrs["period"] = period
+
+
+def canonicalize(graph: Graph) -> None:
+    """Check every node can be lowered and normalise its attributes for the emitter."""
+    for node in graph.nodes:
+        if node.op == "Conv":
+            _conv_attrs(graph, node)
+        elif node.op == "ConvTranspose":
+            _conv_attrs(graph, node)
+            node.attrs.setdefault("output_padding", [0, 0])
+            if node.attrs["group"] != 1:
+                raise _unsupported(node, "grouped ConvTranspose", "use group=1")
+        elif node.op == "MaxPool":
+            if len(node.outputs) > 1 and node.outputs[1]:
+                raise _unsupported(node, "MaxPool indices output", "do not return indices")
+            node.attrs.setdefault("strides", [1, 1])
+            node.attrs.setdefault("dilations", [1, 1])
+            node.attrs.setdefault("pads", [0, 0, 0, 0])
+            node.outputs = node.outputs[:1]
+        elif node.op == "Resize":
+            _resize_attrs(graph, node)
+        elif node.op in ("Add", "Sub", "Mul", "Div"):
+            _binary_attrs(graph, node)
+        elif node.op in ("Softmax", "ArgMax"):
+            if _axis(graph, node, 1 if node.op == "Softmax" else 0) != 1 or \
+                    len(graph.shapes[node.inputs[0]]) != 4 or \
+                    node.attrs.get("select_last_index", 0):
+                raise _unsupported(node, "only the channel axis (axis=1) of N×C×H×W",
+                                   "apply it over the class channel")
+        elif node.op == "Concat":
+            node.attrs["axis"] = _axis(graph, node, 0)
+        elif node.op == "BatchNormalization":
+            raise _unsupported(node, "BatchNormalization not folded", "put it after a Conv")
+
+
+def optimize(graph: Graph, *, fuse_residual_add: bool = True) -> Graph:
+    """Run every pass in order (in place) and return ``graph``.
+
+    ``fuse_residual_add=False`` keeps residual Adds as their own node (the int8 path requantises
+    the two operands of an Add, which a Conv epilogue does not do).
+    """
+    remove_identity(graph)
+    fold_constants(graph)
+    fold_batchnorm(graph)
+    fuse_relu(graph)
+    if fuse_residual_add:
+        fuse_residual(graph)
+    canonicalize(graph)
+    for node in graph.nodes:
+        for name in node.inputs:
+            if name and name not in graph.constants and name not in graph.shapes:
+                raise ConfigError(f"tensor {name!r} has no static shape; fix: export a static "
+                                  f"graph with a fixed input size")
+    return graph
+

@@ -1,0 +1,168 @@
+"""Post-training int8 quantisation of the IR (TensorFlow Lite's int8 scheme).
+
+Activations: per-tensor asymmetric int8, (scale, zero point) from the min/max each tensor
+reaches on calibration images (run with onnxruntime on the original graph, every IR tensor
+added as an output). Weights: per-output-channel symmetric int8; biases int32 at scale
+``input_scale * weight_scale``. Nodes with an int8 kernel (Conv, Add, Concat, MaxPool, Resize,
+Relu) run on int8; the others stay float, with QuantizeLinear / DequantizeLinear inserted where
+the precision changes (in a U-Net: after the input normalisation and before the logits).
+"""
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from d2seg.errors import ConfigError
+from d2seg.export.edge.ir import Graph, Node
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
+
+
+def load_calibration_images(folder: str | Path, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Images of ``folder`` as float32 1×C×H×W pixels 0-255 (RGB for C=3, gray for C=1),
+    resized to the model's H×W (calibration only needs representative values)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if folder.is_dir() else []
+    if not files:
+        raise ConfigError(f"--calib {folder}: no images found; fix: pass a folder of "
+                          f"{'/'.join(IMAGE_SUFFIXES)} images like the ones the model will see")
+    _, channels, height, width = shape
+    images = []
+    for path in files:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        if image is None:
+            raise ConfigError(f"{path}: cannot be read as an image; fix: remove or replace it")
+        if channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif channels != 1:
+            raise ConfigError(f"--calib: the model takes {channels}-channel inputs; fix: "
+                              f"calibrate a 1- or 3-channel model")
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        images.append(image.reshape(height, width, channels).transpose(2, 0, 1)[None]
+                      .astype(np.float32))
+    return images
+
+
+def calibrate(onnx_path: str | Path, graph: Graph, images: list[np.ndarray]) -> dict:
+    """Min/max of every IR activation over ``images`` → {name: (min, max)}."""
+    model = onnx.load(str(onnx_path))
+    existing = {o.name for o in model.graph.output}
+    names = [n for n in graph.shapes if n not in graph.inputs]
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def update(name: str, value: np.ndarray) -> None:
+        low, high = float(value.min()), float(value.max())
+        old = ranges.get(name, (low, high))
+        ranges[name] = (min(low, old[0]), max(high, old[1]))
+
+    for image in images:
+        for name, value in zip(outputs, session.run(outputs, {graph.inputs[0]: image})):
+            update(name, value)
+        update(graph.inputs[0], image)
+    return ranges
+
+
+def activation_params(low: float, high: float) -> tuple[float, int]:
+    """(scale, zero point) of an asymmetric int8 tensor covering [low, high] and 0."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = (high - low) / 255.0 if high > low else 1e-8
+    zero = int(np.clip(round(-128 - low / scale), -128, 127))
+    return scale, zero
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """``real`` as a Q31 multiplier and a power-of-two shift: real ≈ m · 2^(shift − 31)."""
+    if real == 0.0:
+        return 0, 0
+    mantissa, shift = math.frexp(real)
+    multiplier = round(mantissa * (1 << 31))
+    if multiplier == 1 << 31:
+        multiplier //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return multiplier, shift
+
+
+def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8: (int8 weights, float64 scale per channel)."""
+    flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    scale = np.abs(flat).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.round(flat / scale[:, None]), -127, 127).astype(np.int8)
+    return q.reshape(weight.shape), scale
+
+
+def _int8_capable(graph: Graph, node: Node) -> bool:
+    if node.op in ("MaxPool", "Resize", "Relu"):
+        return True
+    if node.op == "Conv":
+        return not node.attrs.get("residual")
+    if node.op == "Add":
+        return all(i not in graph.constants for i in node.inputs)
+    if node.op == "Concat":
+        return all(d == 1 for d in graph.shapes[node.outputs[0]][: node.attrs["axis"]])
+    return False
+
+
+def quantize_graph(graph: Graph, ranges: dict) -> Graph:
+    """Mark int8 nodes, give every int8 tensor its (scale, zero), insert Quantize/Dequantize.
+
+    Tensors that keep the input's scale (MaxPool, Resize and Relu outputs) take the input's
+    parameters rather than their own calibration range, which is what their int8 kernels need.
+    """
+    nodes: list[Node] = []
+    converted: dict[tuple[str, str], str] = {}
+
+    def convert(name: str, dtype: str) -> str:
+        if graph.dtype(name) == dtype:
+            return name
+        key = (name, dtype)
+        if key not in converted:
+            new = f"{name}#{dtype}"
+            op = "QuantizeLinear" if dtype == "int8" else "DequantizeLinear"
+            if dtype == "int8" and name not in graph.quant:
+                graph.quant[name] = activation_params(*ranges[name])
+            graph.shapes[new] = graph.shapes[name]
+            graph.dtypes[new] = dtype
+            if dtype == "int8":
+                graph.quant[new] = graph.quant[name]
+            nodes.append(Node(op, f"{op}_{name}", [name], [new]))
+            converted[key] = new
+        return converted[key]
+
+    for node in graph.nodes:
+        int8 = _int8_capable(graph, node)
+        node.inputs = [i if not i or i in graph.constants else
+                       convert(i, "int8" if int8 else "float32") for i in node.inputs]
+        nodes.append(node)
+        if not int8:
+            continue
+        out = node.outputs[0]
+        graph.dtypes[out] = "int8"
+        if node.op in ("MaxPool", "Resize", "Relu"):
+            graph.quant[out] = graph.quant[node.inputs[0]]
+        else:
+            graph.quant[out] = activation_params(*ranges[out])
+    graph.nodes = nodes
+    for k, name in enumerate(graph.outputs):
+        if graph.dtype(name) == "int8":
+            float_name = f"{name}#float32"
+            graph.nodes.append(Node("DequantizeLinear", f"DequantizeLinear_{name}", [name],
+                                    [float_name]))
+            graph.shapes[float_name] = graph.shapes[name]
+            graph.outputs[k] = float_name
+    return graph

@@ -1,0 +1,301 @@
+"""Trace d2seg models to ONNX with torch's TorchScript exporter, convert to fp16, inspect graphs.
+
+Every graph takes ``"image"``: float32 N×C×H×W pixel values 0-255 in ``INPUT.FORMAT`` channel
+order; normalisation by ``MODEL.PIXEL_MEAN/STD`` and the zero padding to the backbone's
+``size_divisibility`` happen inside the graph, as in the PyTorch model.
+
+* ``SemanticSegmentor`` → ``"logits"`` N×K×H×W at the input size.
+* ``GeneralizedRCNN`` (batch 1) → ``"boxes"`` R×4 XYXY input pixels, ``"labels"`` R int64
+  (torchvision's 1..NUM_CLASSES), ``"scores"`` R, and with ``MODEL.MASK_ON`` ``"masks"``
+  R×1×28×28 foreground probabilities in box coordinates. R may be 0. The four arrays as a dict
+  are exactly what :func:`d2seg.modeling.postprocess.detector_postprocess` takes, so
+  ``detector_postprocess(outputs, (H, W), height, width)`` gives d2seg instances (0-based
+  ``classes``, masks pasted into the image and thresholded) at any original size.
+
+``torch.onnx.export(..., dynamo=False)``: the dynamo exporter fails on torchvision's detection
+models (DESIGN §1).
+"""
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import torch
+import torch.nn.functional as F
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from d2seg.errors import ConfigError
+from d2seg.modeling.heads.point_rend import PointRendMaskHead
+from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
+from d2seg.modeling.meta_arch.semantic import SemanticSegmentor
+from d2seg.modeling.preprocess import ImagePreprocessor
+from d2seg.utils.io import atomic_open
+
+INPUT_NAME = "image"
+SEMANTIC_OUTPUT_NAME = "logits"
+RCNN_OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
+# RoiAlign's ``coordinate_transformation_mode`` (torchvision's aligned=False boxes) is opset 16.
+MIN_OPSET = 16
+# Kept in fp32 by :func:`convert_to_fp16`: Resize's scales must stay exact for the C++ lowering.
+FP16_KEEP_FP32_OPS = ("Resize",)
+
+
+def _normalise_and_pad(preprocessor: ImagePreprocessor, images: Tensor, always_pad: bool) -> Tensor:
+    """N×C×H×W pixels → normalised, zero-padded to ``size_divisibility`` (padding after
+    normalisation, as :class:`ImagePreprocessor` does). With symbolic sizes the Pad is always
+    emitted; with static ones only when the size needs it, so no no-op Pad reaches the graph."""
+    height, width = images.shape[-2], images.shape[-1]
+    divisor = max(preprocessor.size_divisibility, 1)
+    pad_bottom, pad_right = (divisor - height % divisor) % divisor, (divisor - width % divisor) % divisor
+    normalised = (images - preprocessor.pixel_mean) / preprocessor.pixel_std
+    if always_pad or pad_bottom or pad_right:
+        normalised = F.pad(normalised, (0, pad_right, 0, pad_bottom))
+    return normalised
+
+
+class SemanticExportModel(nn.Module):
+    """A traceable ``SemanticSegmentor``: N×C×H×W float pixels 0-255 → N×K×H×W logits."""
+
+    def __init__(self, model: SemanticSegmentor, *, dynamic: bool):
+        super().__init__()
+        self.model = model
+        self.dynamic = dynamic
+
+    def forward(self, images: Tensor) -> Tensor:
+        height, width = images.shape[-2], images.shape[-1]
+        padded = _normalise_and_pad(self.model.preprocessor, images, self.dynamic)
+        logits = self.model.sem_seg_head(self.model.backbone(padded))
+        if self.dynamic or tuple(padded.shape[-2:]) != (height, width):
+            logits = logits[:, :, :height, :width]
+        return logits
+
+
+class RCNNExportModel(nn.Module):
+    """A traceable ``GeneralizedRCNN`` for one image: 1×C×H×W float pixels 0-255 →
+    (boxes R×4, labels R, scores R[, masks R×1×28×28]) on the H×W image."""
+
+    def __init__(self, model: GeneralizedRCNN, *, dynamic: bool):
+        super().__init__()
+        self.model = model
+        self.dynamic = dynamic
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        height, width = image.shape[-2], image.shape[-1]
+        padded = _normalise_and_pad(self.model.preprocessor, image, self.dynamic)
+        images = ImageList(padded, [(height, width)])
+        detections, _ = self.model.detect(images, self.model.backbone(padded), None)
+        return tuple(detections[0][name] for name in RCNN_OUTPUT_NAMES if name in detections[0])
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for tracing; the model's own mode (train or eval) comes back afterwards."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _check_export_args(height: int, width: int, opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ConfigError(f"ONNX opset {opset} is too old; fix: use --opset {MIN_OPSET} or newer")
+    if min(height, width) < 1:
+        raise ConfigError(f"export size {height}x{width} is empty; fix: pass --height/--width ≥ 1")
+
+
+def _trace_to_onnx(
+    module: nn.Module,
+    example: Tensor,
+    path: str | os.PathLike,
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]] | None,
+    opset: int,
+) -> Path:
+    """``torch.onnx.export`` (TorchScript tracer, constant folding) into ``path`` atomically."""
+    buffer = io.BytesIO()
+    with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python int it freezes; the sizes frozen here are the
+        # intended static ones, and verification against PyTorch catches a wrong freeze.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=[INPUT_NAME],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+        )
+    onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+def export_semantic_onnx(
+    model: SemanticSegmentor,
+    *,
+    height: int,
+    width: int,
+    path: str | os.PathLike,
+    dynamic: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Export a ``SemanticSegmentor`` to ``path``; returns ``path``.
+
+    Input ``"image"`` float32 pixels 0-255, output ``"logits"`` N×K×H×W. ``dynamic=False``:
+    a static 1×C×``height``×``width`` graph, constant-folded, every Resize with constant scales
+    (what ``d2seg.export.edge`` lowers to C++). ``dynamic=True``: N, H and W are symbolic
+    (``height``/``width`` only size the tracing example). The model's train/eval mode is kept.
+    """
+    _check_export_args(height, width, opset)
+    channels = model.preprocessor.pixel_mean.shape[0]
+    example = torch.full((1, channels, height, width), 128.0, device=model.device)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    return _trace_to_onnx(
+        SemanticExportModel(model, dynamic=dynamic),
+        example,
+        path,
+        [SEMANTIC_OUTPUT_NAME],
+        {INPUT_NAME: axes, SEMANTIC_OUTPUT_NAME: axes} if dynamic else None,
+        opset,
+    )
+
+
+def check_rcnn_exportable(model: GeneralizedRCNN) -> None:
+    """Raise :class:`ConfigError` for a ``GeneralizedRCNN`` whose graph would be wrong."""
+    if isinstance(model.roi_heads.mask_head, PointRendMaskHead):
+        raise ConfigError(
+            "MODEL.ROI_MASK_HEAD.NAME = 'PointRendMaskHead' cannot be exported to ONNX: its "
+            "adaptive subdivision branches in Python on the number of detections, which the "
+            "tracer freezes into the graph, so the graph is only right for the traced count; fix: "
+            "serve PointRend from PyTorch, or export a MaskRCNNConvUpsampleHead model"
+        )
+
+
+def export_rcnn_onnx(
+    model: GeneralizedRCNN,
+    *,
+    height: int,
+    width: int,
+    path: str | os.PathLike,
+    dynamic: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Export a ``GeneralizedRCNN`` (batch 1) to ``path``; returns ``path``.
+
+    Input ``"image"`` 1×C×``height``×``width`` float32 pixels 0-255 (``dynamic=True``: H and W
+    symbolic); outputs as the module docstring. The score threshold, NMS and
+    ``TEST.DETECTIONS_PER_IMAGE`` are the config's, inside the graph.
+    """
+    _check_export_args(height, width, opset)
+    check_rcnn_exportable(model)
+    channels = model.preprocessor.pixel_mean.shape[0]
+    example = torch.full((1, channels, height, width), 128.0, device=model.device)
+    names = list(RCNN_OUTPUT_NAMES if model.roi_heads.mask_head is not None else RCNN_OUTPUT_NAMES[:3])
+    axes = {name: {0: "detections"} for name in names}
+    if dynamic:
+        axes[INPUT_NAME] = {2: "height", 3: "width"}
+    return _trace_to_onnx(RCNNExportModel(model, dynamic=dynamic), example, path, names, axes, opset)
+
+
+def export_onnx(
+    model: nn.Module,
+    *,
+    height: int,
+    width: int,
+    path: str | os.PathLike,
+    dynamic: bool = False,
+    opset: int = 17,
+) -> Path:
+    """:func:`export_semantic_onnx` or :func:`export_rcnn_onnx`, by the model's class."""
+    exporters = {SemanticSegmentor: export_semantic_onnx, GeneralizedRCNN: export_rcnn_onnx}
+    exporter = exporters.get(type(model))
+    if exporter is None:
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE {type(model).__name__} has no ONNX export; fix: export a "
+            f"SemanticSegmentor or GeneralizedRCNN config"
+        )
+    return exporter(model, height=height, width=width, path=path, dynamic=dynamic, opset=opset)
+
+
+def convert_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """fp16 weights and activations, float32 inputs/outputs (``keep_io_types``); Resize and
+    onnxruntime's default blocked ops (NMS, RoiAlign, TopK, ...) stay fp32. Returns ``dst``."""
+    model = onnx.load(str(src))
+    graphs = [model.graph] + [
+        attribute.g for node in model.graph.node for attribute in node.attribute
+        if attribute.type == onnx.AttributeProto.GRAPH
+    ]
+    if len(graphs) > 1:
+        # onnxruntime's converter types If/Loop bodies as fp16 while it keeps their blocked ops
+        # (torchvision's batched NMS) in fp32, giving a graph onnxruntime refuses to load.
+        raise ConfigError(
+            f"{src} has control-flow subgraphs (a detection model's batched NMS), which "
+            f"onnxruntime's fp16 converter mistypes; fix: drop --fp16 for this model (fp16 export "
+            f"is supported for SemanticSegmentor)"
+        )
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS),
+    )
+    dst = Path(dst)
+    with atomic_open(dst, "wb") as f:
+        f.write(converted.SerializeToString())
+    return dst
+
+
+def computed_resize_inputs(model: onnx.ModelProto) -> list[str]:
+    """``"node: input"`` for every Resize roi/scales/sizes input that is computed in the graph
+    (neither an initializer nor a Constant's output); empty for a lowerable static graph."""
+    constants = {init.name for init in model.graph.initializer}
+    constants.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return [
+        f"{node.name}: {name}"
+        for node in model.graph.node
+        if node.op_type == "Resize"
+        for name in node.input[1:]
+        if name and name not in constants
+    ]
+
+
+def describe_graph(path: str | os.PathLike) -> dict:
+    """``{"bytes", "opset", "inputs", "outputs"}``; each input/output ``{"name", "dtype",
+    "shape"}`` with symbolic dimensions as their names."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def values(infos) -> list[dict]:
+        return [
+            {
+                "name": info.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type).name,
+                "shape": [
+                    d.dim_param if d.dim_param else d.dim_value
+                    for d in info.type.tensor_type.shape.dim
+                ],
+            }
+            for info in infos
+        ]
+
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {
+        "bytes": os.path.getsize(path),
+        "opset": opset,
+        "inputs": values(model.graph.input),
+        "outputs": values(model.graph.output),
+    }

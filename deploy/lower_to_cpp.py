@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Lower a static ONNX segmentation graph to dependency-free C++17.
+
+    python deploy/lower_to_cpp.py model.onnx --output DIR [--int8 --calib IMAGES_DIR] [--name NAME]
+
+writes DIR/{NAME.h, NAME.cpp, main.cpp, CMakeLists.txt, report.json}; build the demo program
+with ``g++ -std=c++17 -O3 -I deploy/runtime DIR/*.cpp -o prog`` and run ``prog in.ppm out.pgm``.
+"""
+
+import argparse
+
+from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.report import format_report
+from d2seg.utils.cli import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("onnx", help="static ONNX graph (1×C×H×W float input, pixels 0-255)")
+    parser.add_argument("--output", required=True, help="folder to create")
+    parser.add_argument("--name", default="model", help="C prefix of files and entry point")
+    parser.add_argument("--int8", action="store_true", help="quantise weights and activations")
+    parser.add_argument("--calib", help="folder of calibration images (with --int8)")
+    args = parser.parse_args()
+    report = lower_onnx_to_cpp(args.onnx, args.output, name=args.name, int8=args.int8,
+                               calib_dir=args.calib)
+    print(format_report(report))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,95 @@
+// Fixed-point arithmetic of the int8 kernels (TensorFlow Lite's int8 quantisation spec):
+// real = scale * (q - zero_point); a real multiplier M is stored as a Q31 int32 and a
+// power-of-two shift, applied with a rounding doubling high multiply. No float at run time,
+// except quantize_f32/dequantize_f32 at the graph's edges.
+#ifndef D2SEG_QUANT_H
+#define D2SEG_QUANT_H
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace d2seg_rt {
+
+inline int32_t saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
+  if (a == b && a == std::numeric_limits<int32_t>::min())
+    return std::numeric_limits<int32_t>::max();
+  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
+  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
+  return static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
+}
+
+inline int32_t rounding_divide_by_pot(int32_t x, int exponent) {
+  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
+  const int32_t remainder = x & mask;
+  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+// round(x * multiplier * 2^(shift - 31)).
+inline int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift) {
+  const int left = shift > 0 ? shift : 0;
+  const int right = shift > 0 ? 0 : -shift;
+  return rounding_divide_by_pot(
+      saturating_rounding_doubling_high_mul(x * (1 << left), multiplier), right);
+}
+
+inline int8_t saturate_s8(int32_t v) {
+  return static_cast<int8_t>(std::min(std::max(v, int32_t{-128}), int32_t{127}));
+}
+
+// Graph-edge conversions (the only float arithmetic of an int8 model).
+inline void quantize_f32(const float* __restrict x, int n, float scale, int32_t zero,
+                         int8_t* __restrict y) {
+  for (int i = 0; i < n; ++i)
+    y[i] = saturate_s8(static_cast<int32_t>(std::nearbyint(x[i] / scale)) + zero);
+}
+
+inline void dequantize_f32(const int8_t* __restrict x, int n, float scale, int32_t zero,
+                           float* __restrict y) {
+  for (int i = 0; i < n; ++i) y[i] = scale * static_cast<float>(static_cast<int32_t>(x[i]) - zero);
+}
+
+// y = requantised x from (input_zero, scale_in) to (output_zero, scale_out), where
+// multiplier/shift encode scale_in / scale_out. Used by Concat when the scales differ.
+inline void requantize_s8(const int8_t* __restrict x, int n, int32_t input_zero,
+                          int32_t multiplier, int32_t shift, int32_t output_zero,
+                          int8_t* __restrict y) {
+  for (int i = 0; i < n; ++i)
+    y[i] = saturate_s8(multiply_by_quantized_multiplier(x[i] - input_zero, multiplier, shift) +
+                       output_zero);
+}
+
+struct AddQuant {
+  int32_t a_zero, b_zero, output_zero;
+  int32_t a_multiplier, a_shift, b_multiplier, b_shift;  // scale_x / (2 max scale), < 1
+  int32_t output_multiplier, output_shift;  // 2 max scale / (2^left_shift scale_out)
+  int32_t left_shift;                       // headroom bits (20)
+  int32_t act_min, act_max;
+};
+
+// y = a + b on int8 tensors with their own scales (TFLite's quantised Add).
+inline void add_s8(const int8_t* __restrict a, const int8_t* __restrict b, int n,
+                   const AddQuant& q, int8_t* __restrict y) {
+  for (int i = 0; i < n; ++i) {
+    const int32_t sa = multiply_by_quantized_multiplier((a[i] - q.a_zero) * (1 << q.left_shift),
+                                                        q.a_multiplier, q.a_shift);
+    const int32_t sb = multiply_by_quantized_multiplier((b[i] - q.b_zero) * (1 << q.left_shift),
+                                                        q.b_multiplier, q.b_shift);
+    const int32_t v = multiply_by_quantized_multiplier(sa + sb, q.output_multiplier,
+                                                       q.output_shift) + q.output_zero;
+    y[i] = static_cast<int8_t>(std::min(std::max(v, q.act_min), q.act_max));
+  }
+}
+
+// ReLU on an int8 tensor keeps its scale: q >= zero_point.
+inline void relu_s8(const int8_t* __restrict x, int n, int32_t zero, int8_t* __restrict y) {
+  const int8_t z = static_cast<int8_t>(zero);
+  for (int i = 0; i < n; ++i) y[i] = std::max(x[i], z);
+}
+
+}  // namespace d2seg_rt
+
+#endif  // D2SEG_QUANT_H

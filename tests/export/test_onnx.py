@@ -1,0 +1,224 @@
+"""ONNX export: graphs checked against the PyTorch model with onnxruntime (the oracle)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from d2seg.checkpoint import D2SegCheckpointer
+from d2seg.config import get_cfg
+from d2seg.data.synthetic import render_sample
+from d2seg.errors import ConfigError, ExportError
+from d2seg.export import (
+    computed_resize_inputs,
+    convert_to_fp16,
+    export_model,
+    export_rcnn_onnx,
+    export_semantic_onnx,
+)
+from d2seg.export import verify
+from d2seg.modeling import build_model
+from d2seg.modeling.postprocess import detector_postprocess
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny"
+
+
+def tiny_model(config: str, *overrides):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(TINY / config))
+    cfg.merge_from_list(list(overrides))
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+def session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def pixels(batch: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Synthetic scenes as float N×C×H×W pixels 0-255 (integers, as decoded images are)."""
+    images = []
+    for i in range(batch):
+        rgb = render_sample("balloons", seed=seed, size=(height, width), index=i)["image"]
+        image = torch.from_numpy(rgb).permute(2, 0, 1).float()
+        images.append(image if channels == 3 else image.mean(0, keepdim=True).round())
+    return torch.stack(images)
+
+
+@torch.no_grad()
+def torch_logits(model, batch: torch.Tensor) -> np.ndarray:
+    outputs = model([{"image": image.to(torch.uint8)} for image in batch])
+    return torch.stack([o["sem_seg"] for o in outputs]).numpy()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_model("unet_R_18_tiny.yaml")[1]
+
+
+@pytest.fixture(scope="module")
+def unet_static(unet, tmp_path_factory):
+    path = tmp_path_factory.mktemp("unet") / "model.onnx"
+    return export_semantic_onnx(unet, height=128, width=128, path=path)
+
+
+def test_static_semantic_graph_has_constant_resizes_and_matches_pytorch(unet, unet_static):
+    graph = onnx.load(str(unet_static))
+    resizes = [n for n in graph.graph.node if n.op_type == "Resize"]
+    assert resizes and computed_resize_inputs(graph) == []
+    dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 128, 128]
+    batch = pixels(1, 3, 128, 128)
+    logits = session(unet_static).run(None, {"image": batch.numpy()})[0]
+    assert logits.shape == (1, 3, 128, 128)
+    assert np.abs(logits - torch_logits(unet, batch)).max() <= 1e-4
+    assert not unet.training  # the export keeps the model's mode
+
+
+def test_computed_resize_input_is_reported(unet, tmp_path):
+    graph = onnx.load(str(export_semantic_onnx(
+        unet, height=64, width=64, path=tmp_path / "d.onnx", dynamic=True)))
+    resize = next(n for n in graph.graph.node if n.op_type == "Resize")
+    computed = onnx.helper.make_node("Shape", [graph.graph.input[0].name], ["computed_sizes"])
+    graph.graph.node.insert(0, computed)
+    resize.input[3:] = ["computed_sizes"]
+    assert computed_resize_inputs(graph) == [f"{resize.name}: computed_sizes"]
+
+
+def test_dynamic_semantic_graph_runs_at_other_sizes(unet, tmp_path):
+    path = export_semantic_onnx(unet, height=128, width=128, path=tmp_path / "d.onnx", dynamic=True)
+    run = session(path)
+    for shape in [(2, 3, 96, 160), (1, 3, 75, 50)]:  # 75×50 is padded and cropped in the graph
+        batch = pixels(*shape, seed=1)
+        logits = run.run(None, {"image": batch.numpy()})[0]
+        assert logits.shape == (shape[0], 3, *shape[2:])
+        assert np.abs(logits - torch_logits(unet, batch)).max() <= 1e-4
+
+
+def test_fp16_graph_keeps_float32_io_and_agrees_on_argmax(unet, unet_static, tmp_path):
+    path = convert_to_fp16(unet_static, tmp_path / "model_fp16.onnx")
+    graph = onnx.load(str(path))
+    assert {i.type.tensor_type.elem_type for i in graph.graph.input} == {onnx.TensorProto.FLOAT}
+    assert {o.type.tensor_type.elem_type for o in graph.graph.output} == {onnx.TensorProto.FLOAT}
+    assert path.stat().st_size < 0.6 * unet_static.stat().st_size
+    batch = pixels(4, 3, 128, 128, seed=2)
+    fp16_logits = np.concatenate(
+        [session(path).run(None, {"image": image[None].numpy()})[0] for image in batch]
+    )
+    agreement = (fp16_logits.argmax(1) == torch_logits(unet, batch).argmax(1)).mean()
+    assert agreement >= 0.999
+
+
+def test_gray_binary_unet_exports_every_file_with_its_report(tmp_path):
+    cfg, model = tiny_model("unet_R_18_gray_binary_tiny.yaml")
+    report = export_model(cfg, model, tmp_path / "out", dynamic=True, fp16=True)
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert files == {"model.onnx", "model_dynamic.onnx", "model_fp16.onnx", "export_report.json"}
+    assert json.loads((tmp_path / "out" / "export_report.json").read_text()) == report
+    static = report["files"]["model.onnx"]
+    assert static["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 1, 128, 128]}]
+    assert static["outputs"][0]["shape"] == [1, 1, 128, 128]
+    assert report["files"]["model_dynamic.onnx"]["inputs"][0]["shape"] == [
+        "batch", 1, "height", "width"]
+    assert report["checks"]["model.onnx"]["max_abs_logit_diff"] <= 1e-4
+    assert report["checks"]["model_fp16.onnx"]["argmax_agreement"] >= 0.999
+    logits = session(tmp_path / "out" / "model.onnx").run(
+        None, {"image": pixels(1, 1, 128, 128).numpy()})[0]
+    assert np.abs(logits - torch_logits(model, pixels(1, 1, 128, 128))).max() <= 1e-4
+
+
+def test_failed_verification_raises_and_writes_nothing(unet, monkeypatch, tmp_path):
+    cfg = tiny_model("unet_R_18_tiny.yaml")[0]
+    monkeypatch.setattr(verify, "LOGIT_ATOL", -1.0)  # any difference, even 0, now fails
+    with pytest.raises(ExportError, match="max |Δlogit|"):
+        export_model(cfg, unet, tmp_path / "out", height=64, width=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_folder_is_refused(unet, tmp_path):
+    cfg = tiny_model("unet_R_18_tiny.yaml")[0]
+    with pytest.raises(ConfigError, match="already exists"):
+        export_model(cfg, unet, tmp_path, height=64, width=64)
+
+
+def onnx_instances(path, image: torch.Tensor) -> dict:
+    run = session(path)
+    outputs = run.run(None, {"image": image[None].numpy()})
+    named = {o.name: torch.from_numpy(v) for o, v in zip(run.get_outputs(), outputs)}
+    height, width = image.shape[1:]
+    return detector_postprocess(named, (height, width), height, width)
+
+
+@torch.no_grad()
+def test_mask_rcnn_matches_pytorch_and_handles_no_detections(tmp_path):
+    cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml")
+    path = export_rcnn_onnx(model, height=96, width=128, path=tmp_path / "m.onnx")
+    names = [o.name for o in session(path).get_outputs()]
+    assert names == ["boxes", "labels", "scores", "masks"]
+    image = pixels(1, 3, 96, 128)[0]
+    expected = model([{"image": image.to(torch.uint8)}])[0]["instances"]
+    actual = onnx_instances(path, image)
+    assert len(expected["scores"]) > 0
+    torch.testing.assert_close(actual["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(actual["scores"], expected["scores"], atol=1e-3, rtol=0)
+    assert torch.equal(actual["classes"], expected["classes"])
+    assert (actual["masks"] != expected["masks"]).float().mean() < 1e-3
+
+    cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0")
+    report = export_model(cfg, model, tmp_path / "none", height=96, width=128)
+    checked = report["checks"]["model.onnx"]["images"]
+    assert {(c["torch_detections"], c["onnx_detections"]) for c in checked} == {(0, 0)}
+    outputs = session(tmp_path / "none" / "model.onnx").run(None, {"image": image[None].numpy()})
+    assert [o.shape for o in outputs] == [(0, 4), (0,), (0,), (0, 1, 28, 28)]
+
+
+def test_pointrend_and_rcnn_fp16_are_refused_with_the_reason(tmp_path):
+    cfg, model = tiny_model("pointrend_R_18_tiny.yaml")
+    with pytest.raises(ConfigError, match="PointRendMaskHead cannot be exported"):
+        export_rcnn_onnx(model, height=96, width=96, path=tmp_path / "p.onnx")
+    cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml")
+    with pytest.raises(ConfigError, match="--fp16 is not available"):
+        export_model(cfg, model, tmp_path / "out", fp16=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "export_onnx.py"), *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_cli_exports_a_checkpoint_and_rejects_a_corrupt_one(shared_data, tmp_path):
+    cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml")
+    D2SegCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
+    weights = tmp_path / "model_final.pth"
+    config = str(TINY / "mask_rcnn_R_18_tiny.yaml")
+    samples = shared_data / "balloon" / "train"
+    result = run_cli("--config-file", config, "MODEL.WEIGHTS", str(weights),
+                     "--output", str(tmp_path / "out"), "--dynamic", "--samples", str(samples))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    assert report["samples"] == str(samples)
+    assert set(report["files"]) == {"model.onnx", "model_dynamic.onnx"}
+    # The dynamic graph was checked on the real photos at their test-time size (short side 96).
+    shapes = [c["input_shape"] for c in report["checks"]["model_dynamic.onnx"]["images"]]
+    assert [1, 3, 96, 144] in shapes
+
+    weights.write_bytes(weights.read_bytes()[:1000])
+    result = run_cli("--config-file", config, "MODEL.WEIGHTS", str(weights),
+                     "--output", str(tmp_path / "bad"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "truncated or corrupt" in result.stderr
+    assert not (tmp_path / "bad").exists()
