@@ -2,8 +2,9 @@
 """Model latency on CPU: d2seg models against the libraries they replace, one process.
 
 Two pairs, each run on the same ``--size``² image (a synthetic balloon scene), in eval mode,
-under ``torch.no_grad()`` with ``torch.set_num_threads(--threads)``; one warm-up call, then the
-median of ``--repeats`` calls:
+under ``torch.no_grad()`` with ``torch.set_num_threads(--threads)``; one warm-up call each, then
+``--repeats`` alternating calls; the ratio is the median of the per-pair ratios d2seg /
+reference (robust to the load of a shared machine):
 
 1. ``configs/Semantic/unet_R_34_12cls.yaml`` (``SemanticSegmentor``: the whole model call,
    normalisation and padding included) vs ``segmentation_models_pytorch.Unet("resnet34",
@@ -46,15 +47,23 @@ MASK_RCNN_CONFIG = CONFIGS / "InstanceSegmentation" / "mask_rcnn_R_50_FPN_1x.yam
 TORCHVISION_NUM_CLASSES = 91
 
 
-def median_seconds(call: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``call()`` over ``repeats`` runs, after one warm-up run."""
-    call()
-    times = []
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved_seconds(
+    first: Callable[[], Any], second: Callable[[], Any], repeats: int, clock: str
+) -> tuple[list[float], list[float]]:
+    """Times (``CLOCKS[clock]``) of ``repeats`` alternating calls of ``first`` and ``second``,
+    after one warm-up call of each. Alternating keeps load changes out of the ratio."""
+    first(), second()
+    now = CLOCKS[clock]
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for call, out in zip((first, second), times):
+            start = now()
+            call()
+            out.append(now() - start)
+    return times
 
 
 def gflops(model: nn.Module, inputs: tuple) -> float:
@@ -76,30 +85,34 @@ def d2seg_model(config: Path, *overrides: Any) -> nn.Module:
 
 
 def report(name: str, ours: nn.Module, ours_inputs: tuple, reference: nn.Module,
-           reference_inputs: tuple, repeats: int) -> None:
-    """Print params, FLOPs, latencies and ``name: ratio`` (d2seg / reference seconds)."""
+           reference_inputs: tuple, args: argparse.Namespace) -> None:
+    """Print params, FLOPs, median latencies and ``name: ratio`` (d2seg / reference)."""
     with torch.no_grad():
         for label, model, inputs in (("d2seg", ours, ours_inputs),
                                      ("reference", reference, reference_inputs)):
             print(f"{name} {label}: {million_params(model):.2f} M params, "
                   f"{gflops(model, inputs):.2f} GFLOPs")
-        ours_s = median_seconds(lambda: ours(*ours_inputs), repeats)
-        reference_s = median_seconds(lambda: reference(*reference_inputs), repeats)
-    print(f"{name}: d2seg {ours_s * 1000:.1f} ms, reference {reference_s * 1000:.1f} ms")
-    print(f"{name}: {ours_s / reference_s:.3f}")
+        ours_s, reference_s = interleaved_seconds(
+            lambda: ours(*ours_inputs), lambda: reference(*reference_inputs), args.repeats,
+            args.clock,
+        )
+    print(f"{name}: median d2seg {statistics.median(ours_s) * 1000:.1f} ms, reference "
+          f"{statistics.median(reference_s) * 1000:.1f} ms")
+    print(f"{name}: {statistics.median(a / b for a, b in zip(ours_s, reference_s)):.3f}")
 
 
-def bench_unet(image: torch.Tensor, repeats: int) -> None:
+def bench_unet(image: torch.Tensor, args: argparse.Namespace) -> None:
     ours = d2seg_model(UNET_CONFIG)
     mean = ours.preprocessor.pixel_mean
     std = ours.preprocessor.pixel_std
     reference = smp.Unet("resnet34", encoder_weights=None, classes=ours.sem_seg_head.num_classes)
     normalised = ((image.float() - mean) / std)[None]
     report("unet_r34_latency_ratio", ours, ([{"image": image}],), reference.eval(),
-           (normalised,), repeats)
+           (normalised,), args)
 
 
-def bench_mask_rcnn(image: torch.Tensor, repeats: int, score_thresh: float) -> None:
+def bench_mask_rcnn(image: torch.Tensor, args: argparse.Namespace) -> None:
+    score_thresh = args.score_thresh
     size = min(image.shape[1:])
     reference = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None,
@@ -120,7 +133,7 @@ def bench_mask_rcnn(image: torch.Tensor, repeats: int, score_thresh: float) -> N
         reference_detections = len(reference([image.float() / 255])[0]["scores"])
     print(f"maskrcnn: {detections} detections (d2seg), {reference_detections} (torchvision)")
     report("maskrcnn_latency_ratio", ours, ([{"image": image}],), reference,
-           ([image.float() / 255],), repeats)
+           ([image.float() / 255],), args)
 
 
 def main() -> None:
@@ -128,6 +141,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: process CPU time, steadier on a busy machine with --threads 1")
     parser.add_argument("--score-thresh", type=float, default=0.0,
                         help="Mask R-CNN detection score threshold (both models)")
     parser.add_argument("--only", choices=("unet", "maskrcnn"), default=None)
@@ -137,11 +152,12 @@ def main() -> None:
     logging.disable(logging.WARNING)  # fvcore's per-op tracing notes
     sample = render_sample("balloons", seed=0, size=(args.size, args.size))
     image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
-    print(f"image {args.size}x{args.size}, {args.threads} threads, median of {args.repeats}")
+    print(f"image {args.size}x{args.size}, {args.threads} threads, {args.clock} clock, "
+          f"median of {args.repeats}")
     if args.only in (None, "unet"):
-        bench_unet(image, args.repeats)
+        bench_unet(image, args)
     if args.only in (None, "maskrcnn"):
-        bench_mask_rcnn(image, args.repeats, args.score_thresh)
+        bench_mask_rcnn(image, args)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@
         [--height 128 --width 128] [--samples images/]
 
 Writes DIR/model.onnx (static 1×C×H×W; H×W default INPUT.MIN_SIZE_TEST square),
-DIR/model_dynamic.onnx with --dynamic, DIR/model_fp16.onnx with --fp16 (semantic models), and
-DIR/export_report.json. Inputs are float32 N×C×H×W pixels 0-255 in INPUT.FORMAT order; semantic
-graphs output "logits" N×K×H×W, Mask R-CNN graphs "boxes", "labels" (1..K), "scores", "masks"
-(R×1×28×28 probabilities; paste with d2seg.modeling.postprocess.detector_postprocess). Every
-graph is checked on sample images (--samples, else DATASETS.TEST, else synthetic ones) before
-DIR appears; a failed check or a bad input is one error line and exit status 2.
+DIR/model_dynamic.onnx with --dynamic, DIR/model_fp16.onnx with --fp16 (Mask R-CNN: fp16 trunk,
+fp32 detection post-processing), and DIR/export_report.json. Inputs are float32 N×C×H×W pixels
+0-255 in INPUT.FORMAT order; semantic graphs output "logits" N×K×H×W, Mask R-CNN graphs
+"boxes", "labels" (1..K), "scores", "masks" (R×1×28×28 probabilities; paste with
+d2seg.modeling.postprocess.detector_postprocess). Every graph is checked on sample images
+(--samples, else DATASETS.TEST, else synthetic ones) before DIR appears; a failed check or a
+bad input is one error line and exit status 2.
 """
 
 import argparse
@@ -28,8 +29,15 @@ from d2seg.modeling import build_model  # noqa: E402
 from d2seg.utils.cli import run_cli  # noqa: E402
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are a :class:`ConfigError` (one line, exit 2 via run_cli)."""
+
+    def error(self, message: str) -> None:
+        raise ConfigError(f"{message}; fix: see python deploy/export_onnx.py --help")
+
+
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
@@ -78,7 +86,8 @@ def main() -> None:
         numbers = ", ".join(
             f"{k}={v:.3g}" for k, v in check.items() if isinstance(v, float)
         )
-        print(f"{os.path.join(args.output, name)}: {report['files'][name]['bytes']} bytes {numbers}")
+        size = report["files"][name]["bytes"]
+        print(f"{os.path.join(args.output, name)}: {size} bytes {numbers}")
     print(f"report: {os.path.join(args.output, 'export_report.json')}")
 
 

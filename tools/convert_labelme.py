@@ -7,8 +7,8 @@
 
 Writes OUT/annotations/<split>.json, OUT/images/, OUT/sem_seg/<split>/, OUT/panoptic/ and
 OUT/report.json (see d2seg.data.convert.pipeline; --outputs instances writes only the COCO
-instances, images and report), then prints the summary as JSON. Nothing is
-written when it fails; user mistakes end with one line on stderr and exit status 2.
+instances, images and report), then prints a summary table (``--json``: the summary as JSON).
+Nothing is written when it fails; user mistakes end with one line on stderr and exit status 2.
 """
 
 import argparse
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-instances", choices=("components", "single"), default=defaults.mask_instances,
         help="--format masks: one instance per connected component, or per mask file",
     )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
@@ -75,8 +76,34 @@ def main() -> int:
             mask_instances=args.mask_instances,
         ),
     )
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(format_summary(summary, args.input, args.output))
     return 0
+
+
+def format_summary(summary: dict, input_dir: str, output_dir: str) -> str:
+    """The conversion summary as a few lines a person reads at a glance."""
+    splits = summary["splits"]
+    total = sum(s["images"] for s in splits.values())
+    categories = ", ".join(f"{i} {name}" for i, name in enumerate(summary["categories"], 1))
+    lines = [
+        f"Converted {total} images from {input_dir} ({summary['format']}) to {output_dir}",
+        f"  categories ({len(summary['categories'])}): {categories}",
+        f"  {'split':<8}{'images':>8}{'annotations':>13}{'no objects':>12}",
+    ]
+    for name, s in splits.items():
+        lines.append(
+            f"  {name:<8}{s['images']:>8}{s['annotations']:>13}{s['images_without_objects']:>12}"
+        )
+    report = summary["report"]
+    if report:
+        counts = ", ".join(f"{n} {action}" for action, n in sorted(report.items()))
+        lines.append(f"  problems: {counts} (details in {output_dir}/report.json)")
+    else:
+        lines.append("  problems: none")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,22 @@ class D2SegCheckpointer(Checkpointer):
         if tag_last:
             self.tag_last_checkpoint(basename)
 
+    def remove_interrupted_saves(self) -> list[str]:
+        """Delete the temp files of saves that a killed process left in ``save_dir`` (the
+        finished checkpoints are untouched); returns their paths. Call it only while no other
+        process is saving there."""
+        if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
+            return []
+        removed = [
+            os.path.join(self.save_dir, name)
+            for name in os.listdir(self.save_dir)
+            if name.startswith(".") and name.endswith(".tmp")
+            and (".pth." in name or name.startswith(".last_checkpoint."))
+        ]
+        for path in removed:
+            os.remove(path)
+        return removed
+
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)

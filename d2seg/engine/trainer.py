@@ -157,6 +157,9 @@ class DefaultTrainer(SimpleTrainer):
         """With ``resume`` and a checkpoint in OUTPUT_DIR: continue that run exactly.
         Otherwise load ``MODEL.WEIGHTS`` (model only) and start at iteration 0."""
         can_resume = resume and self.checkpointer.has_checkpoint()
+        if resume:
+            for path in self.checkpointer.remove_interrupted_saves():
+                logger.info(f"Removed {path}, left by an interrupted checkpoint save")
         if resume and not can_resume:
             logger.info(f"No checkpoint in {self.cfg.OUTPUT_DIR} to resume; starting anew")
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=can_resume)

@@ -15,9 +15,9 @@ Public API (see :mod:`d2seg.export.onnx`):
   probabilities in box coordinates; R may be 0. As a dict they are what
   :func:`d2seg.modeling.postprocess.detector_postprocess` takes to paste the masks and give
   0-based classes at the original size. PointRend raises ConfigError (not traceable).
-* ``export_onnx(model, *, height, width, path, dynamic=False, opset=17) -> Path``: either of
-  the two, by the model's class.
-* ``convert_to_fp16(src, dst) -> Path``: fp16 weights, fp32 inputs/outputs, Resize kept fp32.
+* ``convert_to_fp16(src, dst, *, fp16_prefix=None) -> Path`` (:mod:`d2seg.export.fp16`): fp16
+  graph with fp32 inputs/outputs; Resize kept fp32; with ``fp16_prefix`` only those nodes
+  (the detection trunk), so detection post-processing stays fp32.
 * ``computed_resize_inputs(onnx_model) -> list[str]``: Resize inputs computed in the graph
   (empty for a graph the C++ lowering can take).
 * ``export_model(cfg, model, output_dir, *, height=None, width=None, dynamic=False, fp16=False,
@@ -26,10 +26,9 @@ Public API (see :mod:`d2seg.export.onnx`):
   ``deploy/export_onnx.py`` runs).
 """
 
+from d2seg.export.fp16 import convert_to_fp16
 from d2seg.export.onnx import (
     computed_resize_inputs,
-    convert_to_fp16,
-    export_onnx,
     export_rcnn_onnx,
     export_semantic_onnx,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "computed_resize_inputs",
     "convert_to_fp16",
     "export_model",
-    "export_onnx",
     "export_rcnn_onnx",
     "export_semantic_onnx",
 ]

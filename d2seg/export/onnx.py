@@ -1,4 +1,4 @@
-"""Trace d2seg models to ONNX with torch's TorchScript exporter, convert to fp16, inspect graphs.
+"""Trace d2seg models to ONNX with torch's TorchScript exporter; inspect the graphs.
 
 Every graph takes ``"image"``: float32 N×C×H×W pixel values 0-255 in ``INPUT.FORMAT`` channel
 order; normalisation by ``MODEL.PIXEL_MEAN/STD`` and the zero padding to the backbone's
@@ -26,7 +26,6 @@ from typing import Iterator
 import onnx
 import torch
 import torch.nn.functional as F
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
@@ -42,17 +41,21 @@ SEMANTIC_OUTPUT_NAME = "logits"
 RCNN_OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 # RoiAlign's ``coordinate_transformation_mode`` (torchvision's aligned=False boxes) is opset 16.
 MIN_OPSET = 16
-# Kept in fp32 by :func:`convert_to_fp16`: Resize's scales must stay exact for the C++ lowering.
-FP16_KEEP_FP32_OPS = ("Resize",)
+# Node names follow module attribute paths below the exported wrapper: the trunk's nodes are
+# "/backbone/...".
+RCNN_TRUNK_NODE_PREFIX = "/backbone/"
 
 
-def _normalise_and_pad(preprocessor: ImagePreprocessor, images: Tensor, always_pad: bool) -> Tensor:
+def _normalise_and_pad(
+    preprocessor: ImagePreprocessor, images: Tensor, always_pad: bool
+) -> Tensor:
     """N×C×H×W pixels → normalised, zero-padded to ``size_divisibility`` (padding after
     normalisation, as :class:`ImagePreprocessor` does). With symbolic sizes the Pad is always
     emitted; with static ones only when the size needs it, so no no-op Pad reaches the graph."""
     height, width = images.shape[-2], images.shape[-1]
     divisor = max(preprocessor.size_divisibility, 1)
-    pad_bottom, pad_right = (divisor - height % divisor) % divisor, (divisor - width % divisor) % divisor
+    pad_bottom = (divisor - height % divisor) % divisor
+    pad_right = (divisor - width % divisor) % divisor
     normalised = (images - preprocessor.pixel_mean) / preprocessor.pixel_std
     if always_pad or pad_bottom or pad_right:
         normalised = F.pad(normalised, (0, pad_right, 0, pad_bottom))
@@ -105,11 +108,14 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _check_export_args(height: int, width: int, opset: int) -> None:
+def _example_input(model: nn.Module, height: int, width: int, opset: int) -> Tensor:
+    """The 1×C×height×width tensor to trace with, after checking the export arguments."""
     if opset < MIN_OPSET:
         raise ConfigError(f"ONNX opset {opset} is too old; fix: use --opset {MIN_OPSET} or newer")
     if min(height, width) < 1:
         raise ConfigError(f"export size {height}x{width} is empty; fix: pass --height/--width ≥ 1")
+    channels = model.preprocessor.pixel_mean.shape[0]
+    return torch.full((1, channels, height, width), 128.0, device=model.device)
 
 
 def _trace_to_onnx(
@@ -123,11 +129,10 @@ def _trace_to_onnx(
     """``torch.onnx.export`` (TorchScript tracer, constant folding) into ``path`` atomically."""
     buffer = io.BytesIO()
     with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about every Python int it freezes; the sizes frozen here are the
-        # intended static ones, and verification against PyTorch catches a wrong freeze.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # The tracer warns about every Python value it freezes into the graph (sizes, the
+        # torchvision detection code's scripted helpers); verification against PyTorch is what
+        # tells whether a freeze was wrong, so the warnings are only noise to a user.
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             (example,),
@@ -162,13 +167,10 @@ def export_semantic_onnx(
     (what ``d2seg.export.edge`` lowers to C++). ``dynamic=True``: N, H and W are symbolic
     (``height``/``width`` only size the tracing example). The model's train/eval mode is kept.
     """
-    _check_export_args(height, width, opset)
-    channels = model.preprocessor.pixel_mean.shape[0]
-    example = torch.full((1, channels, height, width), 128.0, device=model.device)
     axes = {0: "batch", 2: "height", 3: "width"}
     return _trace_to_onnx(
         SemanticExportModel(model, dynamic=dynamic),
-        example,
+        _example_input(model, height, width, opset),
         path,
         [SEMANTIC_OUTPUT_NAME],
         {INPUT_NAME: axes, SEMANTIC_OUTPUT_NAME: axes} if dynamic else None,
@@ -202,62 +204,15 @@ def export_rcnn_onnx(
     symbolic); outputs as the module docstring. The score threshold, NMS and
     ``TEST.DETECTIONS_PER_IMAGE`` are the config's, inside the graph.
     """
-    _check_export_args(height, width, opset)
     check_rcnn_exportable(model)
-    channels = model.preprocessor.pixel_mean.shape[0]
-    example = torch.full((1, channels, height, width), 128.0, device=model.device)
-    names = list(RCNN_OUTPUT_NAMES if model.roi_heads.mask_head is not None else RCNN_OUTPUT_NAMES[:3])
+    example = _example_input(model, height, width, opset)
+    with_masks = model.roi_heads.mask_head is not None
+    names = list(RCNN_OUTPUT_NAMES if with_masks else RCNN_OUTPUT_NAMES[:3])
     axes = {name: {0: "detections"} for name in names}
     if dynamic:
         axes[INPUT_NAME] = {2: "height", 3: "width"}
-    return _trace_to_onnx(RCNNExportModel(model, dynamic=dynamic), example, path, names, axes, opset)
-
-
-def export_onnx(
-    model: nn.Module,
-    *,
-    height: int,
-    width: int,
-    path: str | os.PathLike,
-    dynamic: bool = False,
-    opset: int = 17,
-) -> Path:
-    """:func:`export_semantic_onnx` or :func:`export_rcnn_onnx`, by the model's class."""
-    exporters = {SemanticSegmentor: export_semantic_onnx, GeneralizedRCNN: export_rcnn_onnx}
-    exporter = exporters.get(type(model))
-    if exporter is None:
-        raise ConfigError(
-            f"MODEL.META_ARCHITECTURE {type(model).__name__} has no ONNX export; fix: export a "
-            f"SemanticSegmentor or GeneralizedRCNN config"
-        )
-    return exporter(model, height=height, width=width, path=path, dynamic=dynamic, opset=opset)
-
-
-def convert_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """fp16 weights and activations, float32 inputs/outputs (``keep_io_types``); Resize and
-    onnxruntime's default blocked ops (NMS, RoiAlign, TopK, ...) stay fp32. Returns ``dst``."""
-    model = onnx.load(str(src))
-    graphs = [model.graph] + [
-        attribute.g for node in model.graph.node for attribute in node.attribute
-        if attribute.type == onnx.AttributeProto.GRAPH
-    ]
-    if len(graphs) > 1:
-        # onnxruntime's converter types If/Loop bodies as fp16 while it keeps their blocked ops
-        # (torchvision's batched NMS) in fp32, giving a graph onnxruntime refuses to load.
-        raise ConfigError(
-            f"{src} has control-flow subgraphs (a detection model's batched NMS), which "
-            f"onnxruntime's fp16 converter mistypes; fix: drop --fp16 for this model (fp16 export "
-            f"is supported for SemanticSegmentor)"
-        )
-    converted = convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS),
-    )
-    dst = Path(dst)
-    with atomic_open(dst, "wb") as f:
-        f.write(converted.SerializeToString())
-    return dst
+    wrapper = RCNNExportModel(model, dynamic=dynamic)
+    return _trace_to_onnx(wrapper, example, path, names, axes, opset)
 
 
 def computed_resize_inputs(model: onnx.ModelProto) -> list[str]:

@@ -12,19 +12,17 @@ from d2seg.config import CfgNode
 from d2seg.data.transforms import shortest_edge_output_size
 from d2seg.errors import ConfigError, ExportError
 from d2seg.export.onnx import (
+    RCNN_TRUNK_NODE_PREFIX,
     computed_resize_inputs,
-    convert_to_fp16,
     describe_graph,
     eval_mode,
-    export_onnx,
+    export_rcnn_onnx,
+    export_semantic_onnx,
 )
-from d2seg.export.verify import (
-    check_rcnn,
-    check_semantic,
-    check_semantic_fp16,
-    resize_image,
-    sample_images,
-)
+from d2seg.export.fp16 import convert_to_fp16
+from d2seg.export.samples import resize_image, sample_images
+from d2seg.export.verify import FP16_TOLERANCE, check_rcnn, check_semantic, check_semantic_fp16
+from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
 from d2seg.modeling.meta_arch.semantic import SemanticSegmentor
 from d2seg.utils.io import atomic_directory, atomic_write_json
 
@@ -77,11 +75,13 @@ def _export_semantic(
     height, width = size
     checks = {}
     static_batches = [[resize_image(im, height, width)] for im in images]
-    path = export_onnx(model, height=height, width=width, path=folder / "model.onnx", opset=opset)
+    path = export_semantic_onnx(
+        model, height=height, width=width, path=folder / "model.onnx", opset=opset
+    )
     _check_static_resizes(path)
     checks[path.name] = check_semantic(model, path, static_batches)
     if dynamic:
-        path = export_onnx(
+        path = export_semantic_onnx(
             model, height=height, width=width, path=folder / "model_dynamic.onnx", dynamic=True,
             opset=opset,
         )
@@ -97,22 +97,29 @@ def _export_semantic(
 
 def _export_rcnn(
     cfg: CfgNode, model: nn.Module, folder: Path, images: list[np.ndarray],
-    size: tuple[int, int], dynamic: bool, opset: int,
+    size: tuple[int, int], dynamic: bool, fp16: bool, opset: int,
 ) -> dict:
     height, width = size
     checks = {}
     # A blank image: the graph must also run when it yields few or no detections.
     blank = np.zeros_like(resize_image(images[0], height, width))
     static_images = [resize_image(im, height, width) for im in images] + [blank]
-    path = export_onnx(model, height=height, width=width, path=folder / "model.onnx", opset=opset)
+    path = export_rcnn_onnx(
+        model, height=height, width=width, path=folder / "model.onnx", opset=opset
+    )
     checks[path.name] = check_rcnn(model, path, static_images)
     if dynamic:
-        path = export_onnx(
+        path = export_rcnn_onnx(
             model, height=height, width=width, path=folder / "model_dynamic.onnx", dynamic=True,
             opset=opset,
         )
         other = resize_image(images[0], *_other_size(height, width))
         checks[path.name] = check_rcnn(model, path, _test_time_images(cfg, images) + [other])
+    if fp16:
+        path = convert_to_fp16(
+            folder / "model.onnx", folder / "model_fp16.onnx", fp16_prefix=RCNN_TRUNK_NODE_PREFIX
+        )
+        checks[path.name] = check_rcnn(model, path, static_images, FP16_TOLERANCE)
     return checks
 
 
@@ -132,8 +139,9 @@ def export_model(
 
     Writes ``model.onnx`` (static 1×C×height×width; default size :func:`default_export_size`),
     with ``dynamic`` also ``model_dynamic.onnx`` (semantic: N, H, W symbolic; R-CNN: H, W), with
-    ``fp16`` also ``model_fp16.onnx`` (``SemanticSegmentor`` only), each checked against PyTorch with
-    onnxruntime on :func:`~d2seg.export.verify.sample_images`, and ``export_report.json``
+    ``fp16`` also ``model_fp16.onnx`` (R-CNN: only the trunk in fp16), each checked against
+    PyTorch with onnxruntime on :func:`~d2seg.export.samples.sample_images` (R-CNN also on a
+    blank image), and ``export_report.json``
     (the checks' numbers, opset, input/output names and shapes, file sizes), which it returns.
     Any failed check raises :class:`ExportError` and ``output_dir`` is not created. The model
     is moved to the CPU; its train/eval mode is kept.
@@ -147,20 +155,17 @@ def export_model(
     if (height is None) != (width is None):
         raise ConfigError("--height and --width go together; fix: pass both or neither")
     size = (height, width) if height is not None else default_export_size(cfg)
-    semantic = isinstance(model, SemanticSegmentor)
-    if fp16 and not semantic:
+    exporters = {SemanticSegmentor: _export_semantic, GeneralizedRCNN: _export_rcnn}
+    if type(model) not in exporters:
         raise ConfigError(
-            f"--fp16 is not available for {type(model).__name__}: onnxruntime's fp16 converter "
-            f"mistypes the If subgraph of torchvision's batched NMS; fix: drop --fp16 (the "
-            f"fp32 model.onnx is verified)"
+            f"MODEL.META_ARCHITECTURE {type(model).__name__} has no ONNX export; fix: export a "
+            f"SemanticSegmentor or GeneralizedRCNN config"
         )
     model = model.cpu()
     images, source = sample_images(cfg, samples_dir, *size)
     with eval_mode(model), atomic_directory(output_dir) as folder:
-        if semantic:
-            checks = _export_semantic(cfg, model, folder, images, size, dynamic, fp16, opset)
-        else:
-            checks = _export_rcnn(cfg, model, folder, images, size, dynamic, opset)
+        export = exporters[type(model)]
+        checks = export(cfg, model, folder, images, size, dynamic, fp16, opset)
         report = {
             "meta_architecture": type(model).__name__,
             "input_format": cfg.INPUT.FORMAT,

@@ -103,3 +103,18 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]
     D2SegCheckpointer(TinyNet(), str(tmp_path)).resume_or_load("", resume=True)
+
+
+def test_temp_files_of_killed_saves_are_removed_and_checkpoints_kept(tmp_path):
+    ckpt = D2SegCheckpointer(TinyNet(), str(tmp_path))
+    ckpt.save("model_0000000")
+    # What SIGKILL during atomic_open leaves: the hidden temp file of the unfinished save.
+    (tmp_path / ".model_0000001.pth.k2x8.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".last_checkpoint.9q1z.tmp").write_text("model_0000001.pth")
+    (tmp_path / ".notes.tmp").write_text("not ours")
+
+    removed = ckpt.remove_interrupted_saves()
+
+    assert sorted(os.path.basename(p) for p in removed) == [
+        ".last_checkpoint.9q1z.tmp", ".model_0000001.pth.k2x8.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [".notes.tmp", "last_checkpoint", "model_0000000.pth"]

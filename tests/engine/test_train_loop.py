@@ -66,7 +66,8 @@ def test_metrics_json_lr_checkpoints_and_curves(tmp_path):
     trainer.train(0, 10)
 
     lines = [json.loads(l) for l in (tmp_path / "metrics.json").read_text().splitlines()]
-    assert [l["iteration"] for l in lines] == [1, 3, 5, 7, 9]
+    # the first iteration at once (the starting loss), then every period
+    assert [l["iteration"] for l in lines] == [0, 1, 3, 5, 7, 9]
     assert {"total_loss", "loss_fit", "lr", "time", "data_time"} <= set(lines[0])
     assert lines[-1]["lr"] == pytest.approx(0.025)
     # keep-last-1: only the newest periodic checkpoint survives, plus the final one
@@ -87,6 +88,7 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
     trainer = SimpleTrainer(model, toy_loader(), torch.optim.SGD(model.parameters(), 0.01))
     ckpt = D2SegCheckpointer(model, str(tmp_path))
     trainer.register_hooks([
+        hooks.PeriodicCheckpointer(ckpt, 5, lambda: {}),
         hooks.EvalHook(2, fake_eval_sequence([10.0, 30.0, 20.0, 25.0, 5.0, 50.0])),
         hooks.BestCheckpointer(ckpt, "segm/AP", "max"),
         hooks.EarlyStopping("segm/AP", "max", patience=3),
@@ -96,6 +98,8 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
     assert trainer.iter + 1 == 10
     best = torch.load(tmp_path / "model_best.pth", weights_only=True)
     assert best["iteration"] == 3 and best["segm/AP"] == 30.0
+    # --resume continues from the newest checkpoint, not from the best one
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
 
 
 def test_validation_loss_keeps_batchnorm_statistics(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,6 +25,7 @@ from d2seg.export import (
     export_semantic_onnx,
 )
 from d2seg.export import verify
+from d2seg.export.samples import sample_images
 from d2seg.modeling import build_model
 from d2seg.modeling.postprocess import detector_postprocess
 
@@ -173,21 +175,63 @@ def test_mask_rcnn_matches_pytorch_and_handles_no_detections(tmp_path):
     assert (actual["masks"] != expected["masks"]).float().mean() < 1e-3
 
     cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0")
-    report = export_model(cfg, model, tmp_path / "none", height=96, width=128)
-    checked = report["checks"]["model.onnx"]["images"]
-    assert {(c["torch_detections"], c["onnx_detections"]) for c in checked} == {(0, 0)}
-    outputs = session(tmp_path / "none" / "model.onnx").run(None, {"image": image[None].numpy()})
+    path = export_rcnn_onnx(model, height=96, width=128, path=tmp_path / "none.onnx")
+    assert len(model([{"image": image.to(torch.uint8)}])[0]["instances"]["scores"]) == 0
+    outputs = session(path).run(None, {"image": image[None].numpy()})
     assert [o.shape for o in outputs] == [(0, 4), (0,), (0,), (0, 1, 28, 28)]
+    assert onnx_instances(path, image)["masks"].shape == (0, 96, 128)
+    check = verify.check_rcnn(model, path, [image.permute(1, 2, 0).to(torch.uint8).numpy()])
+    assert check["matched"] == 1.0 and check["images"][0]["onnx_detections"] == 0
 
 
-def test_pointrend_and_rcnn_fp16_are_refused_with_the_reason(tmp_path):
-    cfg, model = tiny_model("pointrend_R_18_tiny.yaml")
-    with pytest.raises(ConfigError, match="PointRendMaskHead cannot be exported"):
-        export_rcnn_onnx(model, height=96, width=96, path=tmp_path / "p.onnx")
+def test_mask_rcnn_fp16_trunk_keeps_detection_postprocessing_fp32(tmp_path):
     cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml")
-    with pytest.raises(ConfigError, match="--fp16 is not available"):
-        export_model(cfg, model, tmp_path / "out", fp16=True)
+    report = export_model(cfg, model, tmp_path / "out", height=96, width=128, fp16=True)
+    fp16 = onnx.load(str(tmp_path / "out" / "model_fp16.onnx"))
+    half = {i.name for i in fp16.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    readers = {n.op_type for n in fp16.graph.node if half & set(n.input)}
+    assert readers == {"Conv"}  # trunk convolutions only; heads, NMS, RoiAlign read fp32
+    sizes = {name: f["bytes"] for name, f in report["files"].items()}
+    assert sizes["model_fp16.onnx"] < 0.7 * sizes["model.onnx"]
+    assert report["checks"]["model_fp16.onnx"]["matched"] >= 0.95
+    image = pixels(1, 3, 96, 128)[0]
+    expected = onnx_instances(tmp_path / "out" / "model.onnx", image)
+    actual = onnx_instances(tmp_path / "out" / "model_fp16.onnx", image)
+    assert actual["boxes"].dtype == torch.float32 and len(actual["boxes"]) == len(expected["boxes"])
+
+
+def test_pointrend_and_panoptic_are_refused_with_the_reason(tmp_path):
+    cfg, model = tiny_model("pointrend_R_18_tiny.yaml")
+    with pytest.raises(ConfigError, match="'PointRendMaskHead' cannot be exported to ONNX"):
+        export_rcnn_onnx(model, height=96, width=96, path=tmp_path / "p.onnx")
+    with pytest.raises(ConfigError, match="'PointRendMaskHead' cannot be exported to ONNX"):
+        export_model(cfg, model, tmp_path / "out")
+    cfg, model = tiny_model("panoptic_unet_R_18_tiny.yaml")
+    with pytest.raises(ConfigError, match="PanopticUNet has no ONNX export"):
+        export_model(cfg, model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_samples_come_from_the_folder_then_datasets_test_then_synthetic(tmp_path):
+    cfg = tiny_model("unet_R_18_gray_binary_tiny.yaml")[0]
+    gray = np.arange(40 * 60, dtype=np.uint8).reshape(40, 60)
+    cv2.imwrite(str(tmp_path / "b.png"), gray)
+    cv2.imwrite(str(tmp_path / "a.png"), 255 - gray)
+    images, source = sample_images(cfg, tmp_path, 64, 64)
+    assert source == str(tmp_path) and [im[0, 0, 0] for im in images] == [255, 0]
+
+    coco = {"images": [{"id": 1, "file_name": "b.png", "height": 40, "width": 60}],
+            "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    cfg.DATASETS.TEST = (str(tmp_path / "test.json"),)
+    images, source = sample_images(cfg, None, 64, 64)
+    assert source.startswith("DATASETS.TEST") and np.array_equal(images[0][:, :, 0], gray)
+
+    cfg.DATASETS.TEST = (str(tmp_path / "missing.json"),)
+    images, source = sample_images(cfg, None, 64, 48)
+    assert source.startswith("synthetic") and images[0].shape == (64, 48, 1)
+    with pytest.raises(ConfigError, match="--samples"):
+        sample_images(cfg, tmp_path / "missing", 64, 64)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -222,3 +266,10 @@ def test_cli_exports_a_checkpoint_and_rejects_a_corrupt_one(shared_data, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1
     assert "truncated or corrupt" in result.stderr
     assert not (tmp_path / "bad").exists()
+
+    result = run_cli("--config-file", config, "MODEL.WEIGHTS", str(weights))  # no --output
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the following arguments are required: --output; fix: see python "
+        "deploy/export_onnx.py --help"
+    ]

@@ -34,7 +34,7 @@ def test_success_prints_the_summary_and_workers_give_the_same_json(repo_root, tm
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
         done = _run(repo_root, "--input", src, "--output", out, "--split", "val=0.5",
-                    "--workers", workers)
+                    "--workers", workers, "--json")
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         assert summary["splits"] == {
@@ -91,7 +91,7 @@ def test_unknown_label_fails_only_with_strict(repo_root, tmp_path):
                 "--strict")
     assert done.returncode == 2 and "'dog' is not in --labels" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
-    done = _run(repo_root, "--input", src, "--output", tmp_path / "out", "--labels", labels)
+    done = _run(repo_root, "--input", src, "--output", tmp_path / "out", "--labels", labels, "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["report"] == {"skipped": 1}
 
 
@@ -106,7 +106,7 @@ def test_existing_output_and_unknown_format(repo_root, tmp_path):
 
 def test_outputs_instances_writes_only_coco_and_bad_names_exit_2(repo_root, tmp_path):
     src = _folder(tmp_path / "in")
-    done = _run(repo_root, "--input", src, "--output", tmp_path / "out", "--outputs", "instances")
+    done = _run(repo_root, "--input", src, "--output", tmp_path / "out", "--outputs", "instances", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outputs"] == ["instances"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -115,3 +115,13 @@ def test_outputs_instances_writes_only_coco_and_bad_names_exit_2(repo_root, tmp_
     done = _run(repo_root, "--input", src, "--output", tmp_path / "bad", "--outputs", "coco")
     assert done.returncode == 2 and "--outputs coco: unknown coco" in done.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_default_summary_is_a_table_a_person_reads(repo_root, tmp_path):
+    src = _folder(tmp_path / "in")
+    done = _run(repo_root, "--input", src, "--output", tmp_path / "out", "--split", "val=0.5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Converted 2 images from")
+    assert "categories (1): 1 cat" in lines[1]
+    assert lines[-1] == "  problems: none"

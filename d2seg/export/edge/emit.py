@@ -18,7 +18,8 @@ from d2seg.export.edge.ir import Graph, Node
 from d2seg.export.edge.planner import ArenaPlan, Buffer, aligned, plan_arena
 from d2seg.export.edge.quantize import quantize_multiplier, quantize_weights
 
-CONV_ROWS = 4  # d2seg_rt::kConvRows: output channels per packed weight panel
+CONV_ROWS = 6  # d2seg_rt::kConvRows: output channels per packed weight panel
+COL_BLOCK = 256  # d2seg_rt::kColBlock: im2col columns built at once
 ADD_LEFT_SHIFT = 20  # headroom bits of the int8 Add (TFLite)
 ITEM_BYTES = {"float32": 4, "int8": 1}
 C_TYPES = {"float32": "float", "int8": "int8_t"}
@@ -155,7 +156,8 @@ def _col_elements(graph: Graph, node: Node) -> int:
     kh, kw = node.attrs["kernel"]
     pointwise = (kh, kw) == (1, 1) and node.attrs["strides"] == [1, 1] and \
         node.attrs["pads"][:2] == [0, 0] and (oh, ow) == (h, w)
-    return 0 if pointwise else c // node.attrs["group"] * kh * kw * oh * ow
+    block_rows = min(oh, max(1, COL_BLOCK // ow))  # d2seg_rt::conv_block_rows
+    return 0 if pointwise else c // node.attrs["group"] * kh * kw * block_rows * ow
 
 
 def _emit_conv(p: _Program, node: Node, step: int) -> None:

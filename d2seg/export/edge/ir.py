@@ -112,8 +112,18 @@ def load_onnx(path: str | Path) -> Graph:
     for node in onnx_graph.node:
         attrs = _attributes(node)
         if node.op_type == "Constant":
+            if "value" not in attrs:
+                raise ConfigError(f"{path}: Constant node {node.name or node.output[0]} is not "
+                                  f"a tensor; fix: export with constant folding")
             constants[node.output[0]] = numpy_helper.to_array(attrs["value"])
             continue
+        if node.op_type == "Resize" and not any(
+                name in constants for name in node.input[2:4] if name):
+            raise ConfigError(
+                f"{path}: non-constant Resize scale (node {node.name or node.output[0]}); fix: "
+                f"export a static graph (fixed input size, constant folding) so every Resize "
+                f"has constant scales or sizes"
+            )
         nodes.append(Node(node.op_type, node.name or node.output[0], list(node.input),
                           list(node.output), attrs))
     for name in [*inputs, *(o for n in nodes for o in n.outputs if o)]:
@@ -123,7 +133,7 @@ def load_onnx(path: str | Path) -> Graph:
                 f"sizes (dynamic=False) so every shape is known"
             )
     for name in inputs:
-        if shapes[name][0] != 1:
+        if len(shapes[name]) == 4 and shapes[name][0] != 1:
             raise ConfigError(
                 f"{path}: input {name!r} has batch size {shapes[name][0]}; fix: export with "
                 f"batch size 1"

@@ -1,0 +1,166 @@
+"""Per-op parity of the generated C++ (float32) against onnxruntime on random inputs."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from d2seg.errors import ConfigError
+from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.harness import load_model
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, in_shape, out_shape, initializers=(), out_type=TensorProto.FLOAT):
+    graph = helper.make_graph(
+        nodes, "op",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", out_type, out_shape)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _weights(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _check(tmp_path, model, in_shape, atol=2e-5):
+    path = tmp_path / "op.onnx"
+    onnx.save(model, str(path))
+    lower_onnx_to_cpp(path, tmp_path / "out", name="op")
+    compiled = load_model(tmp_path / "out", flags=("-O1",))
+    x = (RNG.random(in_shape) * 4 - 2).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0].astype(np.float32)
+    np.testing.assert_allclose(compiled(x), expected, rtol=0, atol=atol)
+
+
+CONV_CASES = {
+    "3x3_pad1_bias": dict(c=5, m=6, k=3, attrs=dict(pads=[1, 1, 1, 1]), bias=True),
+    "7x7_stride2_pad3": dict(c=3, m=8, k=7, attrs=dict(strides=[2, 2], pads=[3, 3, 3, 3])),
+    "3x3_dilation2": dict(c=4, m=5, k=3, attrs=dict(dilations=[2, 2], pads=[2, 2, 2, 2])),
+    "groups2": dict(c=4, m=6, k=3, attrs=dict(group=2, pads=[1, 1, 1, 1]), bias=True),
+    "depthwise": dict(c=4, m=4, k=3, attrs=dict(group=4, pads=[1, 1, 1, 1])),
+    "1x1": dict(c=7, m=9, k=1, attrs={}, bias=True),
+    "1x1_stride2": dict(c=4, m=3, k=1, attrs=dict(strides=[2, 2])),
+    "asymmetric_pad": dict(c=3, m=4, k=3, attrs=dict(pads=[0, 1, 1, 0], strides=[2, 2])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_matches_onnxruntime(tmp_path, case):
+    spec = CONV_CASES[case]
+    c, m, k = spec["c"], spec["m"], spec["k"]
+    groups = spec["attrs"].get("group", 1)
+    # Unit-variance outputs, so atol is about float32 rounding of the sum, not its magnitude.
+    inits = [("w", _weights(m, c // groups, k, k) / np.float32(np.sqrt(c // groups * k * k)))]
+    inputs = ["x", "w"]
+    if spec.get("bias"):
+        inits.append(("b", _weights(m)))
+        inputs.append("b")
+    node = helper.make_node("Conv", inputs, ["y"], **spec["attrs"])
+    _check(tmp_path, _model([node], [1, c, 19, 21], None, inits), (1, c, 19, 21))
+
+
+def test_conv_relu_and_residual_fusion(tmp_path):
+    """Conv → BatchNorm → Add(x) → Relu (a ResNet block end) becomes one fused Conv."""
+    c = 6
+    inits = [("w", _weights(c, c, 3, 3)), ("g", _weights(c) + 2), ("beta", _weights(c)),
+             ("mean", _weights(c)), ("var", np.abs(_weights(c)) + 0.5)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["n"]),
+        helper.make_node("Add", ["n", "x"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    _check(tmp_path, _model(nodes, [1, c, 12, 10], None, inits), (1, c, 12, 10))
+
+
+@pytest.mark.parametrize("mode", ["half_pixel", "pytorch_half_pixel", "align_corners"])
+def test_bilinear_resize_matches_onnxruntime(tmp_path, mode):
+    inits = [("scales", np.array([1, 1, 2, 2], np.float32))]
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                            coordinate_transformation_mode=mode)
+    _check(tmp_path, _model([node], [1, 3, 7, 9], None, inits), (1, 3, 7, 9))
+
+
+def test_nearest_resize_matches_onnxruntime(tmp_path):
+    """torch's F.interpolate(mode="nearest") export: asymmetric + floor."""
+    inits = [("scales", np.array([1, 1, 2, 3], np.float32))]
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    _check(tmp_path, _model([node], [1, 2, 5, 4], None, inits), (1, 2, 5, 4))
+
+
+def test_elementwise_and_pooling_ops_match_onnxruntime(tmp_path):
+    """Normalisation (Sub/Div by per-channel constants), MaxPool, Relu, Add, Concat, Sigmoid,
+    Softmax in one graph."""
+    mean = np.array([1.0, -0.5, 0.25], np.float32).reshape(1, 3, 1, 1)
+    std = np.array([2.0, 0.5, 1.5], np.float32).reshape(1, 3, 1, 1)
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["s"]),
+        helper.make_node("Div", ["s", "std"], ["d"]),
+        helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("Sigmoid", ["p"], ["g"]),
+        helper.make_node("Add", ["r", "g"], ["a"]),
+        helper.make_node("Concat", ["a", "p"], ["c"], axis=1),
+        helper.make_node("Softmax", ["c"], ["y"], axis=1),
+    ]
+    inits = [("mean", mean), ("std", std)]
+    _check(tmp_path, _model(nodes, [1, 3, 11, 13], None, inits), (1, 3, 11, 13))
+
+
+def test_conv_transpose_and_argmax_match_onnxruntime(tmp_path):
+    inits = [("w", _weights(3, 4, 2, 2)), ("b", _weights(4))]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[2, 2]),
+        helper.make_node("ArgMax", ["t"], ["y"], axis=1, keepdims=1),
+    ]
+    model = _model(nodes, [1, 3, 6, 5], None, inits, out_type=TensorProto.INT64)
+    path = tmp_path / "op.onnx"
+    onnx.save(model, str(path))
+    lower_onnx_to_cpp(path, tmp_path / "out", name="op")
+    x = RNG.standard_normal((1, 3, 6, 5)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert np.array_equal(load_model(tmp_path / "out", flags=("-O1",))(x), expected)
+
+
+def test_unsupported_op_is_named(tmp_path):
+    path = tmp_path / "tanh.onnx"
+    onnx.save(_model([helper.make_node("Tanh", ["x"], ["y"], name="head/tanh")], [1, 1, 4, 4],
+                     [1, 1, 4, 4]), str(path))
+    with pytest.raises(ConfigError, match="unsupported op Tanh .node head/tanh"):
+        lower_onnx_to_cpp(path, tmp_path / "out")
+    result = subprocess.run(
+        [sys.executable, "deploy/lower_to_cpp.py", str(path), "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Tanh" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_constant_resize_scale_is_rejected(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear", name="up")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "resize.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(path))
+    with pytest.raises(ConfigError, match="non-constant Resize scale .node up"):
+        lower_onnx_to_cpp(path, tmp_path / "out")

@@ -1,0 +1,136 @@
+"""The tiny ResNet-18 U-Net lowered to C++: float parity with onnxruntime, int8 agreement,
+arena bounds, a warning-free build and the generated PGM/PPM program."""
+
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from d2seg.config import get_cfg
+from d2seg.data.synthetic import render_sample
+from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.harness import build_program, load_model
+from d2seg.export.onnx import export_semantic_onnx
+from d2seg.modeling import build_model
+
+pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++"),
+              pytest.mark.slow]
+
+SIZE = 64
+
+
+def _car_sample(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 3×H×W RGB image, long H×W labels: 1 = car, 0 = background)."""
+    sample = render_sample("carvana", seed=1, size=(SIZE, SIZE), index=index)
+    labels = sample["masks"].any(axis=0).astype(np.int64)
+    return sample["image"].transpose(2, 0, 1).copy(), labels
+
+
+def _fit_predictor(model, samples) -> None:
+    """Set the 1×1 logit conv by least squares on the decoder features (target +1 for the
+    true class, -1 otherwise): a hand-set model whose argmax follows the cars."""
+    features = []
+    hook = model.sem_seg_head.predictor.register_forward_pre_hook(
+        lambda module, inputs: features.append(inputs[0][0].flatten(1).T))
+    with torch.no_grad():
+        for image, _ in samples:
+            model([{"image": torch.from_numpy(image)}])
+    hook.remove()
+    x = torch.cat(features).double()
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    labels = torch.from_numpy(np.concatenate([lab.ravel() for _, lab in samples]))
+    target = -torch.ones(len(x), model.sem_seg_head.num_classes, dtype=x.dtype)
+    target[torch.arange(len(x)), labels] = 1
+    solution = torch.linalg.lstsq(x, target).solution.T.float()
+    with torch.no_grad():
+        model.sem_seg_head.predictor.weight.copy_(solution[:, :-1, None, None])
+        model.sem_seg_head.predictor.bias.copy_(solution[:, -1])
+
+
+@pytest.fixture(scope="module")
+def unet_onnx(tmp_path_factory):
+    """The tiny U-Net (R-18, 3 classes), random init with BatchNorm statistics measured on
+    synthetic car images and a least-squares logit layer. Plain random init is not usable for
+    the int8 check: its logits are near-ties, so argmax flips on any rounding."""
+    torch.manual_seed(0)
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/tiny/unet_R_18_tiny.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    samples = [_car_sample(i) for i in range(8)]
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running stats = the average over the samples
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        for image, _ in samples:
+            x = model.preprocessor([{"image": torch.from_numpy(image)}]).tensors
+            model.sem_seg_head(model.backbone(x))
+    model.eval()
+    _fit_predictor(model, samples)
+    root = tmp_path_factory.mktemp("unet")
+    path = export_semantic_onnx(model, height=SIZE, width=SIZE, path=root / "model.onnx")
+    calib = root / "calib"
+    calib.mkdir()
+    for i in range(8, 12):
+        image, _ = _car_sample(i)
+        cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(image.transpose(1, 2, 0),
+                                                          cv2.COLOR_RGB2BGR))
+    return path, calib
+
+
+def _test_images() -> list[np.ndarray]:
+    return [_car_sample(i)[0][None].astype(np.float32) for i in range(20, 24)]
+
+
+def _onnxruntime(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_float_unet_matches_onnxruntime(unet_onnx, tmp_path):
+    path, _ = unet_onnx
+    report = lower_onnx_to_cpp(path, tmp_path / "fp32", name="unet")
+    model = load_model(tmp_path / "fp32", flags=("-O1",))
+    for x in _test_images():
+        assert np.abs(model(x) - _onnxruntime(path, x)).max() <= 1e-4
+    assert report["liveness_lower_bound_bytes"] <= report["arena_bytes"] < report["naive_bytes"]
+    assert report["macs"] > 0 and report["weights_bytes"] > 4 * 11_000_000
+
+
+def test_int8_unet_agrees_with_float_and_prog_writes_mask(unet_onnx, tmp_path):
+    path, calib = unet_onnx
+    report = lower_onnx_to_cpp(path, tmp_path / "int8", name="unet_q", int8=True,
+                               calib_dir=calib)
+    assert report["liveness_lower_bound_bytes"] <= report["arena_bytes"] < report["naive_bytes"]
+    model = load_model(tmp_path / "int8", flags=("-O1",))
+    agree = []
+    for x in _test_images():
+        expected = _onnxruntime(path, x).argmax(1)
+        assert 0 < (expected == 1).mean() < 1  # the trained model finds cars
+        agree.append((model(x).argmax(1) == expected).mean())
+    assert np.mean(agree) >= 0.99
+
+    # The folder's program, built the documented way (warnings are errors).
+    prog = build_program(tmp_path / "int8", tmp_path / "prog", flags=("-O1",))
+    image = _test_images()[0][0].astype(np.uint8)
+    ppm = tmp_path / "in.ppm"
+    ppm.write_bytes(f"P6\n{SIZE} {SIZE}\n255\n".encode() + image.transpose(1, 2, 0).tobytes())
+    subprocess.run([str(prog), str(ppm), str(tmp_path / "mask.pgm")], check=True)
+    data = (tmp_path / "mask.pgm").read_bytes()
+    header = f"P5\n{SIZE} {SIZE}\n255\n".encode()
+    assert data.startswith(header)
+    mask = np.frombuffer(data[len(header):], np.uint8).reshape(SIZE, SIZE)
+    np.testing.assert_array_equal(mask, model(image[None].astype(np.float32)).argmax(1)[0])
+
+    small = tmp_path / "small.pgm"
+    small.write_bytes(b"P5\n8 8\n255\n" + bytes(64))
+    result = subprocess.run([str(prog), str(small), str(tmp_path / "o.pgm")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "8x8" in result.stderr
+    assert not (tmp_path / "o.pgm").exists()
