@@ -32,6 +32,7 @@ setup(
             "hypothesis>=6.100",
             "labelme==6.3.1",  # rasterisation oracle in tests
             "labelme2coco==0.2.6",  # reference converter in bench/convert.py
+            "segmentation-models-pytorch==0.6.0",  # reference U-Net in bench/models.py
         ],
         "annotate": ["labelme"],
         "tune": ["optuna"],

@@ -9,13 +9,17 @@ reference (robust to the load of a shared machine):
 1. ``configs/Semantic/unet_R_34_12cls.yaml`` (``SemanticSegmentor``: the whole model call,
    normalisation and padding included) vs ``segmentation_models_pytorch.Unet("resnet34",
    encoder_weights=None, classes=12)`` on the normalised tensor → ``unet_r34_latency_ratio``
-   (target <= 1.0);
+   (target <= 1.0) with the default bilinear decoder, and ``unet_r34_nearest_latency_ratio``
+   with ``MODEL.SEM_SEG_HEAD.UPSAMPLE nearest``, the upsampling smp uses;
 2. ``configs/InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml`` (``GeneralizedRCNN``) vs
    ``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``
    with its resizing disabled (min/max size = the image). d2seg loads torchvision's random
    weights through ``map_external_state_dict`` and both keep every detection
    (``--score-thresh``), so both run the same boxes through the mask head and paste the same
-   number of masks → ``maskrcnn_latency_ratio`` (target <= 1.05).
+   number of masks → ``maskrcnn_latency_ratio`` (target <= 1.05). The config keeps
+   Detectron2's adaptive RoIAlign sampling (``POOLER_SAMPLING_RATIO: 0``: up to
+   ceil(box side / 7) samples per bin, more work on large boxes) where torchvision samples 2;
+   ``--pooler-sampling-ratio 2`` runs d2seg with torchvision's value.
 
 Also prints each model's parameter count and fvcore FLOPs (``FlopCountAnalysis``, one
 multiply-add = one flop, as Detectron2 reports them; operators fvcore has no formula for are
@@ -102,13 +106,18 @@ def report(name: str, ours: nn.Module, ours_inputs: tuple, reference: nn.Module,
 
 
 def bench_unet(image: torch.Tensor, args: argparse.Namespace) -> None:
-    ours = d2seg_model(UNET_CONFIG)
-    mean = ours.preprocessor.pixel_mean
-    std = ours.preprocessor.pixel_std
-    reference = smp.Unet("resnet34", encoder_weights=None, classes=ours.sem_seg_head.num_classes)
-    normalised = ((image.float() - mean) / std)[None]
-    report("unet_r34_latency_ratio", ours, ([{"image": image}],), reference.eval(),
-           (normalised,), args)
+    reference = None
+    for name, upsample in (("unet_r34_latency_ratio", "bilinear"),
+                           ("unet_r34_nearest_latency_ratio", "nearest")):
+        ours = d2seg_model(UNET_CONFIG, "MODEL.SEM_SEG_HEAD.UPSAMPLE", upsample)
+        mean = ours.preprocessor.pixel_mean
+        std = ours.preprocessor.pixel_std
+        if reference is None:
+            reference = smp.Unet(
+                "resnet34", encoder_weights=None, classes=ours.sem_seg_head.num_classes
+            ).eval()
+        normalised = ((image.float() - mean) / std)[None]
+        report(name, ours, ([{"image": image}],), reference, (normalised,), args)
 
 
 def bench_mask_rcnn(image: torch.Tensor, args: argparse.Namespace) -> None:
@@ -122,10 +131,15 @@ def bench_mask_rcnn(image: torch.Tensor, args: argparse.Namespace) -> None:
         max_size=max(image.shape[1:]),
         box_score_thresh=score_thresh,
     ).eval()
+    overrides = []
+    if args.pooler_sampling_ratio is not None:
+        for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+            overrides += [f"MODEL.{head}.POOLER_SAMPLING_RATIO", args.pooler_sampling_ratio]
     ours = d2seg_model(
         MASK_RCNN_CONFIG,
         "MODEL.ROI_HEADS.NUM_CLASSES", TORCHVISION_NUM_CLASSES - 1,
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", score_thresh,
+        *overrides,
     )
     ours.load_state_dict(ours.map_external_state_dict(reference.state_dict()))
     with torch.no_grad():
@@ -145,6 +159,9 @@ def main() -> None:
                         help="cpu: process CPU time, steadier on a busy machine with --threads 1")
     parser.add_argument("--score-thresh", type=float, default=0.0,
                         help="Mask R-CNN detection score threshold (both models)")
+    parser.add_argument("--pooler-sampling-ratio", type=int, default=None,
+                        help="override d2seg's RoIAlign sampling ratios (config: 0 = adaptive, "
+                        "Detectron2's; torchvision uses 2)")
     parser.add_argument("--only", choices=("unet", "maskrcnn"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

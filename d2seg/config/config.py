@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN"),
     "MODEL.SEM_SEG_HEAD.LOSS": ("ce", "bce", "dice", "ce+dice"),
     "MODEL.SEM_SEG_HEAD.NORM": ("BN", "GN", ""),
+    "MODEL.SEM_SEG_HEAD.UPSAMPLE": ("bilinear", "nearest"),
     "INPUT.FORMAT": ("BGR", "RGB", "L", "N"),
     "INPUT.MASK_FORMAT": ("polygon", "bitmask"),
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),

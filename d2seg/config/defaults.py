@@ -126,6 +126,9 @@ _C.MODEL.SEM_SEG_HEAD.DICE_WEIGHT = 1.0
 # d2seg: per-class weights for the cross-entropy term; empty = uniform.
 _C.MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS = []
 _C.MODEL.SEM_SEG_HEAD.NORM = "BN"
+# d2seg: upsampling of the U-Net decoder stages: "bilinear" or "nearest" (a few % faster on CPU,
+# as segmentation_models_pytorch's Unet).
+_C.MODEL.SEM_SEG_HEAD.UPSAMPLE = "bilinear"
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
 
 _C.MODEL.PANOPTIC_FPN = CN()

@@ -143,23 +143,48 @@ def register_coco_instances(
 
 
 def _panoptic_category_maps(categories: list[dict]) -> dict[str, Any]:
-    """Detectron2's "coco_panoptic_standard" metadata: one contiguous id space over all classes.
+    """Detectron2's panoptic class maps with SEPARATE contiguous ids for things and stuff.
 
-    Things and stuff share the ids 0..C-1 (categories sorted by id); ``thing_classes`` and
-    ``stuff_classes`` both list every class so that either can be indexed by a contiguous id.
+    Categories sorted by dataset id; ``isthing`` (default 1) splits them. Returns
+    ``thing_classes`` (the T thing names), ``stuff_classes`` (the S stuff names, no
+    "background": PanopticUNet's semantic label 2 + k is ``stuff_classes[k]``, label 0 the
+    things and label 1 the unlabelled pixels, which are no dataset category),
+    ``thing_dataset_id_to_contiguous_id`` (→ 0..T-1, the instance classes) and
+    ``stuff_dataset_id_to_contiguous_id`` (→ 0..S-1).
     """
     categories = sorted(categories, key=lambda c: c["id"])
-    names = [c["name"] for c in categories]
+    things = [c for c in categories if c.get("isthing", 1)]
+    stuff = [c for c in categories if not c.get("isthing", 1)]
     return {
-        "thing_classes": names,
-        "stuff_classes": names,
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(categories) if c.get("isthing", 1)
-        },
-        "stuff_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(categories) if not c.get("isthing", 1)
-        },
+        "thing_classes": [c["name"] for c in things],
+        "stuff_classes": [c["name"] for c in stuff],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(stuff)},
     }
+
+
+def _check_panoptic_maps(name: str, metadata: dict) -> None:
+    """Each class map must number its own kind 0..n-1, with one name per id where names are given.
+
+    Detectron2's "coco_panoptic_standard" metadata (one id space over things and stuff) would
+    otherwise give instance classes ≥ T and stuff labels past the semantic head's classes.
+    """
+    for kind in ("thing", "stuff"):
+        ids = sorted(metadata.get(f"{kind}_dataset_id_to_contiguous_id", {}).values())
+        if ids != list(range(len(ids))):
+            raise DatasetError(
+                f"register_coco_panoptic('{name}'): metadata {kind}_dataset_id_to_contiguous_id "
+                f"maps to {ids[:8]}{'...' if len(ids) > 8 else ''}, not 0..{len(ids) - 1}; fix: "
+                f"number {kind} categories on their own (0..n-1 over the {kind} categories), or "
+                f"leave the maps out to read them from the json's categories"
+            )
+        names = metadata.get(f"{kind}_classes")
+        if names is not None and len(names) != len(ids):
+            raise DatasetError(
+                f"register_coco_panoptic('{name}'): metadata {kind}_classes has {len(names)} "
+                f"names for {len(ids)} {kind} categories; fix: give one name per {kind} category "
+                f"in contiguous order ({kind} categories only, no 'background'/'things' entry)"
+            )
 
 
 def load_coco_panoptic_json(
@@ -237,12 +262,17 @@ def register_coco_panoptic(
 ) -> None:
     """Register a COCO panoptic dataset (PNGs in ``panoptic_root`` + ``panoptic_json``).
 
-    When ``metadata`` has no ``thing_dataset_id_to_contiguous_id``, the class maps are read from
-    the json's categories now (see :func:`_panoptic_category_maps`).
+    When ``metadata`` has no ``thing_dataset_id_to_contiguous_id``, the class maps and names are
+    read from the json's categories now (see :func:`_panoptic_category_maps`); given maps must
+    number things 0..T-1 and stuff 0..S-1 separately. The dataset dicts' ``segments_info`` then
+    carry those contiguous ids and ``isthing``, which is what
+    :func:`~d2seg.data.detection_utils.panoptic_to_targets` and
+    :class:`~d2seg.evaluation.PanopticEvaluator` read.
     """
     if "thing_dataset_id_to_contiguous_id" not in metadata:
         categories = read_json(panoptic_json, "COCO panoptic file").get("categories", [])
         metadata = {**_panoptic_category_maps(categories), **metadata}
+    _check_panoptic_maps(name, metadata)
     DatasetCatalog.register(
         name,
         functools.partial(
@@ -356,7 +386,10 @@ def load_converted_split(json_file: str | os.PathLike, dataset_name: str) -> lis
 
     Sets the metadata ``stuff_classes = ["background", *thing_classes]``: semantic class k is
     the PNG value k, so a semantic model trained on it needs ``MODEL.SEM_SEG_HEAD.NUM_CLASSES =
-    len(thing_classes) + 1``. Also ``ignore_label`` 255 and ``json_file``, ``image_root``,
+    len(thing_classes) + 1``. Every converted category is a thing: the panoptic view has no
+    stuff categories (no ``stuff_dataset_id_to_contiguous_id``), so PanopticUNet's semantic
+    labels there are only 0 (things) and 1 (background), and ``stuff_classes`` names the
+    semantic PNG's classes, not stuff categories as :func:`register_coco_panoptic`'s does. Also ``ignore_label`` 255 and ``json_file``, ``image_root``,
     ``sem_seg_root``, ``panoptic_root``, ``panoptic_json`` (those that exist).
     """
     files = _converted_split_metadata(Path(json_file))

@@ -66,6 +66,9 @@ def launch(
     # it once (run_cli prints one line), and no rank's message is lost when the others are
     # terminated.
     user_errors = mp.get_context("spawn").SimpleQueue()
+    # When one worker fails, torch terminates the others and logs a warning per process; the
+    # worker's own error (one line for a user mistake, a traceback otherwise) says it all.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     try:
         mp.start_processes(
             _distributed_worker,

@@ -117,7 +117,9 @@ def create_ddp_model(model: nn.Module) -> nn.Module:
     if comm.get_world_size() == 1:
         return model
     device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    # Buffers (BatchNorm statistics) are synced once at start, then stay per process as in
+    # Detectron2: a broadcast before every forward would cost time for little gain.
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
 def _amp_dtype(cfg: CfgNode) -> torch.dtype | None:
@@ -154,8 +156,9 @@ class DefaultTrainer(SimpleTrainer):
         self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """With ``resume`` and a checkpoint in OUTPUT_DIR: continue that run exactly.
-        Otherwise load ``MODEL.WEIGHTS`` (model only) and start at iteration 0."""
+        """With ``resume`` and a checkpoint in OUTPUT_DIR: continue that run exactly (temp files
+        of a save the previous process was killed in are deleted first). Otherwise load
+        ``MODEL.WEIGHTS`` (model only) and start at iteration 0."""
         can_resume = resume and self.checkpointer.has_checkpoint()
         if resume:
             for path in self.checkpointer.remove_interrupted_saves():

@@ -207,9 +207,9 @@ class PanopticEvaluator(DatasetEvaluator):
     class (0..T-1, contiguous over thing categories) and a stuff segment's is its semantic label
     in PanopticFPN's convention (see :func:`d2seg.data.detection_utils.panoptic_to_targets`):
     1 = background, which is no dataset category and is scored as void, 2 + k = stuff category
-    k. Ground truth: the dataset dict's ``pan_seg_file_name`` and ``segments_info`` (category
-    ids contiguous within things and within stuff, ``isthing``, ``iscrowd``). Both are mapped to
-    dataset category ids before matching. ``evaluate()`` returns ``{"panoptic_seg": {PQ, SQ, RQ,
+    k (by stuff ids in contiguous order). Ground truth: the dataset dict's ``pan_seg_file_name``
+    and ``segments_info`` (contiguous ids of the metadata's thing/stuff maps, ``isthing``,
+    ``iscrowd``). Both are mapped to dataset category ids before matching. ``evaluate()`` returns ``{"panoptic_seg": {PQ, SQ, RQ,
     PQ_th, ..., RQ_st, "PQ-<class>", ...}}`` (×100). With ``output_dir`` the predictions are also
     written in COCO panoptic format (``panoptic_predictions.json`` + ``panoptic_predictions/
     *.png``, dataset ids).
@@ -225,9 +225,9 @@ class PanopticEvaluator(DatasetEvaluator):
     ):
         """
         Args:
-            dataset_name: a registered panoptic dataset; gives ``thing_dataset_id_to_contiguous_id``,
-                ``stuff_dataset_id_to_contiguous_id`` (optional) and the names
-                ``thing_classes[thing id]``, ``stuff_classes[stuff id]``.
+            dataset_name: a registered panoptic dataset; gives
+                ``thing_dataset_id_to_contiguous_id``, ``stuff_dataset_id_to_contiguous_id``
+                (optional) and the names ``thing_classes[thing id]``, ``stuff_classes[stuff id]``.
             output_dir: where to write the COCO panoptic predictions (``None``: not written).
             thing_classes, stuff_classes: names by contiguous id, instead of a dataset; their
                 dataset ids are then 1..T and T+1..T+S.

@@ -1,23 +1,53 @@
 // Convolution kernels of the d2seg edge runtime: im2col (skipped for 1x1/stride-1 convolutions)
 // + a cache-blocked GEMM whose inner loops run over contiguous output columns, so the compiler
 // vectorises them at -O3. Weights are packed at generation time (d2seg/export/edge/emit.py) in
-// panels of kConvRows output channels: panel p holds W[p*kConvRows + r][k] at [k*kConvRows + r],
-// rows past M zero. Layout is NCHW, batch 1; nothing allocates.
+// panels of kConvRows output channels, K padded to a multiple of kDepthGroup<T> (rows past M
+// and k past K are zero): see packed_weight. Layout is NCHW, batch 1; nothing allocates.
 #ifndef D2SEG_CONV_H
 #define D2SEG_CONV_H
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define D2SEG_INT8_VNNI 1
+#endif
 
 #include "d2seg_quant.h"
 
 namespace d2seg_rt {
 
 constexpr int kConvRows = 6;     // output channels per packed weight panel (GEMM tile rows)
-constexpr int kConvCols = 16;    // output pixels per GEMM tile (two AVX2 / four NEON vectors)
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;  // SIMD register width the GEMM tile is laid out for
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;  // SSE2, NEON, Xtensa/Cortex-M (scalarised where no SIMD)
+#endif
+constexpr int kLanes = kVectorBytes / 4;  // float / int32 lanes per register
+constexpr int kConvCols = 2 * kLanes;     // output pixels per GEMM tile: two registers per row
 constexpr int kDepthBlock = 256; // reduction (K) block: a K-block of one tile stays in L1
 constexpr int kColBlock = 256;   // output columns per block: a K x N block stays in L2
+
+// Consecutive k stored together per panel row: 4 for int8 (one 32-bit word per row and k-quad,
+// what dot-product instructions such as vpdpbusd / SMLAD-style code read), 1 for float.
+template <typename T>
+constexpr int kDepthGroup = sizeof(T) == 1 ? 4 : 1;
+
+// K rounded up to the packing's depth group: the k extent of one packed panel.
+template <typename T>
+inline int packed_depth(int k) {
+  return (k + kDepthGroup<T> - 1) / kDepthGroup<T> * kDepthGroup<T>;
+}
+
+// W[row r of the panel][k] of a packed panel: [k / G][r][k % G] with G = kDepthGroup<T>.
+template <typename T>
+inline T packed_weight(const T* panel, int k, int r) {
+  constexpr int g = kDepthGroup<T>;
+  return panel[(k / g) * kConvRows * g + r * g + k % g];
+}
 
 struct ConvShape {
   int C, H, W;          // input channels, height, width
@@ -48,31 +78,41 @@ inline int conv_col_elements(const ConvShape& s) {
 template <typename T>
 inline void im2col(const T* __restrict x, int channels, const ConvShape& s, int oy0, int oy1,
                    T pad, T* __restrict col) {
-  const int n = (oy1 - oy0) * s.OW;
+  // Locals: stores through T = int8_t may alias anything, so s.* would be reloaded per pixel.
+  const int in_h = s.H, in_w = s.W, out_w = s.OW, kh = s.kh, kw = s.kw;
+  const int sh = s.sh, sw = s.sw, pt = s.pt, pl = s.pl, dh = s.dh, dw = s.dw;
+  const int n = (oy1 - oy0) * out_w;
   for (int c = 0; c < channels; ++c) {
-    for (int ky = 0; ky < s.kh; ++ky) {
-      for (int kx = 0; kx < s.kw; ++kx) {
-        T* row = col + static_cast<long>((c * s.kh + ky) * s.kw + kx) * n;
+    for (int ky = 0; ky < kh; ++ky) {
+      for (int kx = 0; kx < kw; ++kx) {
+        T* row = col + static_cast<long>((c * kh + ky) * kw + kx) * n;
+        // Output columns [first, last) read inside the image: ix = ox*sw + x0 in [0, W).
+        const int x0 = kx * dw - pl;
+        const int first = std::min(out_w, x0 < 0 ? (-x0 + sw - 1) / sw : 0);
+        const int inside = x0 >= in_w ? 0 : (in_w - 1 - x0) / sw + 1;
+        const int last = std::max(first, std::min(out_w, inside));
         for (int oy = oy0; oy < oy1; ++oy) {
-          T* out = row + (oy - oy0) * s.OW;
-          const int iy = oy * s.sh - s.pt + ky * s.dh;
-          if (iy < 0 || iy >= s.H) {
-            std::fill(out, out + s.OW, pad);
+          T* out = row + (oy - oy0) * out_w;
+          const int iy = oy * sh - pt + ky * dh;
+          if (iy < 0 || iy >= in_h) {
+            std::fill(out, out + out_w, pad);
             continue;
           }
-          const T* in = x + (static_cast<long>(c) * s.H + iy) * s.W;
-          const int x0 = kx * s.dw - s.pl;
-          for (int ox = 0; ox < s.OW; ++ox) {
-            const int ix = ox * s.sw + x0;
-            out[ox] = (ix >= 0 && ix < s.W) ? in[ix] : pad;
+          const T* in = x + (static_cast<long>(c) * in_h + iy) * in_w;
+          std::fill(out, out + first, pad);
+          if (sw == 1) {
+            std::memcpy(out + first, in + first + x0, sizeof(T) * (last - first));
+          } else {
+            for (int ox = first; ox < last; ++ox) out[ox] = in[ox * sw + x0];
           }
+          std::fill(out + last, out + out_w, pad);
         }
       }
     }
   }
 }
 
-// acc[r][j] += sum_k a[k*kConvRows + r] * b[k*ldb + j] for k in [0, depth), j < Cols.
+// acc[r][j] += sum_k W[r][k] * b[k*ldb + j] for k in [0, depth), j < Cols (a: packed panel).
 // The sums live in a local array the compiler keeps in vector registers across the k loop.
 template <typename T, typename Acc, int Cols>
 inline void gemm_tile(const T* __restrict a, const T* __restrict b, long ldb, int depth,
@@ -81,12 +121,11 @@ inline void gemm_tile(const T* __restrict a, const T* __restrict b, long ldb, in
   for (int r = 0; r < kConvRows; ++r)
     for (int j = 0; j < Cols; ++j) sum[r][j] = acc[r][j];
   for (int k = 0; k < depth; ++k) {
-    const T* ak = a + k * kConvRows;
     const T* bk = b + k * ldb;
     Acc bv[Cols];
     for (int j = 0; j < Cols; ++j) bv[j] = static_cast<Acc>(bk[j]);
     for (int r = 0; r < kConvRows; ++r) {
-      const Acc ar = static_cast<Acc>(ak[r]);
+      const Acc ar = static_cast<Acc>(packed_weight(a, k, r));
       for (int j = 0; j < Cols; ++j) sum[r][j] += ar * bv[j];
     }
   }
@@ -95,65 +134,161 @@ inline void gemm_tile(const T* __restrict a, const T* __restrict b, long ldb, in
 }
 
 #if defined(__GNUC__)
-// GCC/Clang generic vectors (SSE/AVX/NEON, or scalar code where there is no SIMD): the 16
-// columns of a tile are two 8-lane registers per row, kConvRows x 2 accumulators in all.
-typedef float F32x8 __attribute__((vector_size(32)));
-typedef int32_t I32x8 __attribute__((vector_size(32)));
-typedef int8_t I8x8 __attribute__((vector_size(8)));
+// GCC/Clang generic vectors (SSE/AVX/NEON, or scalar code where there is no SIMD): the
+// kConvCols columns of a tile are two registers per row, kConvRows x 2 accumulators in all.
+typedef float F32xN __attribute__((vector_size(kVectorBytes)));
+typedef int32_t I32xN __attribute__((vector_size(kVectorBytes)));
+typedef int8_t I8xN __attribute__((vector_size(kLanes)));
 
 template <>
-inline void gemm_tile<float, float, 16>(const float* __restrict a, const float* __restrict b,
-                                        long ldb, int depth,
-                                        float (&acc)[kConvRows][kConvCols]) {
-  F32x8 lo[kConvRows], hi[kConvRows];
+inline void gemm_tile<float, float, kConvCols>(const float* __restrict a,
+                                               const float* __restrict b, long ldb, int depth,
+                                               float (&acc)[kConvRows][kConvCols]) {
+  F32xN lo[kConvRows], hi[kConvRows];
   for (int r = 0; r < kConvRows; ++r) {
-    std::memcpy(&lo[r], &acc[r][0], sizeof(F32x8));
-    std::memcpy(&hi[r], &acc[r][8], sizeof(F32x8));
+    std::memcpy(&lo[r], &acc[r][0], sizeof(F32xN));
+    std::memcpy(&hi[r], &acc[r][kLanes], sizeof(F32xN));
   }
   for (int k = 0; k < depth; ++k) {
     const float* ak = a + k * kConvRows;
-    F32x8 b0, b1;
-    std::memcpy(&b0, b + k * ldb, sizeof(F32x8));
-    std::memcpy(&b1, b + k * ldb + 8, sizeof(F32x8));
+    F32xN b0, b1;
+    std::memcpy(&b0, b + k * ldb, sizeof(F32xN));
+    std::memcpy(&b1, b + k * ldb + kLanes, sizeof(F32xN));
     for (int r = 0; r < kConvRows; ++r) {
       lo[r] += ak[r] * b0;
       hi[r] += ak[r] * b1;
     }
   }
   for (int r = 0; r < kConvRows; ++r) {
-    std::memcpy(&acc[r][0], &lo[r], sizeof(F32x8));
-    std::memcpy(&acc[r][8], &hi[r], sizeof(F32x8));
+    std::memcpy(&acc[r][0], &lo[r], sizeof(F32xN));
+    std::memcpy(&acc[r][kLanes], &hi[r], sizeof(F32xN));
   }
 }
 
+typedef int16_t I16x2N __attribute__((vector_size(kVectorBytes)));  // a tile row's columns
+typedef int8_t I8x2N __attribute__((vector_size(2 * kLanes)));
+typedef int16_t I16xH __attribute__((vector_size(kLanes * 2)));  // half of an I16x2N
+
+// Two k steps per int16 multiply-add: weights are in [-127, 127] (quantize_weights), so
+// |w0*x0 + w1*x1| <= 2*127*128 = 32512 fits int16 exactly; the sum is then widened into the
+// int32 accumulators. Twice the MACs per instruction of int32 products.
+
+#if !defined(D2SEG_INT8_VNNI)
 template <>
-inline void gemm_tile<int8_t, int32_t, 16>(const int8_t* __restrict a,
-                                           const int8_t* __restrict b, long ldb, int depth,
-                                           int32_t (&acc)[kConvRows][kConvCols]) {
-  I32x8 lo[kConvRows], hi[kConvRows];
+inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
+                                                  const int8_t* __restrict b, long ldb,
+                                                  int depth,
+                                                  int32_t (&acc)[kConvRows][kConvCols]) {
+  I32xN lo[kConvRows], hi[kConvRows];
   for (int r = 0; r < kConvRows; ++r) {
-    std::memcpy(&lo[r], &acc[r][0], sizeof(I32x8));
-    std::memcpy(&hi[r], &acc[r][8], sizeof(I32x8));
+    std::memcpy(&lo[r], &acc[r][0], sizeof(I32xN));
+    std::memcpy(&hi[r], &acc[r][kLanes], sizeof(I32xN));
   }
-  for (int k = 0; k < depth; ++k) {
-    const int8_t* ak = a + k * kConvRows;
-    I8x8 b0, b1;
-    std::memcpy(&b0, b + k * ldb, sizeof(I8x8));
-    std::memcpy(&b1, b + k * ldb + 8, sizeof(I8x8));
-    const I32x8 w0 = __builtin_convertvector(b0, I32x8);
-    const I32x8 w1 = __builtin_convertvector(b1, I32x8);
+  int k = 0;
+  for (; k + 1 < depth; k += 2) {
+    I8x2N b0, b1;
+    std::memcpy(&b0, b + k * ldb, sizeof(I8x2N));
+    std::memcpy(&b1, b + (k + 1) * ldb, sizeof(I8x2N));
+    const I16x2N c0 = __builtin_convertvector(b0, I16x2N);
+    const I16x2N c1 = __builtin_convertvector(b1, I16x2N);
     for (int r = 0; r < kConvRows; ++r) {
-      const int32_t ar = ak[r];
+      const int16_t a0 = packed_weight(a, k, r), a1 = packed_weight(a, k + 1, r);
+      const I16x2N p = a0 * c0 + a1 * c1;
+      I16xH pl, ph;
+      std::memcpy(&pl, &p, sizeof(I16xH));
+      std::memcpy(&ph, reinterpret_cast<const char*>(&p) + sizeof(I16xH), sizeof(I16xH));
+      lo[r] += __builtin_convertvector(pl, I32xN);
+      hi[r] += __builtin_convertvector(ph, I32xN);
+    }
+  }
+  for (; k < depth; ++k) {
+    I8xN b0, b1;
+    std::memcpy(&b0, b + k * ldb, sizeof(I8xN));
+    std::memcpy(&b1, b + k * ldb + kLanes, sizeof(I8xN));
+    const I32xN w0 = __builtin_convertvector(b0, I32xN);
+    const I32xN w1 = __builtin_convertvector(b1, I32xN);
+    for (int r = 0; r < kConvRows; ++r) {
+      const int32_t ar = packed_weight(a, k, r);
       lo[r] += ar * w0;
       hi[r] += ar * w1;
     }
   }
   for (int r = 0; r < kConvRows; ++r) {
-    std::memcpy(&acc[r][0], &lo[r], sizeof(I32x8));
-    std::memcpy(&acc[r][8], &hi[r], sizeof(I32x8));
+    std::memcpy(&acc[r][0], &lo[r], sizeof(I32xN));
+    std::memcpy(&acc[r][kLanes], &hi[r], sizeof(I32xN));
   }
 }
+#endif  // !D2SEG_INT8_VNNI
 #endif  // __GNUC__
+
+#if defined(D2SEG_INT8_VNNI)
+// [low | high] as one 512-bit register. Masked inserts with a defined source: the unmasked
+// _mm512_inserti64x4 / cast / zext intrinsics trip GCC 12's -Wmaybe-uninitialized.
+inline __m512i join(__m256i low, __m256i high) {
+  const __mmask8 all = static_cast<__mmask8>(0xFF);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i base = _mm512_mask_inserti64x4(zero, all, zero, low, 0);
+  return _mm512_mask_inserti64x4(base, all, base, high, 1);
+}
+
+// AVX-512 VNNI: vpdpbusd multiplies 4 unsigned bytes by 4 signed bytes and adds the four
+// products to an int32 lane, 64 MACs per instruction. Four rows of B (k..k+3) are interleaved
+// into [column][4] quads, shifted to unsigned (x + 128), and multiplied by the row's weight quad;
+// 128 * sum(W) is subtracted at the end. Lane order after the byte/word unpacks: kColumnsLo /
+// kColumnsHi give the tile column of each lane of the two accumulators.
+template <>
+inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
+                                                  const int8_t* __restrict b, long ldb,
+                                                  int depth,
+                                                  int32_t (&acc)[kConvRows][kConvCols]) {
+  static_assert(kConvCols == 32, "the VNNI tile is 32 columns wide");
+  static_assert(kConvRows <= 8, "weight sums are one 8-lane register");
+  constexpr int kColumnsLo[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
+  constexpr int kColumnsHi[16] = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi8(1);
+  constexpr __mmask32 kPanelQuad = (1u << (4 * kConvRows)) - 1;
+  __m512i lo[kConvRows], hi[kConvRows];
+  for (int r = 0; r < kConvRows; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
+  __m256i weight_sums = _mm256_setzero_si256();
+  for (int k = 0; k < depth; k += 4) {
+    __m256i rows[4];
+    for (int i = 0; i < 4; ++i)  // rows past depth meet zero weights (K is padded)
+      rows[i] = k + i < depth
+                    ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (k + i) * ldb))
+                    : _mm256_setzero_si256();
+    const __m256i t0 = _mm256_unpacklo_epi8(rows[0], rows[1]);
+    const __m256i t1 = _mm256_unpackhi_epi8(rows[0], rows[1]);
+    const __m256i t2 = _mm256_unpacklo_epi8(rows[2], rows[3]);
+    const __m256i t3 = _mm256_unpackhi_epi8(rows[2], rows[3]);
+    const __m512i v0 = _mm512_xor_si512(
+        join(_mm256_unpacklo_epi16(t0, t2), _mm256_unpackhi_epi16(t0, t2)), flip);
+    const __m512i v1 = _mm512_xor_si512(
+        join(_mm256_unpacklo_epi16(t1, t3), _mm256_unpackhi_epi16(t1, t3)), flip);
+    const int8_t* quads = a + (k / 4) * kConvRows * 4;
+    weight_sums = _mm256_dpbusd_epi32(weight_sums, ones,
+                                      _mm256_maskz_loadu_epi8(kPanelQuad, quads));
+    for (int r = 0; r < kConvRows; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, quads + 4 * r, sizeof(quad));
+      const __m512i w = _mm512_set1_epi32(quad);
+      lo[r] = _mm512_dpbusd_epi32(lo[r], v0, w);
+      hi[r] = _mm512_dpbusd_epi32(hi[r], v1, w);
+    }
+  }
+  int32_t sums[8], lanes_lo[16], lanes_hi[16];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums), weight_sums);
+  for (int r = 0; r < kConvRows; ++r) {
+    _mm512_storeu_si512(lanes_lo, lo[r]);
+    _mm512_storeu_si512(lanes_hi, hi[r]);
+    const int32_t shift = 128 * sums[r];
+    for (int i = 0; i < 16; ++i) {
+      acc[r][kColumnsLo[i]] += lanes_lo[i] - shift;
+      acc[r][kColumnsHi[i]] += lanes_hi[i] - shift;
+    }
+  }
+}
+#endif  // D2SEG_INT8_VNNI
 
 // A (M x K, packed panels) times columns [0, ncols) of B (K rows of stride ldb), blocked over
 // K. Each finished tile is handed to store(row0, col0, cols, acc) with the full-K sums.
@@ -163,7 +298,7 @@ inline void gemm_blocked(const T* __restrict a_packed, const T* __restrict b, lo
   for (int n0 = 0; n0 < ncols; n0 += kColBlock) {
     const int n1 = std::min(ncols, n0 + kColBlock);
     for (int m0 = 0; m0 < M; m0 += kConvRows) {
-      const T* panel = a_packed + static_cast<long>(m0) * K;
+      const T* panel = a_packed + static_cast<long>(m0) * packed_depth<T>(K);
       for (int j0 = n0; j0 < n1; j0 += kConvCols) {
         const int cols = std::min(kConvCols, n1 - j0);
         Acc acc[kConvRows][kConvCols] = {};
@@ -177,7 +312,7 @@ inline void gemm_blocked(const T* __restrict a_packed, const T* __restrict b, lo
             for (int k = 0; k < depth; ++k)
               for (int r = 0; r < kConvRows; ++r)
                 for (int j = 0; j < cols; ++j)
-                  acc[r][j] += static_cast<Acc>(a[k * kConvRows + r]) *
+                  acc[r][j] += static_cast<Acc>(packed_weight(a, k, r)) *
                                static_cast<Acc>(bb[k * ldb + j]);
           }
         }
@@ -200,7 +335,7 @@ inline void conv_gemm(const T* __restrict x, const ConvShape& s, const T* __rest
   const int block_rows = pointwise ? s.OH : conv_block_rows(s);
   for (int g = 0; g < s.groups; ++g) {
     const T* xg = x + static_cast<long>(g) * cg * s.H * s.W;
-    const T* wg = w_packed + static_cast<long>(g) * panel_rows * k;
+    const T* wg = w_packed + static_cast<long>(g) * panel_rows * packed_depth<T>(k);
     for (int oy0 = 0; oy0 < s.OH; oy0 += block_rows) {
       const int oy1 = std::min(s.OH, oy0 + block_rows);
       const int first = oy0 * s.OW, cols = (oy1 - oy0) * s.OW;
@@ -260,13 +395,8 @@ inline void conv2d_s8(const int8_t* __restrict x, const ConvShape& s,
       [&](int g, int m0, int j0, int cols, const int32_t(&acc)[kConvRows][kConvCols]) {
         for (int r = 0; r < kConvRows && m0 + r < mg; ++r) {
           const int m = g * mg + m0 + r;
-          int8_t* out = y + m * n + j0;
-          for (int j = 0; j < cols; ++j) {
-            const int32_t v = multiply_by_quantized_multiplier(acc[r][j] + bias[m],
-                                                               q.multiplier[m], q.shift[m]) +
-                              q.output_zero;
-            out[j] = static_cast<int8_t>(std::min(std::max(v, q.act_min), q.act_max));
-          }
+          requantize_row(acc[r], cols, bias[m], q.multiplier[m], q.shift[m], q.output_zero,
+                         q.act_min, q.act_max, y + m * n + j0);
         }
       });
 }

@@ -36,6 +36,18 @@ inline int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, i
       saturating_rounding_doubling_high_mul(x * (1 << left), multiplier), right);
 }
 
+// out[j] = clamp(round((acc[j] + bias) * M) + zero, act_min, act_max) for j < n: one output
+// channel's requantisation. Restrict pointers and scalar parameters (int8 stores may alias
+// anything) let the compiler vectorise it.
+inline void requantize_row(const int32_t* __restrict acc, int n, int32_t bias,
+                           int32_t multiplier, int32_t shift, int32_t zero, int32_t act_min,
+                           int32_t act_max, int8_t* __restrict out) {
+  for (int j = 0; j < n; ++j) {
+    const int32_t v = multiply_by_quantized_multiplier(acc[j] + bias, multiplier, shift) + zero;
+    out[j] = static_cast<int8_t>(std::min(std::max(v, act_min), act_max));
+  }
+}
+
 inline int8_t saturate_s8(int32_t v) {
   return static_cast<int8_t>(std::min(std::max(v, int32_t{-128}), int32_t{127}));
 }

@@ -176,33 +176,67 @@ def panoptic_sample(shared_data: Path) -> Path:
     return shared_data / "coco_panoptic_sample" / "sample_data"
 
 
-def test_register_coco_panoptic_sample(panoptic_sample, clean_catalogs):
-    panoptic_json = panoptic_sample / "panoptic_examples.json"
+def _register_panoptic_sample(sample: Path, name: str = "pan_sample", metadata=None) -> None:
     register_coco_panoptic(
-        "pan_sample",
-        {},
-        panoptic_sample / "input_images",
-        panoptic_sample / "panoptic_examples",
-        panoptic_json,
+        name,
+        metadata or {},
+        sample / "input_images",
+        sample / "panoptic_examples",
+        sample / "panoptic_examples.json",
     )
+
+
+def test_register_coco_panoptic_sample_numbers_things_and_stuff_separately(
+    panoptic_sample, clean_catalogs
+):
+    """Real COCO panoptic (80 things, 53 stuff): instance class t names ``thing_classes[t]``,
+    stuff id k names ``stuff_classes[k]``; checked against panopticapi's category file."""
+    _register_panoptic_sample(panoptic_sample)
     meta = MetadataCatalog.get("pan_sample")
-    categories = sorted(json.loads(panoptic_json.read_text())["categories"], key=lambda c: c["id"])
+    categories = json.loads(
+        (panoptic_sample.parent / "panoptic_coco_categories.json").read_text()
+    )
+    by_id = {c["id"]: c for c in categories}
     assert meta.evaluator_type == "coco_panoptic_seg"
-    assert meta.stuff_classes == [c["name"] for c in categories]
+    assert (len(meta.thing_classes), len(meta.stuff_classes)) == (80, 53)
+    assert sorted(meta.thing_dataset_id_to_contiguous_id.values()) == list(range(80))
+    assert sorted(meta.stuff_dataset_id_to_contiguous_id.values()) == list(range(53))
     dicts = DatasetCatalog.get("pan_sample")
     assert [Path(d["file_name"]).name for d in dicts] == ["000000142238.jpg", "000000439180.jpg"]
-    for record in dicts:
+    raw = json.loads((panoptic_sample / "panoptic_examples.json").read_text())["annotations"]
+    seen = set()
+    for record, annotation in zip(dicts, raw):
         assert Path(record["file_name"]).is_file()
         rgb = np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB"), dtype=np.int64)
         assert rgb.shape[:2] == (record["height"], record["width"])
         ids = rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
-        present = set(np.unique(ids).tolist()) - {0}
-        segment_ids = {s["id"] for s in record["segments_info"]}
-        assert segment_ids == present
-        for segment in record["segments_info"]:
-            category = categories[segment["category_id"]]
+        assert {s["id"] for s in record["segments_info"]} == set(np.unique(ids).tolist()) - {0}
+        for segment, original in zip(record["segments_info"], annotation["segments_info"]):
+            category = by_id[original["category_id"]]
+            names = meta.thing_classes if segment["isthing"] else meta.stuff_classes
             assert segment["isthing"] == bool(category["isthing"])
+            assert names[segment["category_id"]] == category["name"]
             assert segment["area"] == int((ids == segment["id"]).sum())
+            seen.add(segment["isthing"])
+    assert seen == {True, False}
+
+
+def test_register_coco_panoptic_rejects_one_shared_id_space(panoptic_sample, clean_catalogs):
+    """Detectron2's "coco_panoptic_standard" maps (things and stuff in one 0..132 space) would
+    give stuff labels 2 + 80.. past the semantic head: an error that says how to number them."""
+    categories = json.loads((panoptic_sample / "panoptic_examples.json").read_text())["categories"]
+    shared = {"thing_dataset_id_to_contiguous_id": {}, "stuff_dataset_id_to_contiguous_id": {}}
+    for i, category in enumerate(sorted(categories, key=lambda c: c["id"])):
+        kind = "thing" if category["isthing"] else "stuff"
+        shared[f"{kind}_dataset_id_to_contiguous_id"][category["id"]] = i
+    with pytest.raises(DatasetError, match=r"stuff_dataset_id_to_contiguous_id maps to \[80, "):
+        _register_panoptic_sample(panoptic_sample, metadata=shared)
+    separate = {
+        "thing_dataset_id_to_contiguous_id": {1: 0},
+        "thing_classes": ["background", "person"],
+    }
+    with pytest.raises(DatasetError, match=r"thing_classes has 2 names for 1 thing .* fix:"):
+        _register_panoptic_sample(panoptic_sample, metadata=separate)
 
 
 def test_register_sem_seg(tmp_path, clean_catalogs):

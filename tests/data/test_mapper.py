@@ -297,7 +297,8 @@ def test_panoptic_model_keeps_the_semantic_png_ignore_region_void(tmp_path):
     Image.fromarray(semantic).save(tmp_path / "sem.png")
     dataset_dict = {
         "file_name": str(image), "height": 4, "width": 6, "image_id": 1,
-        "pan_seg_file_name": str(tmp_path / "pan.png"), "sem_seg_file_name": str(tmp_path / "sem.png"),
+        "pan_seg_file_name": str(tmp_path / "pan.png"),
+        "sem_seg_file_name": str(tmp_path / "sem.png"),
         "segments_info": [{"id": 1, "category_id": 2, "isthing": True, "iscrowd": 0}],
     }
     panoptic = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,), "MODEL.META_ARCHITECTURE",

@@ -86,6 +86,18 @@ def test_conv_relu_and_residual_fusion(tmp_path):
     _check(tmp_path, _model(nodes, [1, c, 12, 10], None, inits), (1, c, 12, 10))
 
 
+def test_constant_subgraphs_are_folded(tmp_path):
+    """A weight computed from constants (Mul, then Identity) is evaluated at generation time."""
+    inits = [("w", _weights(4, 3, 3, 3) / np.float32(5)), ("two", np.float32(2))]
+    nodes = [
+        helper.make_node("Mul", ["w", "two"], ["w2"]),
+        helper.make_node("Identity", ["w2"], ["w3"]),
+        helper.make_node("Conv", ["x", "w3"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["c"], ["y"]),
+    ]
+    _check(tmp_path, _model(nodes, [1, 3, 8, 8], None, inits), (1, 3, 8, 8))
+
+
 @pytest.mark.parametrize("mode", ["half_pixel", "pytorch_half_pixel", "align_corners"])
 def test_bilinear_resize_matches_onnxruntime(tmp_path, mode):
     inits = [("scales", np.array([1, 1, 2, 2], np.float32))]

@@ -208,8 +208,9 @@ def torchvision_maskrcnn_file(tmp_path_factory):
 
 
 def _r50_fpn_loaded(path: Path, num_classes: int):
-    model = build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", num_classes, "MODEL.DEVICE",
-                                 "cpu", path=CONFIGS / "InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    config = CONFIGS / "InstanceSegmentation" / "mask_rcnn_R_50_FPN_1x.yaml"
+    model = build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", num_classes, "MODEL.DEVICE", "cpu",
+                                 path=config))
     checkpointer = D2SegCheckpointer(model)
     incompatible = checkpointer._load_model(checkpointer._load_file(str(path)))
     return model.eval(), incompatible
@@ -249,10 +250,9 @@ def test_torchvision_maskrcnn_with_other_class_count_skips_only_the_predictors(
 ):
     tv, path = torchvision_maskrcnn_file
     model, incompatible = _r50_fpn_loaded(path, 3)
-    predictors = {
-        f"roi_heads.{layer}.{p}" for p in ("weight", "bias") for layer in
-        ("box_predictor.cls_score", "box_predictor.bbox_pred", "mask_head.predictor.mask_fcn_logits")
-    }
+    layers = ("box_predictor.cls_score", "box_predictor.bbox_pred",
+              "mask_head.predictor.mask_fcn_logits")
+    predictors = {f"roi_heads.{layer}.{p}" for p in ("weight", "bias") for layer in layers}
     # fvcore skips the mis-shaped tensors (with its warning), so they are also "missing".
     assert {key for key, _, _ in incompatible.incorrect_shapes} == predictors
     assert set(incompatible.missing_keys) == predictors and not incompatible.unexpected_keys

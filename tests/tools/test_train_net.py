@@ -330,7 +330,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_total_batch(carvana, 
               "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SEED", "0"]
     env = write_site_hook(tmp_path / "dump", DUMP_RANK_WEIGHTS) | {"OMP_NUM_THREADS": "1"}
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    assert_ok(train_net(*common, "--num-gpus", "2", "OUTPUT_DIR", str(ddp), env=env))
+    assert_ok(train_net("--num-gpus", "2", *common, "OUTPUT_DIR", str(ddp), env=env))
     assert_ok(train_net(*common, "OUTPUT_DIR", str(single), env=env))
 
     rank0 = torch.load(ddp / "rank0_parameters.pt", weights_only=True)

@@ -29,14 +29,19 @@ _ESCAPES = {i: chr(i) if 32 <= i < 127 and chr(i) not in '\\"?' else f"\\{i:03o}
 
 
 def pack_conv_weights(weight: np.ndarray, groups: int) -> np.ndarray:
-    """M×Cg×kh×kw → per group, panels of CONV_ROWS output channels, each K×CONV_ROWS
-    (the layout ``d2seg_rt::conv2d_*`` reads); missing rows are zero."""
+    """M×Cg×kh×kw → per group, panels of CONV_ROWS output channels, the layout
+    ``d2seg_rt::packed_weight`` reads: [k // G][row][k % G] with G = 4 for int8 (k-quads for
+    dot-product instructions) and 1 for float; K is padded to a multiple of G, missing rows
+    and k are zero."""
     m = weight.shape[0]
     per_group, depth = m // groups, int(np.prod(weight.shape[1:]))
+    group = 4 if weight.dtype == np.int8 else 1  # d2seg_rt::kDepthGroup
     rows = math.ceil(per_group / CONV_ROWS) * CONV_ROWS
-    packed = np.zeros((groups, rows, depth), dtype=weight.dtype)
-    packed[:, :per_group] = weight.reshape(groups, per_group, depth)
-    return packed.reshape(groups, rows // CONV_ROWS, CONV_ROWS, depth).transpose(0, 1, 3, 2)
+    padded = math.ceil(depth / group) * group
+    packed = np.zeros((groups, rows, padded), dtype=weight.dtype)
+    packed[:, :per_group, :depth] = weight.reshape(groups, per_group, depth)
+    packed = packed.reshape(groups, rows // CONV_ROWS, CONV_ROWS, padded // group, group)
+    return packed.transpose(0, 1, 3, 2, 4)
 
 
 def resize_axis_table(in_len: int, out_len: int, scale: float, attrs: dict):
@@ -425,6 +430,10 @@ int {name}_run(const float* input, float* output);
 #include <cstdint>
 
 #include "d2seg_kernels.h"
+
+// The weight packing and the arena's im2col scratch were computed for this kernel layout.
+static_assert(d2seg_rt::kConvRows == {CONV_ROWS}, "regenerate: runtime panel height changed");
+static_assert(d2seg_rt::kColBlock == {COL_BLOCK}, "regenerate: runtime column block changed");
 
 namespace {{
 

@@ -1,9 +1,9 @@
 """U-Net decoder over a ResNet trunk (segmentation_models_pytorch's Unet decoder).
 
 The decoder knows only the encoder's feature names, channels and strides (``output_shape()``):
-starting at the deepest feature, each stage upsamples to the next shallower skip's stride by
-nearest neighbour (integer factors; as segmentation_models_pytorch, and the two 3×3 convs that
-follow smooth it: bilinear here cost ~3% of a ResNet-34 U-Net's CPU time, bench/models.py),
+starting at the deepest feature, each stage upsamples to the next shallower skip's stride
+(integer factors; bilinear by default, or nearest neighbour as segmentation_models_pytorch does:
+the 3×3 convs that follow smooth it and it is a few % faster on CPU, see bench/models.py),
 concatenates that skip, and applies two conv3×3 + norm + ReLU. Stages past the last skip
 upsample ×2 without one. A 1×1 conv gives the class logits, bilinearly upsampled to the
 input resolution (a 1×1 conv and bilinear resampling commute, so convolving first is the same
@@ -41,6 +41,7 @@ class ResNetUNetHead(nn.Module):
         decoder_channels: list[int],
         num_classes: int,
         norm: str = "BN",
+        upsample: str = "bilinear",
     ):
         """
         Args:
@@ -51,6 +52,7 @@ class ResNetUNetHead(nn.Module):
                 one per skip. Stages after the last skip upsample ×2 each, without a skip.
             num_classes: logit channels (1 = binary, one sigmoid logit).
             norm: "BN", "GN" or "" (none) after each decoder conv.
+            upsample: "bilinear" or "nearest", the decoder stages' upsampling.
         """
         super().__init__()
         check_in_features("MODEL.SEM_SEG_HEAD.IN_FEATURES", in_features, input_shape)
@@ -68,6 +70,7 @@ class ResNetUNetHead(nn.Module):
             )
         self.in_features = list(in_features)
         self.num_classes = num_classes
+        self.upsample = upsample
         # Upsampling factor of each stage: to the skip's stride, or ×2 past the last skip.
         self._scales: list[int] = []
         blocks = []
@@ -101,6 +104,7 @@ class ResNetUNetHead(nn.Module):
             "decoder_channels": list(head.DECODER_CHANNELS),
             "num_classes": head.NUM_CLASSES,
             "norm": head.NORM,
+            "upsample": head.UPSAMPLE,
         }
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
@@ -109,7 +113,10 @@ class ResNetUNetHead(nn.Module):
         x = features[self.in_features[-1]]
         skips = [features[f] for f in reversed(self.in_features[:-1])]
         for i, (block, scale) in enumerate(zip(self.blocks, self._scales)):
-            x = F.interpolate(x, scale_factor=scale, mode="nearest")
+            if self.upsample == "nearest":
+                x = F.interpolate(x, scale_factor=scale, mode="nearest")
+            else:
+                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             if i < len(skips):
                 x = torch.cat([x, skips[i]], dim=1)
             x = block(x)
