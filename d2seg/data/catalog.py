@@ -389,8 +389,9 @@ def load_converted_split(json_file: str | os.PathLike, dataset_name: str) -> lis
     len(thing_classes) + 1``. Every converted category is a thing: the panoptic view has no
     stuff categories (no ``stuff_dataset_id_to_contiguous_id``), so PanopticUNet's semantic
     labels there are only 0 (things) and 1 (background), and ``stuff_classes`` names the
-    semantic PNG's classes, not stuff categories as :func:`register_coco_panoptic`'s does. Also ``ignore_label`` 255 and ``json_file``, ``image_root``,
-    ``sem_seg_root``, ``panoptic_root``, ``panoptic_json`` (those that exist).
+    semantic PNG's classes, not stuff categories as :func:`register_coco_panoptic`'s does.
+    Also ``ignore_label`` 255 and ``json_file``, ``image_root``, ``sem_seg_root``,
+    ``panoptic_root``, ``panoptic_json`` (those that exist).
     """
     files = _converted_split_metadata(Path(json_file))
     image_root = files["image_root"]

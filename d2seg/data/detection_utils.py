@@ -232,8 +232,8 @@ def panoptic_to_targets(
 
     ``segments_info`` category ids are contiguous within things (0..T-1) and within stuff
     (0..S-1), told apart by ``isthing``, as :func:`~d2seg.data.catalog.load_coco_panoptic_json`
-    writes them (names: metadata ``thing_classes[t]``, ``stuff_classes[k]``). The uint8 H×W semantic map holds
-    :data:`PANOPTIC_THINGS_LABEL` (0) on every thing segment (crowd included),
+    writes them (names: metadata ``thing_classes[t]``, ``stuff_classes[k]``). The uint8 H×W
+    semantic map holds :data:`PANOPTIC_THINGS_LABEL` (0) on every thing segment (crowd included),
     :data:`PANOPTIC_BACKGROUND_LABEL` (1) where no segment is (id 0: the converter's background)
     and ``PANOPTIC_FIRST_STUFF_LABEL + k`` (2 + k) on stuff category k, so a model needs
     ``SEM_SEG_HEAD.NUM_CLASSES = 2 + S``. Non-crowd thing segments become instances

@@ -209,10 +209,11 @@ class PanopticEvaluator(DatasetEvaluator):
     1 = background, which is no dataset category and is scored as void, 2 + k = stuff category
     k (by stuff ids in contiguous order). Ground truth: the dataset dict's ``pan_seg_file_name``
     and ``segments_info`` (contiguous ids of the metadata's thing/stuff maps, ``isthing``,
-    ``iscrowd``). Both are mapped to dataset category ids before matching. ``evaluate()`` returns ``{"panoptic_seg": {PQ, SQ, RQ,
-    PQ_th, ..., RQ_st, "PQ-<class>", ...}}`` (×100). With ``output_dir`` the predictions are also
-    written in COCO panoptic format (``panoptic_predictions.json`` + ``panoptic_predictions/
-    *.png``, dataset ids).
+    ``iscrowd``), as :func:`d2seg.data.catalog.register_coco_panoptic` loads them. Both are
+    mapped to dataset category ids before matching. ``evaluate()`` returns ``{"panoptic_seg":
+    {PQ, SQ, RQ, PQ_th, ..., RQ_st, "PQ-<class>", ...}}`` (×100). With ``output_dir`` the
+    predictions are also written in COCO panoptic format (``panoptic_predictions.json`` +
+    ``panoptic_predictions/*.png``, dataset ids).
     """
 
     def __init__(

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from d2seg.config import get_cfg
-from d2seg.data.catalog import load_coco_panoptic_json
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_panoptic
 from d2seg.data.coco import BoxMode, load_coco_json
 from d2seg.data.detection_utils import read_image, read_panoptic_ids
 from d2seg.data.mapper import DatasetMapper
@@ -248,39 +248,61 @@ def test_coco_json_of_real_labelme_data_against_pycocotools(shared_data):
         assert np.allclose(out["instances"]["boxes"].numpy(), xyxy)
 
 
-def test_panoptic_png_gives_thing_instances_and_panoptic_fpn_semantic_labels(shared_data):
-    """COCO panoptic sample: thing masks equal panopticapi's own detection-format conversion;
-    semantic labels are PanopticFPN's (0 things, 1 unlabelled background, 2 + k stuff k)."""
+@pytest.fixture
+def panoptic_sample(shared_data):
+    """panopticapi's 2 COCO panoptic images registered with register_coco_panoptic (80 thing,
+    53 stuff categories); yields (dataset name, sample folder)."""
     root = shared_data / "coco_panoptic_sample/sample_data"
-    panoptic = json.loads((root / "panoptic_examples.json").read_text())
-    categories = sorted(panoptic["categories"], key=lambda c: c["id"])
-    things = [c["id"] for c in categories if c["isthing"]]
-    stuff = [c["id"] for c in categories if not c["isthing"]]
-    dataset_dicts = load_coco_panoptic_json(
-        root / "panoptic_examples.json", root / "input_images", root / "panoptic_examples",
-        {c: i for i, c in enumerate(things)}, {c: i for i, c in enumerate(stuff)},
-    )
+    name = "mapper_panoptic_sample"
+    register_coco_panoptic(name, {}, root / "input_images", root / "panoptic_examples",
+                           root / "panoptic_examples.json")
+    yield name, root
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_panoptic_png_gives_thing_instances_and_panoptic_fpn_semantic_labels(panoptic_sample):
+    """COCO panoptic sample: thing masks equal panopticapi's own detection-format conversion;
+    an instance class t names ``thing_classes[t]`` and a stuff segment's semantic label 2 + k
+    names ``stuff_classes[k]`` (0 things, 1 unlabelled background), each the category's name in
+    panopticapi's category file."""
+    name, root = panoptic_sample
+    meta = MetadataCatalog.get(name)
+    categories = json.loads((root.parent / "panoptic_coco_categories.json").read_text())
+    category_names = {c["id"]: c["name"] for c in categories}
+    raw = {a["image_id"]: a for a in json.loads((root / "panoptic_examples.json").read_text())[
+        "annotations"]}
     detection = json.loads((root / "panoptic_coco_detection_format.json").read_text())
     mapper = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,), "MODEL.META_ARCHITECTURE", "PanopticUNet")
-    for dataset_dict in dataset_dicts:
+    stuff_seen = 0
+    for dataset_dict in DatasetCatalog.get(name):
         out = mapper(dataset_dict)
         expected = [a for a in detection["annotations"] if a["image_id"] == dataset_dict["image_id"]
-                    and a["category_id"] in things and not a["iscrowd"]]
+                    and a["category_id"] in meta.thing_dataset_id_to_contiguous_id
+                    and not a["iscrowd"]]
         masks = out["instances"]["masks"].numpy()
         assert len(masks) == len(expected) > 0
         for mask, ann in zip(masks, expected):
             assert np.array_equal(mask, mask_util.decode(ann["segmentation"]))
-        classes = [things.index(a["category_id"]) for a in expected]
-        assert out["instances"]["classes"].tolist() == classes
+        classes = out["instances"]["classes"].tolist()
+        assert [meta.thing_classes[t] for t in classes] == [
+            category_names[a["category_id"]] for a in expected]
+        assert all(0 <= t < len(meta.thing_dataset_id_to_contiguous_id) for t in classes)
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in expected)]
         assert out["instances"]["boxes"].tolist() == xyxy
         ids = read_panoptic_ids(dataset_dict["pan_seg_file_name"])
-        expected_labels = np.ones(ids.shape, np.int64)
-        for segment in dataset_dict["segments_info"]:
-            label = 2 + segment["category_id"] if not segment["isthing"] else 0
-            expected_labels[ids == segment["id"]] = label
-        assert np.array_equal(out["sem_seg"].numpy(), expected_labels)
-        assert {0, 1} < set(np.unique(expected_labels).tolist())
+        sem_seg = out["sem_seg"].numpy()
+        assert (sem_seg[ids == 0] == 1).all()
+        for segment in raw[dataset_dict["image_id"]]["segments_info"]:
+            labels = np.unique(sem_seg[ids == segment["id"]]).tolist()
+            assert len(labels) == 1
+            if segment["category_id"] in meta.thing_dataset_id_to_contiguous_id:
+                assert labels == [0]
+            else:
+                assert 2 <= labels[0] < 2 + len(meta.stuff_dataset_id_to_contiguous_id)
+                assert meta.stuff_classes[labels[0] - 2] == category_names[segment["category_id"]]
+                stuff_seen += 1
+    assert stuff_seen > 0
 
 
 def test_panoptic_model_keeps_the_semantic_png_ignore_region_void(tmp_path):

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
 
-from d2seg.data.catalog import DatasetCatalog, register_coco_panoptic
+from d2seg.config import get_cfg
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_panoptic
+from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import DatasetError
 from d2seg.evaluation.panoptic_evaluation import (
     PanopticEvaluator,
@@ -17,6 +19,7 @@ from d2seg.evaluation.panoptic_evaluation import (
     panoptic_metrics,
     read_panoptic_png,
 )
+from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +151,43 @@ def test_evaluator_maps_model_classes_to_dataset_ids_and_round_trips_files(sampl
                                      tmp_path / "panoptic_predictions.json",
                                      tmp_path / "panoptic_predictions")
     assert written["PQ"] == pytest.approx(100)
+
+
+def test_mapper_labels_fused_like_the_model_score_ground_truth_at_100(sample):
+    """The mapper's training targets of a registered COCO panoptic dataset (80 things, 53 stuff),
+    fused by PanopticUNet's own fusion, are the ground truth: every thing and stuff category
+    present gets PQ 100 under its own name, so targets, metadata and evaluator agree."""
+    folder, coco, _ = sample
+    name = "pan_sample_through_the_mapper"
+    register_coco_panoptic(name, {}, folder / "input_images", folder / "panoptic_examples",
+                           folder / "panoptic_examples.json")
+    try:
+        cfg = get_cfg()
+        cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (0,), "INPUT.RANDOM_FLIP", "none",
+                             "MODEL.META_ARCHITECTURE", "PanopticUNet"])
+        mapper = DatasetMapper(**DatasetMapper.from_config(cfg, is_train=True))
+        evaluator = PanopticEvaluator(name)
+        for inp in DatasetCatalog.get(name):
+            targets = mapper(inp)
+            instances = {**targets["instances"],
+                         "scores": torch.ones(len(targets["instances"]["classes"]))}
+            prediction = combine_semantic_and_instance_outputs(
+                instances, targets["sem_seg"], overlap_threshold=0.5, stuff_area_thresh=0,
+                instances_score_thresh=0.5,
+            )
+            evaluator.process([inp], [{"panoptic_seg": prediction}])
+        metrics = evaluator.evaluate()["panoptic_seg"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    present = {s["category_id"] for a in coco["annotations"] for s in a["segments_info"]
+               if not s["iscrowd"]}
+    assert any(c > 90 for c in present) and any(c <= 90 for c in present)  # stuff and things
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
+        assert metrics[key] == pytest.approx(100.0)
+    for category in present:
+        assert metrics[f"PQ-{names[category]}"] == pytest.approx(100.0)
 
 
 def test_category_outside_the_model_classes_is_a_dataset_error(sample):
