@@ -448,5 +448,6 @@ def resolve_dataset(name_or_path: str) -> str:
     registered = ", ".join(sorted(DatasetCatalog)) or "none"
     raise DatasetError(
         f"dataset '{name_or_path}' is not registered (registered: {registered}); fix: register "
-        f"it first, or give a path to a COCO json file (e.g. OUT/annotations/train.json)"
+        f"it first (inside the launched function: --num-gpus workers are new processes), or "
+        f"give a path to a COCO json file (e.g. OUT/annotations/train.json)"
     )

@@ -224,17 +224,15 @@ class DefaultTrainer(SimpleTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-        """COCO (bbox/segm), semantic, or all three plus panoptic for ``PanopticUNet``."""
+        """Semantic metrics for ``SemanticSegmentor``; COCO bbox/segm for ``GeneralizedRCNN``;
+        COCO plus PQ/SQ/RQ for ``PanopticUNet`` (its semantic head predicts things-vs-stuff
+        labels, which the panoptic metrics already score)."""
         arch = cfg.MODEL.META_ARCHITECTURE
         if arch == "SemanticSegmentor":
             return SemSegEvaluator(**SemSegEvaluator.from_config(cfg, dataset_name, output_dir))
         coco = COCOEvaluator(**COCOEvaluator.from_config(cfg, dataset_name, output_dir))
         if arch == "PanopticUNet":
-            return DatasetEvaluators([
-                coco,
-                SemSegEvaluator(**SemSegEvaluator.from_config(cfg, dataset_name, output_dir)),
-                PanopticEvaluator(dataset_name, output_dir),
-            ])
+            return DatasetEvaluators([coco, PanopticEvaluator(dataset_name, output_dir)])
         return coco
 
     @classmethod
