@@ -26,9 +26,16 @@ demo: $(STAMP)
 	$(PY) tools/convert_labelme.py --input annotations/carvana --format masks --mask-label car --output $(DEMO_OUT)/carvana_coco --split val=0.25 --seed 0
 	$(PY) tools/train_net.py --config-file configs/tiny/demo_balloons_mask_rcnn.yaml
 	$(PY) tools/train_net.py --config-file configs/tiny/demo_carvana_unet_gray.yaml
+	$(PY) deploy/export_onnx.py --config-file configs/tiny/demo_carvana_unet_gray.yaml MODEL.WEIGHTS $(DEMO_OUT)/carvana_run/model_final.pth --output $(DEMO_OUT)/carvana_onnx --height 128 --width 192 --fp16
+	$(PY) deploy/lower_to_cpp.py $(DEMO_OUT)/carvana_onnx/model.onnx --output $(DEMO_OUT)/carvana_cpp --name carvana_unet --int8 --calib $(DEMO_OUT)/carvana_coco/images
+	g++ -std=c++17 -O2 -I deploy/runtime $(DEMO_OUT)/carvana_cpp/*.cpp -o $(DEMO_OUT)/carvana_cpp/prog
+	$(PY) deploy/to_pnm.py $(DEMO_OUT)/carvana_coco/images/carvana_0001.jpg --height 128 --width 192 --format L --output $(DEMO_OUT)/carvana_cpp/in.pgm
+	$(DEMO_OUT)/carvana_cpp/prog $(DEMO_OUT)/carvana_cpp/in.pgm $(DEMO_OUT)/carvana_cpp/mask.pgm
 	@echo
 	@echo "Runs: $(DEMO_OUT)/balloons_run and $(DEMO_OUT)/carvana_run (metrics.json, training_curves.png,"
 	@echo "      inference/val/report.md with per-class tables and plots)."
+	@echo "Edge: $(DEMO_OUT)/carvana_onnx (ONNX checked in onnxruntime), $(DEMO_OUT)/carvana_cpp"
+	@echo "      (int8 C++ model, report.json, prog; mask.pgm is its output for in.pgm)."
 
 # pytest exits 5 when it collected no test: that is a failure here.
 test: $(STAMP)

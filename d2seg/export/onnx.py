@@ -19,11 +19,13 @@ models (DESIGN §1).
 import contextlib
 import io
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
 
 import onnx
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,13 +48,21 @@ MIN_OPSET = 16
 RCNN_TRUNK_NODE_PREFIX = "/backbone/"
 
 
+def _size(images: Tensor, *, symbolic: bool) -> tuple:
+    """The image height and width: traced values for a dynamic graph; plain ints for a static
+    one, so the tracer records constants and no Shape/Mod arithmetic reaches the graph (the C++
+    lowering accepts static graphs only)."""
+    height, width = images.shape[-2], images.shape[-1]
+    return (height, width) if symbolic else (int(height), int(width))
+
+
 def _normalise_and_pad(
     preprocessor: ImagePreprocessor, images: Tensor, always_pad: bool
 ) -> Tensor:
     """N×C×H×W pixels → normalised, zero-padded to ``size_divisibility`` (padding after
     normalisation, as :class:`ImagePreprocessor` does). With symbolic sizes the Pad is always
     emitted; with static ones only when the size needs it, so no no-op Pad reaches the graph."""
-    height, width = images.shape[-2], images.shape[-1]
+    height, width = _size(images, symbolic=always_pad)
     divisor = max(preprocessor.size_divisibility, 1)
     pad_bottom = (divisor - height % divisor) % divisor
     pad_right = (divisor - width % divisor) % divisor
@@ -71,7 +81,7 @@ class SemanticExportModel(nn.Module):
         self.dynamic = dynamic
 
     def forward(self, images: Tensor) -> Tensor:
-        height, width = images.shape[-2], images.shape[-1]
+        height, width = _size(images, symbolic=self.dynamic)
         padded = _normalise_and_pad(self.model.preprocessor, images, self.dynamic)
         logits = self.model.sem_seg_head(self.model.backbone(padded))
         if self.dynamic or tuple(padded.shape[-2:]) != (height, width):
@@ -118,6 +128,26 @@ def _example_input(model: nn.Module, height: int, width: int, opset: int) -> Ten
     return torch.full((1, channels, height, width), 128.0, device=model.device)
 
 
+def _fold_static_graph(serialized: bytes) -> bytes:
+    """onnxruntime's basic graph optimisations (constant folding, Identity removal) on a
+    serialised static graph. The TorchScript exporter writes the pads of ``F.pad`` as
+    ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast arithmetic on constants that its own
+    constant folding leaves in place; after this, the Pad reads one constant. Basic-level
+    rewrites produce standard ONNX ops only; the opset imports onnxruntime adds for its other
+    domains are dropped again."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory(prefix="d2seg_onnx_") as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
+    used = {"", "ai.onnx", *(node.domain for node in model.graph.node)}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model.SerializeToString()
+
+
 def _trace_to_onnx(
     module: nn.Module,
     example: Tensor,
@@ -125,8 +155,11 @@ def _trace_to_onnx(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]] | None,
     opset: int,
+    *,
+    fold_static: bool = False,
 ) -> Path:
-    """``torch.onnx.export`` (TorchScript tracer, constant folding) into ``path`` atomically."""
+    """``torch.onnx.export`` (TorchScript tracer, constant folding) into ``path`` atomically;
+    ``fold_static`` also folds what the exporter left computed (:func:`_fold_static_graph`)."""
     buffer = io.BytesIO()
     with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every Python value it freezes into the graph (sizes, the
@@ -144,10 +177,11 @@ def _trace_to_onnx(
             output_names=output_names,
             dynamic_axes=dynamic_axes,
         )
-    onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+    serialized = _fold_static_graph(buffer.getvalue()) if fold_static else buffer.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(serialized))
     path = Path(path)
     with atomic_open(path, "wb") as f:
-        f.write(buffer.getvalue())
+        f.write(serialized)
     return path
 
 
@@ -164,6 +198,7 @@ def export_semantic_onnx(
 
     Input ``"image"`` float32 pixels 0-255, output ``"logits"`` N×K×H×W. ``dynamic=False``:
     a static 1×C×``height``×``width`` graph, constant-folded, every Resize with constant scales
+    and the size-divisibility Pad/Slice with constant pads/starts/ends, no shape arithmetic
     (what ``d2seg.export.edge`` lowers to C++). ``dynamic=True``: N, H and W are symbolic
     (``height``/``width`` only size the tracing example). The model's train/eval mode is kept.
     """
@@ -175,6 +210,7 @@ def export_semantic_onnx(
         [SEMANTIC_OUTPUT_NAME],
         {INPUT_NAME: axes, SEMANTIC_OUTPUT_NAME: axes} if dynamic else None,
         opset,
+        fold_static=not dynamic,
     )
 
 

@@ -1,6 +1,6 @@
 // Non-convolution kernels of the d2seg edge runtime (NCHW, batch 1, no allocation). Kernels
 // templated on T serve both the float and the int8 model: max pooling, resampling with
-// interpolation tables computed at generation time, concatenation.
+// interpolation tables computed at generation time, concatenation, padding and cropping.
 #ifndef D2SEG_OPS_H
 #define D2SEG_OPS_H
 
@@ -120,6 +120,36 @@ inline void concat_part(const T* __restrict x, int outer, int block, T* __restri
   for (int o = 0; o < outer; ++o)
     std::memcpy(y + static_cast<long>(o) * out_block + offset, x + static_cast<long>(o) * block,
                 sizeof(T) * block);
+}
+
+// Output C x OH x OW of a window whose origin is input row `top`, column `left`.
+struct WindowShape {
+  int C, H, W, OH, OW, top, left;
+};
+
+// y[c][oy][ox] = x[c][oy + top][ox + left] where that lies inside x, `fill` elsewhere: a crop
+// (Slice, top/left >= 0) or a constant pad (Pad, top/left <= 0; int8 fills with the zero point).
+template <typename T>
+inline void copy_window(const T* __restrict x, const WindowShape& s, T fill,
+                        T* __restrict y) {
+  const int begin = std::min(s.OW, std::max(0, -s.left));
+  const int end = std::max(begin, std::min(s.OW, s.W - s.left));
+  for (int c = 0; c < s.C; ++c) {
+    const T* xc = x + static_cast<long>(c) * s.H * s.W;
+    T* yc = y + static_cast<long>(c) * s.OH * s.OW;
+    for (int oy = 0; oy < s.OH; ++oy) {
+      T* out = yc + static_cast<long>(oy) * s.OW;
+      const int iy = oy + s.top;
+      if (iy < 0 || iy >= s.H) {
+        std::fill(out, out + s.OW, fill);
+        continue;
+      }
+      std::fill(out, out + begin, fill);
+      std::memcpy(out + begin, xc + static_cast<long>(iy) * s.W + begin + s.left,
+                  sizeof(T) * (end - begin));
+      std::fill(out + end, out + s.OW, fill);
+    }
+  }
 }
 
 enum class BinaryOp { kAdd, kSub, kMul, kDiv };

@@ -134,6 +134,93 @@ def test_elementwise_and_pooling_ops_match_onnxruntime(tmp_path):
     _check(tmp_path, _model(nodes, [1, 3, 11, 13], None, inits), (1, 3, 11, 13))
 
 
+INT64_MAX = np.iinfo(np.int64).max
+PAD_CASES = {
+    # F.pad(x, (0, right, 0, bottom)) as torch.onnx exports it: pads for all four axes.
+    "bottom_right": ([0, 0, 0, 0, 0, 0, 3, 5], None),
+    "all_sides": ([0, 0, 2, 1, 0, 0, 3, 4], None),
+    "explicit_zero_value": ([0, 0, 1, 0, 0, 0, 0, 2], np.float32(0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAD_CASES))
+def test_constant_pad_matches_onnxruntime(tmp_path, case):
+    pads, value = PAD_CASES[case]
+    inits = [("pads", np.array(pads, np.int64))]
+    inputs = ["x", "pads"]
+    if value is not None:
+        inits.append(("value", value))
+        inputs.append("value")
+    node = helper.make_node("Pad", inputs, ["y"], mode="constant")
+    _check(tmp_path, _model([node], [1, 3, 7, 9], None, inits), (1, 3, 7, 9))
+
+
+SLICE_CASES = {
+    # logits[:, :, :h, :w] as torch.onnx exports it: one Slice per axis.
+    "crop_bottom_right": ([0, 0], [5, 6], [2, 3], None),
+    "window": ([2, 1], [6, 8], [2, 3], [1, 1]),
+    "negative_and_clamped": ([-5, 3], [INT64_MAX, -1], [-2, -1], None),
+    "all_axes": ([0, 0, 1, 2], [1, 3, 9, 9], None, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SLICE_CASES))
+def test_slice_matches_onnxruntime(tmp_path, case):
+    starts, ends, axes, steps = SLICE_CASES[case]
+    inits = [("starts", np.array(starts, np.int64)), ("ends", np.array(ends, np.int64))]
+    for name, values in (("axes", axes), ("steps", steps)):
+        if values is not None:
+            inits.append((name, np.array(values, np.int64)))
+    inputs = ["x", "starts", "ends", "axes" if axes is not None else "",
+              "steps" if steps is not None else ""]
+    node = helper.make_node("Slice", inputs, ["y"])
+    _check(tmp_path, _model([node], [1, 3, 7, 9], None, inits), (1, 3, 7, 9))
+
+
+def test_pad_then_conv_then_crop_matches_onnxruntime(tmp_path):
+    """The U-Net's size-divisibility pattern: pad to a multiple, convolve, crop back."""
+    inits = [("pads", np.array([0, 0, 0, 0, 0, 0, 1, 3], np.int64)),
+             ("w", _weights(4, 2, 3, 3) / np.float32(4)),
+             ("starts", np.array([0, 0], np.int64)), ("ends", np.array([7, 9], np.int64)),
+             ("axes", np.array([2, 3], np.int64))]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+        helper.make_node("Conv", ["p", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["y"]),
+    ]
+    _check(tmp_path, _model(nodes, [1, 2, 7, 9], None, inits), (1, 2, 7, 9))
+
+
+REFUSED_WINDOWS = {
+    "reflect_pad": (helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect", name="n"),
+                    [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))],
+                    "only constant zero padding"),
+    "nonzero_pad_value": (helper.make_node("Pad", ["x", "pads", "v"], ["y"], name="n"),
+                          [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+                           ("v", np.float32(1))], "only constant zero padding"),
+    "channel_pad": (helper.make_node("Pad", ["x", "pads"], ["y"], name="n"),
+                    [("pads", np.array([0, 1, 0, 0, 0, 0, 0, 0], np.int64))],
+                    "padding of the H and W axes"),
+    "channel_slice": (helper.make_node("Slice", ["x", "s", "e", "a"], ["y"], name="n"),
+                      [("s", np.array([1], np.int64)), ("e", np.array([2], np.int64)),
+                       ("a", np.array([1], np.int64))], "slicing of the H and W axes"),
+    "strided_slice": (helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"], name="n"),
+                      [("s", np.array([0], np.int64)), ("e", np.array([4], np.int64)),
+                       ("a", np.array([2], np.int64)), ("st", np.array([2], np.int64))],
+                      "steps other than 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_WINDOWS))
+def test_unsupported_pad_and_slice_are_refused_with_the_reason(tmp_path, case):
+    node, inits, reason = REFUSED_WINDOWS[case]
+    path = tmp_path / "op.onnx"
+    onnx.save(_model([node], [1, 3, 4, 4], None, inits), str(path))
+    with pytest.raises(ConfigError, match=f"{node.op_type} node 'n': .*{reason}"):
+        lower_onnx_to_cpp(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_conv_transpose_and_argmax_match_onnxruntime(tmp_path):
     inits = [("w", _weights(3, 4, 2, 2)), ("b", _weights(4))]
     nodes = [

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
@@ -139,3 +140,33 @@ def test_int8_unet_agrees_with_float_and_prog_writes_mask(unet_onnx, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "8x8" in result.stderr
     assert not (tmp_path / "o.pgm").exists()
+
+
+def test_unet_at_a_size_not_divisible_by_32_lowers_and_matches_onnxruntime(tmp_path):
+    """72×100: the graph pads to 96×128 and crops the logits back (Pad and Slice kernels)."""
+    torch.manual_seed(0)
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/tiny/unet_R_18_gray_binary_tiny.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    path = export_semantic_onnx(build_model(cfg).eval(), height=72, width=100,
+                                path=tmp_path / "model.onnx")
+    report = lower_onnx_to_cpp(path, tmp_path / "fp32", name="unet_gray")
+    assert report["input_shape"] == [1, 1, 72, 100] and report["output_shape"] == [1, 1, 72, 100]
+    model = load_model(tmp_path / "fp32", flags=("-O1",))
+    for index in range(2):
+        rgb = render_sample("carvana", seed=2, size=(72, 100), index=index)["image"]
+        x = rgb.mean(axis=2).round()[None, None].astype(np.float32)
+        assert np.abs(model(x) - _onnxruntime(path, x)).max() <= 1e-4
+    # int8: Pad fills with the zero point and Slice copies int8 values (no float in between).
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for index in range(2):
+        Image.fromarray(render_sample("carvana", seed=3, size=(72, 100), index=index)["image"]
+                        ).save(calib / f"{index}.png")
+    lower_onnx_to_cpp(path, tmp_path / "int8", name="unet_gray_q", int8=True, calib_dir=calib)
+    source = (tmp_path / "int8" / "unet_gray_q.cpp").read_text()
+    assert "copy_window<int8_t>" in source and "copy_window<float>" not in source
+    quantized = load_model(tmp_path / "int8", flags=("-O1",))
+    out_q, out_f = quantized(x), model(x)
+    assert out_q.shape == out_f.shape == (1, 1, 72, 100)
+    assert np.corrcoef(out_q.ravel(), out_f.ravel())[0, 1] > 0.98

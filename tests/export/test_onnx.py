@@ -85,6 +85,28 @@ def test_static_semantic_graph_has_constant_resizes_and_matches_pytorch(unet, un
     assert not unet.training  # the export keeps the model's mode
 
 
+def test_static_graph_pads_and_crops_with_constants_only(tmp_path):
+    """72×100 is not a multiple of 32: the graph pads to 96×128 and crops the logits back with
+    one Pad and constant Slices, no shape arithmetic (what the C++ lowering needs)."""
+    _, model = tiny_model("unet_R_18_gray_binary_tiny.yaml")
+    graph = onnx.load(str(export_semantic_onnx(model, height=72, width=100,
+                                               path=tmp_path / "m.onnx")))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"Pad", "Slice"} <= ops
+    assert not ops & {"Shape", "Gather", "ConstantOfShape", "Mod", "Cast", "Reshape", "Size",
+                      "Transpose", "Unsqueeze", "Range"}
+    constants = {init.name for init in graph.graph.initializer}
+    for node in graph.graph.node:
+        if node.op_type in ("Pad", "Slice"):
+            assert all(name in constants for name in node.input[1:] if name)
+    assert computed_resize_inputs(graph) == []
+    assert [o.domain for o in graph.opset_import] == [""]
+    batch = pixels(1, 1, 72, 100)
+    logits = session(tmp_path / "m.onnx").run(None, {"image": batch.numpy()})[0]
+    assert logits.shape == (1, 1, 72, 100)
+    assert np.abs(logits - torch_logits(model, batch)).max() <= 1e-4
+
+
 def test_computed_resize_input_is_reported(unet, tmp_path):
     graph = onnx.load(str(export_semantic_onnx(
         unet, height=64, width=64, path=tmp_path / "d.onnx", dynamic=True)))

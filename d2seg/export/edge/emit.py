@@ -253,6 +253,20 @@ def _emit_resize(p: _Program, node: Node, step: int) -> None:
         p.statements.append(f"resize_bilinear_{'s8' if int8 else 'f32'}({x}, {table}, {y});")
 
 
+def _emit_window(p: _Program, node: Node, step: int) -> None:
+    """Pad and Slice: a copy of a window of the input. On int8 the copy needs the output to
+    share the input's (scale, zero point); a Pad fills with the zero point (real 0)."""
+    g = p.graph
+    x, y = node.inputs[0], node.outputs[0]
+    c, h, w = g.shapes[x][1:]
+    oh, ow = g.shapes[y][2:]
+    top, left = node.attrs["window"]
+    fill = g.quant[y][1] if g.dtype(y) == "int8" else 0
+    p.statements.append(
+        f"copy_window<{C_TYPES[g.dtype(y)]}>({p.ref(x)}, WindowShape{{{c}, {h}, {w}, {oh}, "
+        f"{ow}, {top}, {left}}}, {fill}, {p.ref(y)});")
+
+
 def _emit_binary(p: _Program, node: Node, step: int) -> None:
     g = p.graph
     y = node.outputs[0]
@@ -331,9 +345,9 @@ def _emit_unary(p: _Program, node: Node, step: int) -> None:
 _EMITTERS = {
     "Conv": _emit_conv, "ConvTranspose": _emit_conv_transpose, "MaxPool": _emit_max_pool,
     "Resize": _emit_resize, "Add": _emit_binary, "Sub": _emit_binary, "Mul": _emit_binary,
-    "Div": _emit_binary, "Concat": _emit_concat, "Relu": _emit_unary, "Sigmoid": _emit_unary,
-    "Softmax": _emit_unary, "ArgMax": _emit_unary, "QuantizeLinear": _emit_unary,
-    "DequantizeLinear": _emit_unary,
+    "Div": _emit_binary, "Concat": _emit_concat, "Pad": _emit_window, "Slice": _emit_window,
+    "Relu": _emit_unary, "Sigmoid": _emit_unary, "Softmax": _emit_unary, "ArgMax": _emit_unary,
+    "QuantizeLinear": _emit_unary, "DequantizeLinear": _emit_unary,
 }
 
 

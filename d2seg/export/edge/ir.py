@@ -18,7 +18,7 @@ from d2seg.errors import ConfigError
 # ONNX ops the lowering reads. Anything else is rejected with the op and node named.
 SUPPORTED_OPS = frozenset({
     "Add", "ArgMax", "BatchNormalization", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Identity", "MaxPool", "Mul", "Relu", "Resize", "Sigmoid", "Softmax", "Sub",
+    "Identity", "MaxPool", "Mul", "Pad", "Relu", "Resize", "Sigmoid", "Slice", "Softmax", "Sub",
 })
 
 

@@ -166,6 +166,68 @@ def _resize_attrs(graph: Graph, node: Node) -> None:
     node.inputs = node.inputs[:1]
 
 
+def _constant_ints(graph: Graph, node: Node, index: int, what: str) -> np.ndarray | None:
+    """Input ``index`` of ``node`` as int64 values; None when the optional input is absent."""
+    name = node.inputs[index] if len(node.inputs) > index else ""
+    if not name:
+        return None
+    if name not in graph.constants:
+        raise _unsupported(node, f"non-constant {what}", "export a static graph (fixed input "
+                           "size, export_semantic_onnx(..., dynamic=False)) so it is a constant")
+    return graph.constants[name].astype(np.int64).reshape(-1)
+
+
+def _axes(graph: Graph, node: Node, index: int, count: int) -> list[int]:
+    rank = len(graph.shapes[node.inputs[0]])
+    axes = _constant_ints(graph, node, index, "axes")
+    return list(range(count)) if axes is None else [int(a) % rank for a in axes]
+
+
+def _spatial_window(node: Node, shape: tuple[int, ...], begin: list[int], end: list[int],
+                    what: str) -> None:
+    """Check a Pad/Slice leaves N and C alone; store ``window``: the input row and column of
+    output position (0, 0), negative for padding (what ``d2seg_rt::copy_window`` reads)."""
+    if len(shape) != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0]:
+        raise _unsupported(node, f"only {what} of the H and W axes of N×C×H×W is supported",
+                           f"apply the {node.op} to H and W only")
+    node.attrs["window"] = [begin[2], begin[3]]
+    node.inputs = node.inputs[:1]
+
+
+def _pad_attrs(graph: Graph, node: Node) -> None:
+    """Constant zero padding: pads (and axes) constants; ``value`` absent or 0."""
+    shape = graph.shapes[node.inputs[0]]
+    pads = _constant_ints(graph, node, 1, "pads")
+    value = node.inputs[2] if len(node.inputs) > 2 else ""
+    axes = _axes(graph, node, 3, len(shape))
+    if (node.attrs.get("mode", "constant") != "constant" or pads is None
+            or len(pads) != 2 * len(axes) or (pads < 0).any()
+            or (value and (value not in graph.constants or graph.constants[value].any()))):
+        raise _unsupported(node, "only constant zero padding by constant non-negative pads is "
+                           "supported", "pad with zeros (F.pad's default)")
+    before, after = [0] * len(shape), [0] * len(shape)
+    for k, axis in enumerate(axes):
+        before[axis], after[axis] = int(pads[k]), int(pads[k + len(axes)])
+    _spatial_window(node, shape, [-b for b in before], [-a for a in after], "padding")
+
+
+def _slice_attrs(graph: Graph, node: Node) -> None:
+    """A crop: constant starts/ends (and axes), steps 1; ONNX's clamping of out-of-range ends."""
+    shape = graph.shapes[node.inputs[0]]
+    starts = _constant_ints(graph, node, 1, "starts")
+    ends = _constant_ints(graph, node, 2, "ends")
+    steps = _constant_ints(graph, node, 4, "steps")
+    if steps is not None and (steps != 1).any():
+        raise _unsupported(node, "Slice steps other than 1", "crop with step 1")
+    begin, end = [0] * len(shape), [0] * len(shape)  # end: elements cut off at the end
+    for axis, start, stop in zip(_axes(graph, node, 3, len(starts)), starts, ends):
+        dim = shape[axis]
+        start, stop = int(start) + dim * (start < 0), int(stop) + dim * (stop < 0)
+        begin[axis] = min(max(start, 0), dim)
+        end[axis] = dim - min(max(stop, begin[axis]), dim)
+    _spatial_window(node, shape, begin, end, "slicing")
+
+
 def _axis(graph: Graph, node: Node, default: int) -> int:
     rank = len(graph.shapes[node.inputs[0]])
     axis = node.attrs.get("axis", default)
@@ -231,6 +293,10 @@ def canonicalize(graph: Graph) -> None:
                                    "apply it over the class channel")
         elif node.op == "Concat":
             node.attrs["axis"] = _axis(graph, node, 0)
+        elif node.op == "Pad":
+            _pad_attrs(graph, node)
+        elif node.op == "Slice":
+            _slice_attrs(graph, node)
         elif node.op == "BatchNormalization":
             raise _unsupported(node, "BatchNormalization not folded", "put it after a Conv")
 

@@ -107,7 +107,7 @@ def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _int8_capable(graph: Graph, node: Node) -> bool:
-    if node.op in ("MaxPool", "Resize", "Relu"):
+    if node.op in ("MaxPool", "Resize", "Relu", "Pad", "Slice"):
         return True
     if node.op == "Conv":
         return not node.attrs.get("residual")
@@ -153,7 +153,7 @@ def quantize_graph(graph: Graph, ranges: dict) -> Graph:
             continue
         out = node.outputs[0]
         graph.dtypes[out] = "int8"
-        if node.op in ("MaxPool", "Resize", "Relu"):
+        if node.op in ("MaxPool", "Resize", "Relu", "Pad", "Slice"):
             graph.quant[out] = graph.quant[node.inputs[0]]
         else:
             graph.quant[out] = activation_params(*ranges[out])
