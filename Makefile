@@ -32,6 +32,7 @@ demo: $(STAMP)
 	$(PY) deploy/to_pnm.py $(DEMO_OUT)/carvana_coco/images/carvana_0001.jpg --height 128 --width 192 --format L --output $(DEMO_OUT)/carvana_cpp/in.pgm
 	$(DEMO_OUT)/carvana_cpp/prog $(DEMO_OUT)/carvana_cpp/in.pgm $(DEMO_OUT)/carvana_cpp/mask.pgm
 	@echo
+	$(PY) tools/summarize_run.py $(DEMO_OUT)/balloons_run $(DEMO_OUT)/carvana_run
 	@echo "Runs: $(DEMO_OUT)/balloons_run and $(DEMO_OUT)/carvana_run (metrics.json, training_curves.png,"
 	@echo "      inference/val/report.md with per-class tables and plots)."
 	@echo "Edge: $(DEMO_OUT)/carvana_onnx (ONNX checked in onnxruntime), $(DEMO_OUT)/carvana_cpp"
