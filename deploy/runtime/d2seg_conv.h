@@ -2,13 +2,15 @@
 // + a cache-blocked GEMM whose inner loops run over contiguous output columns, so the compiler
 // vectorises them at -O3. Weights are packed at generation time (d2seg/export/edge/emit.py) in
 // panels of kConvRows output channels, K padded to a multiple of kDepthGroup<T> (rows past M
-// and k past K are zero): see packed_weight. Layout is NCHW, batch 1; nothing allocates.
+// and k past K are zero): see packed_weight. With AVX-512 VNNI the int8 columns are also packed
+// once per column block (gemm_packed_s8). Layout is NCHW, batch 1; nothing allocates.
 #ifndef D2SEG_CONV_H
 #define D2SEG_CONV_H
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define D2SEG_INT8_VNNI 1
@@ -71,6 +73,17 @@ inline int conv_block_rows(const ConvShape& s) {
 // Elements of the im2col scratch buffer (0 when the input is used in place).
 inline int conv_col_elements(const ConvShape& s) {
   return conv_is_pointwise(s) ? 0 : (s.C / s.groups) * s.kh * s.kw * conv_block_rows(s) * s.OW;
+}
+
+// Version of the int8 scratch layouts (conv_s8_scratch_bytes, resize_bilinear_s8's row) that
+// generated code plans its arena for; bumped whenever either changes.
+constexpr int kS8ScratchLayout = 2;
+
+// Bytes of an int8 convolution's scratch: the im2col columns, then (VNNI) one column block of
+// B packed for vpdpbusd; the layout is the same for every build so one arena fits all.
+inline int conv_s8_scratch_bytes(const ConvShape& s) {
+  return conv_col_elements(s) +
+         packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * kColBlock;
 }
 
 // col[(c*kh + ky)*kw + kx][(oy - oy0)*OW + ox] = x[c][oy*sh - pt + ky*dh][ox*sw - pl + kx*dw]
@@ -232,59 +245,88 @@ inline __m512i join(__m256i low, __m256i high) {
 }
 
 // AVX-512 VNNI: vpdpbusd multiplies 4 unsigned bytes by 4 signed bytes and adds the four
-// products to an int32 lane, 64 MACs per instruction. Four rows of B (k..k+3) are interleaved
-// into [column][4] quads, shifted to unsigned (x + 128), and multiplied by the row's weight quad;
-// 128 * sum(W) is subtracted at the end. Lane order after the byte/word unpacks: kColumnsLo /
-// kColumnsHi give the tile column of each lane of the two accumulators.
-template <>
-inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
-                                                  const int8_t* __restrict b, long ldb,
-                                                  int depth,
-                                                  int32_t (&acc)[kConvRows][kConvCols]) {
-  static_assert(kConvCols == 32, "the VNNI tile is 32 columns wide");
-  static_assert(kConvRows <= 8, "weight sums are one 8-lane register");
-  constexpr int kColumnsLo[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
-  constexpr int kColumnsHi[16] = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+// products to an int32 lane, 64 MACs per instruction. B is packed once per column block (not
+// once per weight panel): per tile of kConvCols columns and per k-quad, two 64-byte registers
+// whose lane j holds column j's four bytes b[k..k+3][j] + 128 (unsigned). Rows past K and
+// columns past ncols are packed as 0 + 128 and meet zero weights or are never stored.
+inline void pack_columns_u8(const int8_t* __restrict b, long ldb, int K, int ncols,
+                            uint8_t* __restrict out) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m256i ones = _mm256_set1_epi8(1);
-  constexpr __mmask32 kPanelQuad = (1u << (4 * kConvRows)) - 1;
-  __m512i lo[kConvRows], hi[kConvRows];
-  for (int r = 0; r < kConvRows; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
-  __m256i weight_sums = _mm256_setzero_si256();
-  for (int k = 0; k < depth; k += 4) {
-    __m256i rows[4];
-    for (int i = 0; i < 4; ++i)  // rows past depth meet zero weights (K is padded)
-      rows[i] = k + i < depth
-                    ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (k + i) * ldb))
-                    : _mm256_setzero_si256();
-    const __m256i t0 = _mm256_unpacklo_epi8(rows[0], rows[1]);
-    const __m256i t1 = _mm256_unpackhi_epi8(rows[0], rows[1]);
-    const __m256i t2 = _mm256_unpacklo_epi8(rows[2], rows[3]);
-    const __m256i t3 = _mm256_unpackhi_epi8(rows[2], rows[3]);
-    const __m512i v0 = _mm512_xor_si512(
-        join(_mm256_unpacklo_epi16(t0, t2), _mm256_unpackhi_epi16(t0, t2)), flip);
-    const __m512i v1 = _mm512_xor_si512(
-        join(_mm256_unpacklo_epi16(t1, t3), _mm256_unpackhi_epi16(t1, t3)), flip);
-    const int8_t* quads = a + (k / 4) * kConvRows * 4;
-    weight_sums = _mm256_dpbusd_epi32(weight_sums, ones,
-                                      _mm256_maskz_loadu_epi8(kPanelQuad, quads));
-    for (int r = 0; r < kConvRows; ++r) {
-      int32_t quad;
-      std::memcpy(&quad, quads + 4 * r, sizeof(quad));
-      const __m512i w = _mm512_set1_epi32(quad);
-      lo[r] = _mm512_dpbusd_epi32(lo[r], v0, w);
-      hi[r] = _mm512_dpbusd_epi32(hi[r], v1, w);
+  // After the byte/word unpacks lane i of the first register is column
+  // {0-3, 16-19, 4-7, 20-23}[i], of the second {8-11, 24-27, 12-15, 28-31}[i].
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i second =
+      _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int j0 = 0; j0 < ncols; j0 += kConvCols) {
+    const int cols = std::min(kConvCols, ncols - j0);
+    const __mmask32 valid = cols == kConvCols ? ~__mmask32{0} : (__mmask32{1} << cols) - 1;
+    for (int k = 0; k < K; k += 4) {
+      __m256i rows[4];
+      for (int i = 0; i < 4; ++i)
+        rows[i] = k + i < K ? _mm256_maskz_loadu_epi8(valid, b + (k + i) * ldb + j0)
+                            : _mm256_setzero_si256();
+      const __m256i t0 = _mm256_unpacklo_epi8(rows[0], rows[1]);
+      const __m256i t1 = _mm256_unpackhi_epi8(rows[0], rows[1]);
+      const __m256i t2 = _mm256_unpacklo_epi8(rows[2], rows[3]);
+      const __m256i t3 = _mm256_unpackhi_epi8(rows[2], rows[3]);
+      const __m512i v0 = join(_mm256_unpacklo_epi16(t0, t2), _mm256_unpackhi_epi16(t0, t2));
+      const __m512i v1 = join(_mm256_unpacklo_epi16(t1, t3), _mm256_unpackhi_epi16(t1, t3));
+      _mm512_storeu_si512(out, _mm512_xor_si512(_mm512_permutex2var_epi32(v0, first, v1), flip));
+      _mm512_storeu_si512(out + 64,
+                          _mm512_xor_si512(_mm512_permutex2var_epi32(v0, second, v1), flip));
+      out += 2 * 64;
     }
   }
-  int32_t sums[8], lanes_lo[16], lanes_hi[16];
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums), weight_sums);
-  for (int r = 0; r < kConvRows; ++r) {
-    _mm512_storeu_si512(lanes_lo, lo[r]);
-    _mm512_storeu_si512(lanes_hi, hi[r]);
-    const int32_t shift = 128 * sums[r];
-    for (int i = 0; i < 16; ++i) {
-      acc[r][kColumnsLo[i]] += lanes_lo[i] - shift;
-      acc[r][kColumnsHi[i]] += lanes_hi[i] - shift;
+}
+
+// A (M x K, packed panels) times columns [0, ncols) of B: gemm_blocked for int8 on VNNI.
+// pack: packed_depth(K) * kColBlock bytes. The +128 of the unsigned columns is removed with
+// 128 * sum_k W[r][k], summed once per panel.
+template <typename Store>
+inline void gemm_packed_s8(const int8_t* __restrict a_packed, const int8_t* __restrict b,
+                           long ldb, int M, int K, int ncols, uint8_t* __restrict pack,
+                           Store store) {
+  static_assert(kConvCols == 32, "the VNNI tile is 32 columns wide");
+  static_assert(kConvRows <= 8, "weight sums are one 8-lane register");
+  constexpr __mmask32 kPanelQuad = (1u << (4 * kConvRows)) - 1;
+  const int quads = packed_depth<int8_t>(K) / 4;
+  const __m256i ones = _mm256_set1_epi8(1);
+  for (int n0 = 0; n0 < ncols; n0 += kColBlock) {
+    const int n1 = std::min(ncols, n0 + kColBlock);
+    pack_columns_u8(b + n0, ldb, K, n1 - n0, pack);
+    for (int m0 = 0; m0 < M; m0 += kConvRows) {
+      const int8_t* panel = a_packed + static_cast<long>(m0) * quads * 4;
+      __m256i weight_sums = _mm256_setzero_si256();
+      for (int q = 0; q < quads; ++q) {
+        const __m256i quad = _mm256_maskz_loadu_epi8(kPanelQuad, panel + q * kConvRows * 4);
+        weight_sums = _mm256_dpbusd_epi32(weight_sums, ones, quad);
+      }
+      int32_t sums[8];
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums), weight_sums);
+      for (int j0 = n0; j0 < n1; j0 += kConvCols) {
+        const uint8_t* tile = pack + static_cast<long>(j0 - n0) / kConvCols * quads * 2 * 64;
+        __m512i lo[kConvRows], hi[kConvRows];
+        for (int r = 0; r < kConvRows; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
+        for (int q = 0; q < quads; ++q) {
+          const __m512i v0 = _mm512_loadu_si512(tile + q * 2 * 64);
+          const __m512i v1 = _mm512_loadu_si512(tile + q * 2 * 64 + 64);
+          const int8_t* quad = panel + q * kConvRows * 4;
+          for (int r = 0; r < kConvRows; ++r) {
+            int32_t wq;
+            std::memcpy(&wq, quad + 4 * r, sizeof(wq));
+            const __m512i w = _mm512_set1_epi32(wq);
+            lo[r] = _mm512_dpbusd_epi32(lo[r], v0, w);
+            hi[r] = _mm512_dpbusd_epi32(hi[r], v1, w);
+          }
+        }
+        int32_t acc[kConvRows][kConvCols];
+        for (int r = 0; r < kConvRows; ++r) {
+          const __m512i shift = _mm512_set1_epi32(128 * sums[r]);
+          _mm512_storeu_si512(&acc[r][0], _mm512_sub_epi32(lo[r], shift));
+          _mm512_storeu_si512(&acc[r][16], _mm512_sub_epi32(hi[r], shift));
+        }
+        store(m0, j0, std::min(kConvCols, n1 - j0), acc);
+      }
     }
   }
 }
@@ -342,10 +384,18 @@ inline void conv_gemm(const T* __restrict x, const ConvShape& s, const T* __rest
       if (!pointwise) im2col<T>(xg, cg, s, oy0, oy1, pad, col);
       const T* b = pointwise ? xg : col;
       const long ldb = pointwise ? n : cols;
-      gemm_blocked<T, Acc>(wg, b, ldb, mg, k, cols,
-                           [&](int m0, int j0, int width, const Acc(&acc)[kConvRows][kConvCols]) {
-                             store(g, m0, first + j0, width, acc);
-                           });
+      const auto store_block = [&](int m0, int j0, int width,
+                                   const Acc(&acc)[kConvRows][kConvCols]) {
+        store(g, m0, first + j0, width, acc);
+      };
+#if defined(D2SEG_INT8_VNNI)
+      if constexpr (std::is_same_v<T, int8_t>) {
+        // The column panels follow the im2col columns in the scratch (conv_s8_scratch_bytes).
+        uint8_t* pack = reinterpret_cast<uint8_t*>(col + conv_col_elements(s));
+        gemm_packed_s8(wg, b, ldb, mg, k, cols, pack, store_block);
+      } else
+#endif
+      gemm_blocked<T, Acc>(wg, b, ldb, mg, k, cols, store_block);
     }
   }
 }
@@ -384,7 +434,7 @@ struct ConvQuant {
 };
 
 // int8 convolution: int32 accumulation of int8 x int8, bias (zero-point correction folded in
-// at generation time) and fixed-point requantisation; no float. col: conv_col_elements(s).
+// at generation time) and fixed-point requantisation; no float. col: conv_s8_scratch_bytes(s).
 inline void conv2d_s8(const int8_t* __restrict x, const ConvShape& s,
                       const int8_t* __restrict w_packed, const int32_t* __restrict bias,
                       const ConvQuant& q, int8_t* __restrict y, int8_t* __restrict col) {

@@ -75,23 +75,25 @@ inline void resize_bilinear_f32(const float* __restrict x, const ResizeTables<fl
 }
 
 // Bilinear on int8 values with Q11 weights (each pair sums to 2048); the scale and zero point
-// pass through unchanged because the weights sum to one.
+// pass through unchanged because the weights sum to one. row: t.W int32 of scratch. Each
+// output row blends its two input rows first (contiguous, vectorised), then reads the blended
+// row at x0/x1: a*(u*p + v*q) + b*(u*r + v*s) == u*(a*p + b*r) + v*(a*q + b*s) exactly in
+// int32 (|sum| <= 2048 * 2048 * 128), so the result is that of the 2x2 formula.
 inline void resize_bilinear_s8(const int8_t* __restrict x, const ResizeTables<int16_t>& t,
-                               int8_t* __restrict y) {
+                               int8_t* __restrict y, int32_t* __restrict row) {
   constexpr int32_t kRound = 1 << 21;
+  const int in_w = t.W, out_w = t.OW;
   for (int c = 0; c < t.C; ++c) {
-    const int8_t* xc = x + static_cast<long>(c) * t.H * t.W;
-    int8_t* yc = y + static_cast<long>(c) * t.OH * t.OW;
+    const int8_t* xc = x + static_cast<long>(c) * t.H * in_w;
+    int8_t* yc = y + static_cast<long>(c) * t.OH * out_w;
     for (int oy = 0; oy < t.OH; ++oy) {
-      const int8_t* r0 = xc + t.y0[oy] * t.W;
-      const int8_t* r1 = xc + t.y1[oy] * t.W;
+      const int8_t* r0 = xc + t.y0[oy] * in_w;
+      const int8_t* r1 = xc + t.y1[oy] * in_w;
       const int32_t a = t.wy0[oy], b = t.wy1[oy];
-      int8_t* out = yc + oy * t.OW;
-      for (int ox = 0; ox < t.OW; ++ox) {
-        const int32_t u = t.wx0[ox], v = t.wx1[ox];
-        const int32_t top = u * r0[t.x0[ox]] + v * r0[t.x1[ox]];
-        const int32_t bottom = u * r1[t.x0[ox]] + v * r1[t.x1[ox]];
-        const int32_t sum = a * top + b * bottom;
+      for (int ix = 0; ix < in_w; ++ix) row[ix] = a * r0[ix] + b * r1[ix];
+      int8_t* out = yc + oy * out_w;
+      for (int ox = 0; ox < out_w; ++ox) {
+        const int32_t sum = t.wx0[ox] * row[t.x0[ox]] + t.wx1[ox] * row[t.x1[ox]];
         // Round half away from zero, then divide by 2^22.
         out[ox] = static_cast<int8_t>(sum >= 0 ? (sum + kRound) >> 22 : -((-sum + kRound) >> 22));
       }

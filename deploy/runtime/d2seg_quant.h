@@ -11,9 +11,17 @@
 #include <cstring>
 #include <limits>
 
+// Per-element helpers are forced inline: called out of line they keep the row loops of
+// requantize_row / add_s8 / requantize_s8 scalar; inlined, the loops vectorise.
+#if defined(__GNUC__)
+#define D2SEG_ELEMENTWISE inline __attribute__((always_inline))
+#else
+#define D2SEG_ELEMENTWISE inline
+#endif
+
 namespace d2seg_rt {
 
-inline int32_t saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
+D2SEG_ELEMENTWISE int32_t saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
   if (a == b && a == std::numeric_limits<int32_t>::min())
     return std::numeric_limits<int32_t>::max();
   const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
@@ -21,7 +29,7 @@ inline int32_t saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
   return static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
 }
 
-inline int32_t rounding_divide_by_pot(int32_t x, int exponent) {
+D2SEG_ELEMENTWISE int32_t rounding_divide_by_pot(int32_t x, int exponent) {
   const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
   const int32_t remainder = x & mask;
   const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
@@ -29,7 +37,8 @@ inline int32_t rounding_divide_by_pot(int32_t x, int exponent) {
 }
 
 // round(x * multiplier * 2^(shift - 31)).
-inline int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift) {
+D2SEG_ELEMENTWISE int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier,
+                                                            int32_t shift) {
   const int left = shift > 0 ? shift : 0;
   const int right = shift > 0 ? 0 : -shift;
   return rounding_divide_by_pot(
