@@ -48,7 +48,9 @@ class PeriodicCheckpointer(HookBase):
     end, keeping the newest ``max_to_keep`` periodic files (0 = all).
 
     Each file also holds ``iteration``, the RNG states and the hooks' states, so that
-    ``--resume`` continues exactly where the run stopped.
+    ``--resume`` continues exactly where the run stopped. ``extra_state`` is called on every
+    rank at each save (it may be a collective, e.g. gathering every rank's RNG state); only
+    rank 0 writes the file.
     """
 
     def __init__(
@@ -66,11 +68,16 @@ class PeriodicCheckpointer(HookBase):
 
     def after_step(self) -> None:
         it = self.trainer.iter
-        if self.period > 0 and (it + 1) % self.period == 0 and comm.is_main_process():
-            name = f"model_{it:07d}"
+        if self.period <= 0 or (it + 1) % self.period != 0:
+            return
+        name = f"model_{it:07d}"
+        main = comm.is_main_process()
+        if main:
             # Listed before saving, so that the saved hook state includes the file itself.
             self._recent.append(os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
-            self.checkpointer.save(name, iteration=it, **self.extra_state())
+        extra = self.extra_state()
+        if main:
+            self.checkpointer.save(name, iteration=it, **extra)
             if self.max_to_keep > 0:
                 while len(self._recent) > self.max_to_keep:
                     old = self._recent.pop(0)
@@ -78,10 +85,10 @@ class PeriodicCheckpointer(HookBase):
                         os.remove(old)
 
     def after_train(self) -> None:
-        if self.trainer.completed and comm.is_main_process():
-            self.checkpointer.save(
-                "model_final", iteration=self.trainer.iter, **self.extra_state()
-            )
+        if self.trainer.completed:
+            extra = self.extra_state()
+            if comm.is_main_process():
+                self.checkpointer.save("model_final", iteration=self.trainer.iter, **extra)
 
     def state_dict(self) -> dict[str, Any]:
         # After --resume, files of the first session still count towards max_to_keep.

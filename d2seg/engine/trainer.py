@@ -4,7 +4,8 @@ It builds the model, optimizer, LR schedule, data loader and checkpointer from t
 registers the standard hooks, and evaluates ``DATASETS.TEST`` with the evaluator that fits the
 meta-architecture. ``resume_or_load`` either loads ``MODEL.WEIGHTS`` (fine-tuning: parameters
 of another shape are skipped with a warning) or, with ``--resume``, restores model, optimizer,
-scheduler, gradient scaler, iteration, RNG states and hook states from ``OUTPUT_DIR``.
+scheduler, gradient scaler, iteration, every rank's own RNG states and hook states from
+``OUTPUT_DIR``.
 """
 
 import logging
@@ -112,6 +113,28 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_rank_rng_state(states: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """Restore this process's entry of ``states``, the :func:`capture_rng_state` of every rank
+    indexed by rank, as checkpoints hold them.
+
+    When the checkpoint was saved with another number of processes nothing is restored and a
+    warning is logged: every process keeps its ``SEED + rank`` seeding (reusing another rank's
+    state would give two processes the same augmentation stream). A different world size
+    reshards the data anyway, so such a resume is not an exact continuation in any case.
+    """
+    if isinstance(states, dict):  # checkpoints written before RNG states were kept per rank
+        states = [states]
+    world_size = comm.get_world_size()
+    if len(states) != world_size:
+        logger.warning(
+            f"Checkpoint saved with {len(states)} processes, resuming with {world_size}: RNG "
+            f"states not restored, each process keeps its SEED + rank seeding and the run is not "
+            f"an exact continuation; fix: resume with --num-gpus {len(states)} to continue exactly"
+        )
+        return
+    restore_rng_state(states[comm.get_rank()])
+
+
 def create_ddp_model(model: nn.Module) -> nn.Module:
     """Wrap in DistributedDataParallel when the job has several processes."""
     if comm.get_world_size() == 1:
@@ -170,7 +193,7 @@ class DefaultTrainer(SimpleTrainer):
         if can_resume:
             self.start_iter = extra.get("iteration", -1) + 1
             if "rng" in extra:
-                restore_rng_state(extra["rng"])
+                restore_rank_rng_state(extra["rng"])
             self.load_hook_states(extra.get("hooks", {}))
 
     def train(self) -> None:  # type: ignore[override]
@@ -184,7 +207,9 @@ class DefaultTrainer(SimpleTrainer):
         super().train(start_iter, self.cfg.SOLVER.MAX_ITER)
 
     def _checkpoint_state(self) -> dict[str, Any]:
-        return {"rng": capture_rng_state(), "hooks": self.hook_states()}
+        # A collective: PeriodicCheckpointer calls it on every rank before rank 0 saves, so
+        # that --resume gives each rank its own RNG state back.
+        return {"rng": comm.all_gather(capture_rng_state()), "hooks": self.hook_states()}
 
     def build_hooks(self) -> list[hooks.HookBase]:
         cfg = self.cfg

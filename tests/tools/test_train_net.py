@@ -343,6 +343,51 @@ def test_two_process_ddp_matches_one_process_with_the_same_total_batch(carvana, 
     assert (ddp / "model_final.pth").exists() and (ddp / "log.txt.rank1").exists()
 
 
+DUMP_RESUMED_RNG = """
+    # After --resume has loaded the checkpoint, every rank saves its torch RNG state.
+    from d2seg.engine.trainer import DefaultTrainer
+    from d2seg.utils import comm
+    import os
+    import torch
+
+    _resume_or_load = DefaultTrainer.resume_or_load
+
+    def resume_or_load(self, resume=True):
+        _resume_or_load(self, resume)
+        torch.save(torch.get_rng_state(),
+                   os.path.join(self.cfg.OUTPUT_DIR, f"rank{comm.get_rank()}_resumed_rng.pt"))
+
+    DefaultTrainer.resume_or_load = resume_or_load
+"""
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_keeps_and_resume_restores_each_ranks_rng_state(carvana, tmp_path):
+    out = tmp_path / "run"
+    common = ["--config-file", UNET_GRAY,
+              "DATASETS.TRAIN", f"('{carvana['train']}',)", "DATASETS.TEST", "()",
+              "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+              "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "SEED", "0",
+              "OUTPUT_DIR", str(out)]
+    env = {"OMP_NUM_THREADS": "1"}
+    assert_ok(train_net("--num-gpus", "2", *common, env=env))
+    rng = load_checkpoint_file(str(out / "model_final.pth"))["rng"]
+    assert len(rng) == 2
+    assert not torch.equal(rng[0]["torch"], rng[1]["torch"])
+
+    # The run is complete, so --resume only loads the checkpoint and has nothing to train.
+    dump = write_site_hook(tmp_path / "dump", DUMP_RESUMED_RNG) | env
+    assert_ok(train_net("--resume", "--num-gpus", "2", *common, env=dump))
+    for rank in range(2):
+        resumed = torch.load(out / f"rank{rank}_resumed_rng.pt", weights_only=True)
+        assert torch.equal(resumed, rng[rank]["torch"]), rank
+
+    # Another number of processes keeps its own seeding rather than sharing one rank's stream.
+    single = train_net("--resume", *common, env=env)
+    assert_ok(single)
+    assert "saved with 2 processes, resuming with 1" in single.stdout
+
+
 @pytest.mark.slow
 def test_dataset_registered_only_in_the_parent_is_a_clear_error_in_spawned_workers(
     balloons, tmp_path
