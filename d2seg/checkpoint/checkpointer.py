@@ -23,7 +23,7 @@ import torch
 from fvcore.common.checkpoint import Checkpointer
 
 from d2seg.errors import CheckpointError
-from d2seg.utils.io import atomic_open
+from d2seg.utils.io import atomic_open, interrupted_writes
 
 
 class D2SegCheckpointer(Checkpointer):
@@ -54,10 +54,9 @@ class D2SegCheckpointer(Checkpointer):
         if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
             return []
         removed = [
-            os.path.join(self.save_dir, name)
-            for name in os.listdir(self.save_dir)
-            if name.startswith(".") and name.endswith(".tmp")
-            and (".pth." in name or name.startswith(".last_checkpoint."))
+            str(path)
+            for path, target in interrupted_writes(self.save_dir).items()
+            if target.endswith(".pth") or target == "last_checkpoint"
         ]
         for path in removed:
             os.remove(path)

@@ -26,7 +26,8 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
             "Examples:\n"
             f"  {sys.argv[0]} --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth\n"
             f"  {sys.argv[0]} --config-file cfg.yaml --resume\n"
-            f"  {sys.argv[0]} --config-file cfg.yaml --eval-only MODEL.WEIGHTS run/model_final.pth\n"
+            f"  {sys.argv[0]} --config-file cfg.yaml --eval-only "
+            f"MODEL.WEIGHTS run/model_final.pth\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

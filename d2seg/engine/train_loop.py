@@ -9,6 +9,7 @@ import logging
 import math
 import time
 import weakref
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
@@ -52,7 +53,7 @@ class HookBase:
         """Restore what :meth:`state_dict` returned."""
 
 
-class TrainerBase:
+class TrainerBase(ABC):
     """Runs hooks around ``run_step`` for iterations ``[start_iter, max_iter)``."""
 
     def __init__(self) -> None:
@@ -63,16 +64,10 @@ class TrainerBase:
         self.completed = False
         self.storage = EventStorage()
 
-    def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
         for hook in hooks:
-            if hook is None:
-                continue
             hook.trainer = weakref.proxy(self)
             self._hooks.append(hook)
-
-    @property
-    def hooks(self) -> list[HookBase]:
-        return list(self._hooks)
 
     def train(self, start_iter: int, max_iter: int) -> None:
         logger.info(f"Starting training from iteration {start_iter}")
@@ -100,11 +95,13 @@ class TrainerBase:
             for hook in self._hooks:
                 hook.after_train()
 
+    @abstractmethod
     def run_step(self) -> None:
-        raise NotImplementedError
+        """One training iteration."""
 
     def hook_states(self) -> dict[str, dict[str, Any]]:
-        return {type(h).__name__: h.state_dict() for h in self._hooks if h.state_dict()}
+        states = {type(h).__name__: h.state_dict() for h in self._hooks}
+        return {name: state for name, state in states.items() if state}
 
     def load_hook_states(self, states: dict[str, dict[str, Any]]) -> None:
         for hook in self._hooks:

@@ -198,7 +198,7 @@ class DefaultTrainer(SimpleTrainer):
 
     def train(self) -> None:  # type: ignore[override]
         """Train from ``start_iter`` (see :meth:`resume_or_load`) to ``SOLVER.MAX_ITER``."""
-        start_iter = getattr(self, "start_iter", 0)
+        start_iter = self.start_iter
         if start_iter >= self.cfg.SOLVER.MAX_ITER:
             logger.info(f"Nothing to do: the run already reached SOLVER.MAX_ITER {start_iter}")
             return
@@ -215,7 +215,7 @@ class DefaultTrainer(SimpleTrainer):
         cfg = self.cfg
         has_test = bool(cfg.DATASETS.TEST)
         metric = main_metric(cfg)
-        out: list[hooks.HookBase | None] = [
+        out: list[hooks.HookBase] = [
             hooks.IterationTimer(),
             hooks.LRScheduler(self.optimizer, self.scheduler),
             hooks.PeriodicCheckpointer(
@@ -225,18 +225,20 @@ class DefaultTrainer(SimpleTrainer):
                 max_to_keep=cfg.SOLVER.CHECKPOINT_KEEP,
             ),
         ]
+        mode = cfg.SOLVER.EARLY_STOP.MODE
         if has_test and cfg.TEST.VALIDATION_LOSS:
+            # Test-time resizing, but annotations kept: the losses need targets.
+            mapper_args = DatasetMapper.from_config(cfg, is_train=False) | {"is_train": True}
             val_loader = build_detection_test_loader(
-                cfg,
-                cfg.DATASETS.TEST,
-                mapper=DatasetMapper(**DatasetMapper.from_config(cfg, is_train=False) | {"is_train": True}),
+                cfg, cfg.DATASETS.TEST, mapper=DatasetMapper(**mapper_args)
             )
             out.append(hooks.ValidationLoss(cfg.TEST.EVAL_PERIOD, self.model, val_loader))
         if has_test:
-            out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, self.unwrapped_model)))
-            out.append(hooks.BestCheckpointer(self.checkpointer, metric, cfg.SOLVER.EARLY_STOP.MODE))
+            evaluate = lambda: self.test(cfg, self.unwrapped_model)  # noqa: E731
+            out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, evaluate))
+            out.append(hooks.BestCheckpointer(self.checkpointer, metric, mode))
         if cfg.SOLVER.EARLY_STOP.PATIENCE > 0:
-            out.append(hooks.EarlyStopping(metric, cfg.SOLVER.EARLY_STOP.MODE, cfg.SOLVER.EARLY_STOP.PATIENCE))
+            out.append(hooks.EarlyStopping(metric, mode, cfg.SOLVER.EARLY_STOP.PATIENCE))
         if comm.is_main_process():
             writers = [
                 JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
@@ -245,7 +247,7 @@ class DefaultTrainer(SimpleTrainer):
             ]
             out.append(hooks.PeriodicWriter(writers, period=20))
             out.append(hooks.TrainingCurves(cfg.OUTPUT_DIR))
-        return [h for h in out if h is not None]
+        return out
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: str) -> DatasetEvaluator:

@@ -2,7 +2,6 @@
 
 import os
 import random
-from datetime import datetime
 
 import numpy as np
 import torch
@@ -14,9 +13,7 @@ def seed_all_rng(seed: int | None = None) -> int:
     Returns the seed used, so a run can log it and be repeated.
     """
     if seed is None or seed < 0:
-        seed = (
-            os.getpid() + int(datetime.now().strftime("%S%f")) + int.from_bytes(os.urandom(2), "big")
-        ) % (2**31)
+        seed = int.from_bytes(os.urandom(4), "big") % 2**31
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

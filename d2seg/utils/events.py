@@ -131,16 +131,16 @@ class ProgressWriter:
         losses = {k: v for k, (v, _) in latest.items() if "loss" in k and "/" not in k}
         shown = {k: storage.median(k) for k in losses}
         lr = latest.get("lr", (float("nan"), 0))[0]
-        eta = ""
-        if "time" in latest:
-            seconds = storage.median("time") * (self.max_iter - done)
-            eta = f"  eta: {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
-        if self._bar is not None:
+        if self._bar is not None:  # tqdm shows its own ETA
             self._bar.update(done - self._shown)
             self._bar.set_postfix(
                 {k: f"{v:.3f}" for k, v in shown.items() if k == "total_loss"} | {"lr": f"{lr:.2g}"}
             )
         else:
+            eta = ""
+            if "time" in latest:
+                seconds = int(storage.median("time") * (self.max_iter - done))
+                eta = f"  eta: {seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
             text = "  ".join(f"{k}: {v:.4g}" for k, v in sorted(shown.items()))
             logger.info(f"iter: {done}/{self.max_iter}{eta}  {text}  lr: {lr:.4g}")
         self._shown = done

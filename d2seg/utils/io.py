@@ -9,6 +9,28 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def interrupted_writes(folder: str | os.PathLike) -> dict[Path, str]:
+    """Temp files that :func:`atomic_open` / :func:`atomic_directory` left in ``folder`` when
+    their process was killed mid-write, mapped to the name of the file they were writing (which
+    such a kill leaves untouched)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    leftovers = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") and path.name.endswith(_TEMP_SUFFIX):
+            # ".{target}.{random, no dots}.tmp"
+            leftovers[path] = path.name[1:].rsplit(".", 2)[0]
+    return leftovers
+
+
 def _default_mode(base: int) -> int:
     """``base`` (0o666 files, 0o777 folders) less the process umask: what open() would give."""
     umask = os.umask(0)
@@ -24,7 +46,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -54,7 +76,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, _default_mode(0o777))

@@ -7,7 +7,9 @@ import sys
 _FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
 
 
-def setup_logger(output_dir: str | None = None, rank: int = 0, name: str = "d2seg") -> logging.Logger:
+def setup_logger(
+    output_dir: str | None = None, rank: int = 0, name: str = "d2seg"
+) -> logging.Logger:
     """Configure the ``name`` logger (and fvcore's) once per process.
 
     Rank 0 logs INFO to stdout; every rank logs DEBUG to ``output_dir/log.txt`` (``log.txt.rankN``
