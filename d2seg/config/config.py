@@ -143,16 +143,18 @@ def validate_cfg(cfg: CfgNode) -> None:
 
 
 def _merge_checked(
-    node: CfgNode, other: dict[str, Any], source: str, prefix: str = "", valid: list[str] = ()
+    node: CfgNode, other: dict[str, Any], source: str, prefix: str = "", root: CfgNode | None = None
 ) -> None:
-    """Merge ``other`` into ``node``, refusing unknown keys and values of the wrong type."""
-    valid = valid or node.all_keys()
+    """Merge ``other`` into ``node``, refusing unknown keys and values of the wrong type.
+    ``root`` is the whole tree, whose keys an unknown key is compared with."""
+    root = node if root is None else root
     for key, value in other.items():
         full = f"{prefix}{key}"
         if key == BASE_KEY:
             raise ConfigError(f"{source}: {full} is only allowed at the top level of a file")
         if key not in node:
-            raise ConfigError(f"{source}: unknown config key {full}; {_suggest(full, valid)}")
+            hint = _suggest(full, root.all_keys())
+            raise ConfigError(f"{source}: unknown config key {full}; {hint}")
         current = node[key]
         if isinstance(current, CfgNode):
             if not isinstance(value, dict):
@@ -160,7 +162,7 @@ def _merge_checked(
                     f"{source}: {full} is a group of keys, got {value!r}; fix: set one of its "
                     f"keys, e.g. {full}.{next(iter(current))}"
                 )
-            _merge_checked(current, value, source, prefix=f"{full}.", valid=valid)
+            _merge_checked(current, value, source, prefix=f"{full}.", root=root)
         else:
             node[key] = _coerce(current, value, full, source)
 
