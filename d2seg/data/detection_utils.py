@@ -170,12 +170,13 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     boxes = torch.zeros((len(masks), 4), dtype=torch.float32)
     if not len(masks):
         return boxes
+    masks = masks.bool()
     for axis, (lo, hi) in ((1, (0, 2)), (2, (1, 3))):  # columns → x, rows → y
-        occupied = masks.bool().any(dim=axis)
+        occupied = masks.any(dim=axis)
         first = occupied.int().argmax(dim=1)
         last = occupied.shape[1] - occupied.flip(1).int().argmax(dim=1)
         boxes[:, lo], boxes[:, hi] = first.float(), last.float()
-    boxes[~masks.flatten(1).bool().any(dim=1)] = 0
+    boxes[~masks.flatten(1).any(dim=1)] = 0
     return boxes
 
 

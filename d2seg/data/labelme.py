@@ -124,14 +124,14 @@ def _decode_base64(text: Any, where: str, what: str) -> bytes:
         ) from e
 
 
-def _open_image(data: bytes | Path, where: str) -> PIL.Image.Image:
-    """Open an image lazily (header only)."""
+def open_image(data: bytes | Path, where: str, what: str = "image") -> PIL.Image.Image:
+    """Open an image lazily (header only); an unreadable one is an AnnotationError naming it."""
     try:
         return PIL.Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     # Pillow raises many exception types on corrupt data; any of them means a bad image.
     except Exception as e:
         raise AnnotationError(
-            f"{where}: cannot read the image ({e}); fix: replace it with a valid image file"
+            f"{where}: cannot read the {what} ({e}); fix: replace it with a valid image file"
         ) from e
 
 
@@ -141,7 +141,7 @@ def _decode_pixels(image: PIL.Image.Image, where: str) -> np.ndarray:
         image = PIL.ImageOps.exif_transpose(image)
         mode = "L" if image.mode in ("1", "L", "LA", "I;16", "I") else "RGB"
         return np.asarray(image.convert(mode))
-    except Exception as e:  # corrupt or truncated pixel data, see _open_image
+    except Exception as e:  # corrupt or truncated pixel data, see open_image
         raise AnnotationError(
             f"{where}: cannot decode the image ({e}); fix: replace it with a valid image file"
         ) from e
@@ -174,7 +174,7 @@ def _parse_points(raw: Any, where: str) -> np.ndarray:
 
 def _parse_mask_crop(shape: dict, where: str) -> np.ndarray:
     data = _decode_base64(shape.get("mask"), where, "'mask'")
-    pixels = _decode_pixels(_open_image(data, where), where)
+    pixels = _decode_pixels(open_image(data, where), where)
     return pixels.any(axis=2) if pixels.ndim == 3 else pixels.astype(bool)
 
 
@@ -369,13 +369,13 @@ def load_image(annotation: LabelmeAnnotation, image_file: Path | None) -> Labelm
     """
     where = str(annotation.path)
     if annotation.image_data is not None:
-        pixels = _decode_pixels(_open_image(annotation.image_data, where), where)
+        pixels = _decode_pixels(open_image(annotation.image_data, where), where)
         height, width = pixels.shape[:2]
         path = None
     else:
         assert image_file is not None
         where = f"{annotation.path}: image {image_file}"
-        image = _open_image(image_file, where)
+        image = open_image(image_file, where)
         try:
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
         except Exception:  # a broken EXIF block: Labelme shows such images unrotated

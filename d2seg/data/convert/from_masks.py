@@ -24,11 +24,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import PIL.Image
 
 from d2seg.data.convert.record import ConversionReport, ImageRecord, InstanceRecord
 from d2seg.data.convert.source import AnnotationSource, SourceOptions
-from d2seg.data.labelme import EXIF_ORIENTATION_TAG
+from d2seg.data.labelme import EXIF_ORIENTATION_TAG, open_image
 from d2seg.errors import AnnotationError, DatasetError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -37,19 +36,9 @@ MASK_TAG = "_mask"
 DEFAULT_LABEL = "object"
 
 
-def _open(path: Path, what: str) -> PIL.Image.Image:
-    try:
-        return PIL.Image.open(path)
-    # Pillow raises many exception types on corrupt files; any of them means a bad file.
-    except Exception as e:
-        raise AnnotationError(
-            f"{path}: cannot read the {what} ({e}); fix: replace it with a valid image file"
-        ) from e
-
-
 def read_mask(path: Path) -> np.ndarray:
     """Foreground of a mask image as bool H×W: every non-zero pixel (palette index for GIFs)."""
-    image = _open(path, "mask")
+    image = open_image(path, str(path), "mask")
     try:
         if image.mode in ("P", "PA"):
             pixels = np.asarray(image.convert("P") if image.mode == "PA" else image)
@@ -57,7 +46,7 @@ def read_mask(path: Path) -> np.ndarray:
             pixels = np.asarray(image)
             if pixels.ndim == 3 and image.mode.endswith("A"):
                 pixels = pixels[..., :-1]  # alpha is not a class
-    except Exception as e:  # truncated pixel data, see _open
+    except Exception as e:  # truncated pixel data, see open_image
         raise AnnotationError(f"{path}: cannot decode the mask ({e}); fix: replace it") from e
     return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
 
@@ -149,7 +138,7 @@ class MaskImageSource(AnnotationSource):
         image_path = self.input_dir / item
         mask_path = self._index()[item]
         mask_name = self._relative(mask_path)
-        image = _open(image_path, "image")
+        image = open_image(image_path, str(image_path))
         try:
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
         except Exception:  # a broken EXIF block: viewers show such images unrotated

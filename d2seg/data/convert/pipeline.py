@@ -294,15 +294,16 @@ def convert_dataset(
             name: entries.write(tmp, name, categories, output_dir, outputs)
             for name, entries in collected.items()
         }
+        report_json = report.to_json()
         summary = {
             "format": fmt,
             "outputs": list(outputs),
             "categories": categories,
             "splits": summary_splits,
             "skipped_files": skipped,
-            "report": report.to_json()["counts"],
+            "report": report_json["counts"],
         }
-        _write_json(tmp / "report.json", {**report.to_json(), "summary": summary})
+        _write_json(tmp / "report.json", {**report_json, "summary": summary})
     if report.entries:
         logger.warning(
             "%d problem(s) skipped, clipped or fixed (%s); each is listed in %s",
