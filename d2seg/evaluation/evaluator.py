@@ -6,6 +6,7 @@ gathers what the processes collected to rank 0 (:func:`gather_to_main`) and retu
 the other ranks.
 """
 
+import abc
 import contextlib
 import datetime
 import logging
@@ -21,24 +22,25 @@ from d2seg.utils import comm
 logger = logging.getLogger(__name__)
 
 
-class DatasetEvaluator:
+class DatasetEvaluator(abc.ABC):
     """Base class: accumulate (input, output) pairs, then compute metrics.
 
-    Subclasses override :meth:`reset`, :meth:`process` and :meth:`evaluate`, and may override
-    :meth:`report_inputs` to hand plot data (confusion matrices, precision arrays) to
-    :func:`d2seg.evaluation.report.write_report`.
+    Subclasses implement :meth:`process` and :meth:`evaluate`, override :meth:`reset` when they
+    keep state, and may override :meth:`report_inputs` to hand plot data (confusion matrices,
+    precision arrays) to :func:`d2seg.evaluation.report.write_report`.
     """
 
     def reset(self) -> None:
         """Forget everything processed so far (called before an inference run)."""
 
+    @abc.abstractmethod
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         """Take one batch: ``inputs`` are dataset dicts, ``outputs`` the model's per-image dicts."""
 
+    @abc.abstractmethod
     def evaluate(self) -> dict[str, Any]:
         """Metrics of everything processed, e.g. ``{"bbox": {"AP": 41.2, ...}}``; ``{}`` if not
         the main process."""
-        return {}
 
     def report_inputs(self) -> dict[str, Any]:
         """Keyword arguments for ``write_report`` (call after :meth:`evaluate`)."""

@@ -23,7 +23,11 @@ import torch
 from PIL import Image
 
 from d2seg.data.coco import read_json
-from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
+from d2seg.data.detection_utils import (
+    PANOPTIC_BACKGROUND_LABEL,
+    PANOPTIC_FIRST_STUFF_LABEL,
+    read_panoptic_ids,
+)
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_open, atomic_write_json
@@ -35,25 +39,10 @@ OFFSET = 256**3
 PanopticStats = dict[int, np.ndarray]
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 COCO panoptic PNG pixels → H×W int64 segment ids (R + 256·G + 256²·B)."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
-
-
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     """H×W segment ids → H×W×3 uint8 COCO panoptic PNG pixels."""
     ids = ids.astype(np.int64)
     return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
-
-
-def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
-    """A COCO panoptic PNG as H×W int64 segment ids."""
-    try:
-        with Image.open(path) as image:
-            return rgb_to_id(np.asarray(image.convert("RGB")))
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read the panoptic PNG ({e}); fix: check it") from e
 
 
 def panoptic_image_stats(
@@ -192,8 +181,8 @@ def evaluate_coco_panoptic(
                 f"which is not in {gt_json}; fix: use the ground truth's category ids"
             )
         _add_stats(stats, panoptic_image_stats(
-            read_panoptic_png(Path(gt_folder) / gt_ann["file_name"]), gt_ann["segments_info"],
-            read_panoptic_png(Path(pred_folder) / pred_ann["file_name"]),
+            read_panoptic_ids(Path(gt_folder) / gt_ann["file_name"]), gt_ann["segments_info"],
+            read_panoptic_ids(Path(pred_folder) / pred_ann["file_name"]),
             pred_ann["segments_info"], source=str(Path(pred_folder) / pred_ann["file_name"]),
         ))
     return panoptic_metrics(stats, categories)
@@ -305,7 +294,7 @@ class PanopticEvaluator(DatasetEvaluator):
                                                            s["category_id"])]}
                 for s in inp["segments_info"]
             ]
-            gt_ids = read_panoptic_png(inp["pan_seg_file_name"])
+            gt_ids = read_panoptic_ids(inp["pan_seg_file_name"])
             if gt_ids.shape != pred_ids.shape:
                 raise DatasetError(
                     f"{inp['pan_seg_file_name']}: ground truth is {gt_ids.shape} but the "

@@ -16,7 +16,6 @@ Plots use matplotlib's Agg renderer (no display). Pixel sizes are fixed by the c
 (:func:`figure_size_px`), so a report's layout does not depend on the data.
 """
 
-import json
 import math
 import os
 import re
@@ -29,7 +28,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
 from d2seg.evaluation.coco_evaluation import AP_METRICS
-from d2seg.utils.io import atomic_open
+from d2seg.utils.io import atomic_open, atomic_write_json
 
 DPI = 100
 PR_COLUMNS = 4
@@ -202,8 +201,7 @@ def write_report(
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_open(folder / "results.json", "w", encoding="utf-8") as f:
-        json.dump(_json_safe(results), f, indent=2)
+    atomic_write_json(folder / "results.json", _json_safe(results), indent=2)
     lines = [f"# Evaluation report{f': {dataset_name}' if dataset_name else ''}", ""]
     coco_evals = coco_evals or {}
     tasks = [task for task in ("bbox", "segm") if task in results]

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from d2seg.config import CfgNode
+from d2seg.data.detection_utils import read_sem_seg
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_write_json
@@ -92,15 +92,6 @@ def semantic_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str,
         for k, name in enumerate(class_names):
             metrics[f"{key}-{name}"] = float(values[k]) if valid[k] else float("nan")
     return metrics
-
-
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """A label PNG (mode L or P) as an int64 H×W array of class ids."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image, dtype=np.int64)
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read the label PNG ({e}); fix: check the file") from e
 
 
 class SemSegEvaluator(DatasetEvaluator):
@@ -193,7 +184,7 @@ class SemSegEvaluator(DatasetEvaluator):
                 continue
             source = inp["sem_seg_file_name"]
             pred = self._prediction(out["sem_seg"].detach(), source)
-            gt = read_label_png(source)
+            gt = read_sem_seg(source).astype(np.int64)
             if gt.shape != pred.shape:
                 raise DatasetError(
                     f"{source}: label is {gt.shape[0]}x{gt.shape[1]} but the prediction is "

@@ -10,6 +10,7 @@ from torchmetrics.detection import PanopticQuality
 
 from d2seg.config import get_cfg
 from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_panoptic
+from d2seg.data.detection_utils import read_panoptic_ids
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import DatasetError
 from d2seg.evaluation.panoptic_evaluation import (
@@ -17,7 +18,6 @@ from d2seg.evaluation.panoptic_evaluation import (
     evaluate_coco_panoptic,
     panoptic_image_stats,
     panoptic_metrics,
-    read_panoptic_png,
 )
 from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
 
@@ -26,7 +26,7 @@ from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
 def sample(shared_data):
     folder = shared_data / "coco_panoptic_sample/sample_data"
     coco = json.loads((folder / "panoptic_examples.json").read_text())
-    images = [(read_panoptic_png(folder / "panoptic_examples" / a["file_name"]),
+    images = [(read_panoptic_ids(folder / "panoptic_examples" / a["file_name"]),
                a["segments_info"]) for a in coco["annotations"]]
     return folder, coco, images
 
@@ -136,7 +136,7 @@ def test_evaluator_maps_model_classes_to_dataset_ids_and_round_trips_files(sampl
     evaluator = PanopticEvaluator(name, output_dir=tmp_path)
     by_image = {a["image_id"]: a["segments_info"] for a in coco["annotations"]}
     for inp in DatasetCatalog.get(name):
-        ids = read_panoptic_png(inp["pan_seg_file_name"])
+        ids = read_panoptic_ids(inp["pan_seg_file_name"])
         segments = _as_model_output(by_image[inp["image_id"]], categories)
         # A background (label 1) segment over the void pixels is scored as void.
         segments.append({"id": int(ids.max()) + 1, "isthing": False, "category_id": 1})
