@@ -41,12 +41,11 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
     path = export_semantic_onnx(model, height=size, width=size, path=root / f"unet{size}.onnx")
     calib = root / f"calib{size}"
     calib.mkdir()
-    images = []
-    for i in range(2):
-        image = render_sample("carvana", seed=0, size=(size, size), index=i)["image"]
+    images = [render_sample("carvana", seed=0, size=(size, size), index=i)["image"]
+              for i in range(2)]
+    for i, image in enumerate(images):
         cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        images.append(image.transpose(2, 0, 1)[None].astype(np.float32))
-    x = images[0]
+    x = images[0].transpose(2, 0, 1)[None].astype(np.float32)
     fp32_report = lower_onnx_to_cpp(path, root / f"fp32_{size}", name="unet_fp32")
     lower_onnx_to_cpp(path, root / f"int8_{size}", name="unet_int8", int8=True, calib_dir=calib)
     fp32 = load_model(root / f"fp32_{size}", flags=FLAGS)

@@ -15,7 +15,7 @@ from d2seg.utils.cli import run_cli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("onnx", help="static ONNX graph (1×C×H×W float input, pixels 0-255)")
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--name", default="model", help="C prefix of files and entry point")

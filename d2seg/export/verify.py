@@ -53,7 +53,8 @@ def check_semantic(
     :class:`ExportError` above ``LOGIT_ATOL``."""
     session, worst, shapes = _session(path), 0.0, []
     for images in batches:
-        onnx_logits = session.run(None, {INPUT_NAME: _batch(images)})[0]
+        batch = _batch(images)
+        onnx_logits = session.run(None, {INPUT_NAME: batch})[0]
         torch_logits = _torch_logits(model, images)
         if onnx_logits.shape != torch_logits.shape:
             raise ExportError(
@@ -61,7 +62,7 @@ def check_semantic(
                 f"from PyTorch; {_FIX}"
             )
         worst = max(worst, float(np.abs(onnx_logits - torch_logits).max()))
-        shapes.append(list(_batch(images).shape))
+        shapes.append(list(batch.shape))
     if worst > LOGIT_ATOL:
         raise ExportError(
             f"{path}: max |Δlogit| {worst:.3g} between onnxruntime and PyTorch exceeds "

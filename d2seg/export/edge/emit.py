@@ -24,6 +24,7 @@ COL_BLOCK = 256  # d2seg_rt::kColBlock: im2col columns built at once
 ADD_LEFT_SHIFT = 20  # headroom bits of the int8 Add (TFLite)
 ITEM_BYTES = {"float32": 4, "int8": 1}
 C_TYPES = {"float32": "float", "int8": "int8_t"}
+_CONSTANT_C_TYPES = {**C_TYPES, "int32": "int32_t", "int16": "int16_t"}
 
 _ESCAPES = {i: chr(i) if 32 <= i < 127 and chr(i) not in '\\"?' else f"\\{i:03o}"
             for i in range(256)}
@@ -131,8 +132,7 @@ class _Program:
         return f"arena<{C_TYPES[graph.dtype(name)]}>({self.offset_constant(name)})"
 
     def const(self, array: np.ndarray, dtype: str) -> str:
-        c_type = {"float32": "float", "int8": "int8_t", "int32": "int32_t", "int16": "int16_t"}
-        return f"blob<{c_type[dtype]}>({self.blob.add(array, dtype)})"
+        return f"blob<{_CONSTANT_C_TYPES[dtype]}>({self.blob.add(array, dtype)})"
 
     def add_scratch(self, node: Node, nbytes: int, step: int) -> str:
         name = f"{node.name}#scratch"

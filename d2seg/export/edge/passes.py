@@ -1,6 +1,6 @@
 """Graph passes run before planning: simplify, fold, fuse, and put attributes in one form.
 
-``optimize(graph, fuse_residual=...)`` runs them in order: identity removal, constant folding,
+``optimize(graph, fuse_residual_add=...)`` runs them in order: identity removal, constant folding,
 BatchNorm folding into the Conv in front of it, Relu fusion into its Conv/Add producer,
 (float only) Conv+Add(+Relu) fusion of residual connections, then :func:`canonicalize`, which
 checks every node can be lowered and rewrites its attributes into what the emitter reads.

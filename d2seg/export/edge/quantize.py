@@ -20,6 +20,8 @@ from d2seg.errors import ConfigError
 from d2seg.export.edge.ir import Graph, Node
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
+# int8 kernels whose output keeps the input's (scale, zero point).
+SCALE_KEEPING_OPS = ("MaxPool", "Resize", "Relu", "Pad", "Slice")
 
 
 def load_calibration_images(folder: str | Path, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -107,7 +109,7 @@ def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _int8_capable(graph: Graph, node: Node) -> bool:
-    if node.op in ("MaxPool", "Resize", "Relu", "Pad", "Slice"):
+    if node.op in SCALE_KEEPING_OPS:
         return True
     if node.op == "Conv":
         return not node.attrs.get("residual")
@@ -121,7 +123,7 @@ def _int8_capable(graph: Graph, node: Node) -> bool:
 def quantize_graph(graph: Graph, ranges: dict) -> Graph:
     """Mark int8 nodes, give every int8 tensor its (scale, zero), insert Quantize/Dequantize.
 
-    Tensors that keep the input's scale (MaxPool, Resize and Relu outputs) take the input's
+    Tensors that keep the input's scale (outputs of :data:`SCALE_KEEPING_OPS`) take the input's
     parameters rather than their own calibration range, which is what their int8 kernels need.
     """
     nodes: list[Node] = []
@@ -153,7 +155,7 @@ def quantize_graph(graph: Graph, ranges: dict) -> Graph:
             continue
         out = node.outputs[0]
         graph.dtypes[out] = "int8"
-        if node.op in ("MaxPool", "Resize", "Relu", "Pad", "Slice"):
+        if node.op in SCALE_KEEPING_OPS:
             graph.quant[out] = graph.quant[node.inputs[0]]
         else:
             graph.quant[out] = activation_params(*ranges[out])
