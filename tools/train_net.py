@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> dict:
         raise ConfigError(
             "--eval-only needs weights; fix: add MODEL.WEIGHTS path/to/model_final.pth"
         )
-    default_setup(cfg, args)
+    cfg = default_setup(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
         D2SegCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)

@@ -1,7 +1,10 @@
 """Checkpoints: fvcore's Checkpointer, loading data only and writing atomically.
 
 Files hold ``{"model": state_dict, "optimizer": ..., "scheduler": ..., "iteration": int, ...}``
-as Detectron2's do. What d2seg changes in fvcore's behaviour:
+as Detectron2's do, plus ``"metadata"``: what inference needs (class names, tasks, input
+format, ... — :func:`d2seg.engine.run_metadata.inference_metadata`), so a checkpoint alone names
+its predictions. A lean save (``model_only=True``: ``model_best.pth``, ``model_final.pth``)
+holds only the model, its metadata and what the caller adds (the iteration, the best metric). What d2seg changes in fvcore's behaviour:
 
 * every file is read with ``torch.load(weights_only=True)``: a checkpoint is data, not code, and
   a pickle that holds Python objects is refused with :class:`CheckpointError`;
@@ -27,17 +30,53 @@ from d2seg.utils.io import atomic_open, interrupted_writes
 
 
 class D2SegCheckpointer(Checkpointer):
-    """A :class:`fvcore.common.checkpoint.Checkpointer` with safe loading and atomic saving."""
+    """A :class:`fvcore.common.checkpoint.Checkpointer` with safe loading and atomic saving.
 
-    def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
+    Example::
+
+        checkpointer = D2SegCheckpointer(model, "runs/x", metadata={"thing_classes": ["cat"]},
+                                         optimizer=optimizer)
+        checkpointer.save("model_0000999", iteration=999)         # full state, for --resume
+        checkpointer.save("model_final", model_only=True, tag_last=False, iteration=999)
+        extra = checkpointer.resume_or_load("runs/x/model_final.pth", resume=False)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        save_dir: str = "",
+        *,
+        metadata: dict[str, Any] | None = None,
+        save_to_disk: bool = True,
+        **checkpointables: Any,
+    ):
+        """
+        Args:
+            model: the model whose ``state_dict`` is saved and loaded.
+            save_dir: the folder of the checkpoints and ``last_checkpoint``.
+            metadata: plain data written into every checkpoint under ``"metadata"``.
+            save_to_disk: False on the processes that must not write (DDP ranks > 0).
+            checkpointables: objects with ``state_dict``/``load_state_dict`` (optimizer,
+                scheduler, ...) saved in full checkpoints and restored by ``--resume``.
+        """
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.metadata = metadata
+
+    def save(
+        self, name: str, *, tag_last: bool = True, model_only: bool = False, **kwargs: Any
+    ) -> None:
         """Write ``{save_dir}/{name}.pth`` atomically, then point ``last_checkpoint`` at it
         unless ``tag_last`` is False (a best-model copy must not become what ``--resume``
-        continues from)."""
+        continues from). ``model_only`` leaves out the checkpointables (optimizer, scheduler,
+        ...): a file to ship, not to resume from. ``kwargs`` are stored as they are."""
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        data: dict[str, Any] = {"model": self.model.state_dict()}
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
+        if not model_only:
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
@@ -97,11 +136,13 @@ def load_checkpoint_file(filename: str) -> dict[str, Any]:
             f"checkpoint {filename} cannot be loaded as data ({reason}); fix: load it only if "
             f"you trust it and re-save its state_dict with torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        first = (str(e).splitlines() or [""])[0] if not isinstance(e, KeyError) else ""
+        first = first or type(e).__name__
         raise CheckpointError(
-            f"checkpoint {filename} is truncated or corrupt ({first}); fix: use an earlier "
-            f"checkpoint or re-download/re-save the file"
+            f"{filename} is not a checkpoint, or is truncated or corrupt ({first}); fix: point "
+            f"MODEL.WEIGHTS at a .pth written by torch.save (a d2seg checkpoint or a state "
+            f"dict), or use an earlier checkpoint"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(

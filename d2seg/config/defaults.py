@@ -64,7 +64,8 @@ _C.MODEL.RPN.NMS_THRESH = 0.7
 
 _C.MODEL.ROI_HEADS = CN()
 _C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-# Foreground classes only (background is added inside).
+# Foreground classes only (background is added inside). d2seg: 0 = as many as the
+# thing_classes of DATASETS.TRAIN (resolved at setup, saved in config.yaml).
 _C.MODEL.ROI_HEADS.NUM_CLASSES = 80
 _C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
@@ -97,6 +98,7 @@ _C.MODEL.ROI_MASK_HEAD.IN_FEATURES = ["p2"]
 
 _C.MODEL.POINT_HEAD = CN()
 _C.MODEL.POINT_HEAD.NAME = "StandardPointHead"
+# d2seg: 0 = the same as MODEL.ROI_HEADS.NUM_CLASSES.
 _C.MODEL.POINT_HEAD.NUM_CLASSES = 80
 _C.MODEL.POINT_HEAD.FC_DIM = 256
 _C.MODEL.POINT_HEAD.NUM_FC = 3
@@ -117,7 +119,8 @@ _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["stem", "res2", "res3", "res4", "res5"]
 _C.MODEL.SEM_SEG_HEAD.DECODER_CHANNELS = [256, 128, 64, 32, 16]
 # Pixels with this label in the ground truth are ignored by the loss and by evaluation.
 _C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
-# Number of classes incl. background; 1 = binary foreground with a sigmoid.
+# Number of classes incl. background; 1 = binary foreground with a sigmoid; d2seg: 0 = as many
+# as the stuff_classes of DATASETS.TRAIN (resolved at setup, saved in config.yaml).
 _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
 # d2seg: "ce", "bce", "dice" or "ce+dice"; CE_WEIGHT/DICE_WEIGHT mix the last.
 _C.MODEL.SEM_SEG_HEAD.LOSS = "ce"
@@ -169,6 +172,11 @@ _C.DATASETS = CN()
 # Registered names or paths to COCO json files (auto-registered, images beside the json).
 _C.DATASETS.TRAIN = ()
 _C.DATASETS.TEST = ()
+# d2seg: the class names of DATASETS.TRAIN, written by the trainer's setup (empty = not known
+# yet), so that config.yaml alone names a run's predictions. Instance classes index
+# THING_CLASSES; semantic labels index STUFF_CLASSES (0 is usually "background").
+_C.DATASETS.THING_CLASSES = ()
+_C.DATASETS.STUFF_CLASSES = ()
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4

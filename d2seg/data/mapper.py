@@ -11,6 +11,7 @@ from d2seg.config import CfgNode
 from d2seg.data import detection_utils as utils
 from d2seg.data.transforms import build_transforms
 from d2seg.errors import DatasetError
+from d2seg.modeling.meta_arch.declarations import model_tasks
 
 # A box narrower or lower than this (pixels) after augmentation is empty (Detectron2's value).
 _EMPTY_BOX_SIDE = 1e-5
@@ -32,7 +33,7 @@ class DatasetMapper:
 
     Semantic labels from a panoptic PNG follow PanopticFPN (things 0, background 1, stuff 2..;
     see :func:`~d2seg.data.detection_utils.panoptic_to_targets`). With ``panoptic_semantic``
-    (PanopticUNet) they are used even where the dict also has a ``sem_seg_file_name`` (the
+    (models whose tasks include ``panoptic_seg``, e.g. PanopticUNet) they are used even where the dict also has a ``sem_seg_file_name`` (the
     converter writes both), whose ``ignore_value`` pixels then stay void; otherwise the semantic
     PNG's per-category labels win.
     """
@@ -77,7 +78,7 @@ class DatasetMapper:
             "num_channels": len(cfg.MODEL.PIXEL_MEAN),
             "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "panoptic_semantic": cfg.MODEL.META_ARCHITECTURE == "PanopticUNet",
+            "panoptic_semantic": "panoptic_seg" in model_tasks(cfg),
         }
 
     def __call__(self, dataset_dict: dict) -> dict:

@@ -7,6 +7,7 @@ import sys
 import torch
 
 from d2seg.config import CfgNode, get_cfg, validate_cfg
+from d2seg.engine.run_metadata import resolve_from_data
 from d2seg.errors import ConfigError
 from d2seg.utils import comm
 from d2seg.utils.env import seed_all_rng
@@ -64,15 +65,27 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
     if args.config_file:
         cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    opts = list(args.opts or [])
+    flags = [o for o in opts if o.startswith("--")]
+    if flags:
+        raise ConfigError(
+            f"{flags[0]} comes after the KEY VALUE overrides, where it reads as a config key; "
+            f"fix: put every --flag before the overrides, e.g. --config-file F {flags[0]} "
+            f"KEY VALUE"
+        )
+    cfg.merge_from_list(opts)
     validate_cfg(cfg)
     cfg.freeze()
     return cfg
 
 
-def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
-    """Prepare ``OUTPUT_DIR``: refuse to overwrite a previous run, log to ``log.txt``, save the
-    resolved ``config.yaml``, seed every RNG (``SEED + rank`` when ``SEED >= 0``)."""
+def default_setup(cfg: CfgNode, args: argparse.Namespace) -> CfgNode:
+    """Prepare ``OUTPUT_DIR``: refuse to overwrite a previous run, log to ``log.txt``, fill the
+    class names and 0 class counts from ``DATASETS.TRAIN``
+    (:func:`~d2seg.engine.run_metadata.resolve_from_data`; a count the data cannot fit stops
+    here, before any training), save that ``config.yaml``, seed every RNG (``SEED + rank``
+    when ``SEED >= 0``). Returns the resolved config (Detectron2's returns nothing: use this
+    one from here on)."""
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
     if rank == 0 and not args.resume and not args.eval_only:
@@ -85,6 +98,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     logger = setup_logger(output_dir, rank)
     logger.info(f"Rank {rank} of {comm.get_world_size()}; torch {torch.__version__}")
     logger.info(f"Command line arguments: {args}")
+    cfg = resolve_from_data(cfg)
     if rank == 0:
         with atomic_open(os.path.join(output_dir, "config.yaml"), "w") as f:
             f.write(cfg.dump())
@@ -92,3 +106,4 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     seed = seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     logger.info(f"Seeded all RNGs with {seed}")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    return cfg

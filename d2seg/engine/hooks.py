@@ -155,7 +155,8 @@ class _MetricWatcher(HookBase):
 
 
 class BestCheckpointer(_MetricWatcher):
-    """Saves ``model_best.pth`` whenever ``metric`` improves (``mode`` "max" or "min")."""
+    """Saves ``model_best.pth`` (model and metadata only, no optimizer) whenever ``metric``
+    improves (``mode`` "max" or "min")."""
 
     def __init__(self, checkpointer: D2SegCheckpointer, metric: str, mode: str):
         super().__init__(metric, mode)
@@ -169,7 +170,11 @@ class BestCheckpointer(_MetricWatcher):
         logger.info(f"New best {self.metric} = {value:.4f} at iteration {self.trainer.iter + 1}")
         if comm.is_main_process():
             self.checkpointer.save(
-                "model_best", tag_last=False, iteration=self.trainer.iter, **{self.metric: value}
+                "model_best",
+                tag_last=False,
+                model_only=True,
+                iteration=self.trainer.iter,
+                **{self.metric: value},
             )
 
     def after_step(self) -> None:

@@ -25,17 +25,16 @@ from d2seg.data.catalog import resolve_dataset
 from d2seg.data.mapper import DatasetMapper
 from d2seg.engine import hooks
 from d2seg.engine.train_loop import SimpleTrainer
+from d2seg.engine.run_metadata import inference_metadata
 from d2seg.evaluation import (
-    COCOEvaluator,
     DatasetEvaluator,
-    DatasetEvaluators,
-    PanopticEvaluator,
-    SemSegEvaluator,
+    build_evaluator,
     inference_on_dataset,
     report_folder,
     write_report,
 )
 from d2seg.modeling import build_model
+from d2seg.modeling.meta_arch.declarations import headline_metric
 from d2seg.solver import (
     build_gradient_clipper,
     build_lr_scheduler,
@@ -50,14 +49,7 @@ logger = logging.getLogger(__name__)
 
 def main_metric(cfg: CfgNode) -> str:
     """``SOLVER.EARLY_STOP.METRIC``, or the meta-architecture's headline metric when empty."""
-    if cfg.SOLVER.EARLY_STOP.METRIC:
-        return cfg.SOLVER.EARLY_STOP.METRIC
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "SemanticSegmentor":
-        return "sem_seg/mIoU"
-    if arch == "PanopticUNet":
-        return "panoptic_seg/PQ"
-    return "segm/AP" if cfg.MODEL.MASK_ON else "bbox/AP"
+    return cfg.SOLVER.EARLY_STOP.METRIC or headline_metric(cfg)
 
 
 def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
@@ -171,7 +163,11 @@ class DefaultTrainer(SimpleTrainer):
         if self.grad_scaler is not None:
             checkpointables["grad_scaler"] = self.grad_scaler
         self.checkpointer = D2SegCheckpointer(
-            model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables
+            model,
+            cfg.OUTPUT_DIR,
+            metadata=inference_metadata(cfg),
+            save_to_disk=comm.is_main_process(),
+            **checkpointables,
         )
         warning = linear_scaling_warning(cfg)
         if warning:
@@ -251,16 +247,9 @@ class DefaultTrainer(SimpleTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-        """Semantic metrics for ``SemanticSegmentor``; COCO bbox/segm for ``GeneralizedRCNN``;
-        COCO plus PQ/SQ/RQ for ``PanopticUNet`` (its semantic head predicts things-vs-stuff
-        labels, which the panoptic metrics already score)."""
-        arch = cfg.MODEL.META_ARCHITECTURE
-        if arch == "SemanticSegmentor":
-            return SemSegEvaluator(**SemSegEvaluator.from_config(cfg, dataset_name, output_dir))
-        coco = COCOEvaluator(**COCOEvaluator.from_config(cfg, dataset_name, output_dir))
-        if arch == "PanopticUNet":
-            return DatasetEvaluators([coco, PanopticEvaluator(dataset_name, output_dir)])
-        return coco
+        """The evaluators of the tasks the meta-architecture declares
+        (:func:`d2seg.evaluation.build_evaluator`); override for others."""
+        return build_evaluator(cfg, dataset_name, output_dir)
 
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, float]]:

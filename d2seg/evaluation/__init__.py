@@ -2,13 +2,14 @@
 
 Typical use (what the trainer does for each test dataset)::
 
-    evaluator = DatasetEvaluators([COCOEvaluator(name, output_dir=folder), ...])
+    evaluator = build_evaluator(cfg, name, folder)   # from the model's declared tasks
     results = inference_on_dataset(model, loader, evaluator)
     if results:  # the main process
         write_report(results, report_folder(cfg.OUTPUT_DIR, name), dataset_name=name,
                      **evaluator.report_inputs())
 """
 
+from d2seg.evaluation.build import build_evaluator
 from d2seg.evaluation.coco_evaluation import COCOEvaluator
 from d2seg.evaluation.evaluator import (
     DatasetEvaluator,
@@ -26,6 +27,7 @@ __all__ = [
     "DatasetEvaluators",
     "PanopticEvaluator",
     "SemSegEvaluator",
+    "build_evaluator",
     "inference_context",
     "inference_on_dataset",
     "report_folder",

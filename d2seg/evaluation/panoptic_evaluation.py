@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from d2seg.config import CfgNode
 from d2seg.data.coco import read_json
 from d2seg.data.detection_utils import (
     PANOPTIC_BACKGROUND_LABEL,
@@ -251,6 +252,13 @@ class PanopticEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self.reset()
 
+
+    @classmethod
+    def from_config(
+        cls, cfg: CfgNode, dataset_name: str, output_dir: str | os.PathLike | None = None
+    ) -> dict[str, Any]:
+        """Constructor arguments: the dataset and the output folder (no config key applies)."""
+        return {"dataset_name": dataset_name, "output_dir": output_dir}
     def reset(self) -> None:
         self._stats: PanopticStats = {}
         self._predictions: list[dict] = []

@@ -83,7 +83,7 @@ class SemanticExportModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         height, width = _size(images, symbolic=self.dynamic)
         padded = _normalise_and_pad(self.model.preprocessor, images, self.dynamic)
-        logits = self.model.sem_seg_head(self.model.backbone(padded))
+        logits = self.model.sem_seg_head.layers(self.model.backbone(padded))
         if self.dynamic or tuple(padded.shape[-2:]) != (height, width):
             logits = logits[:, :, :height, :width]
         return logits

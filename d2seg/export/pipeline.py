@@ -22,8 +22,6 @@ from d2seg.export.onnx import (
 from d2seg.export.fp16 import convert_to_fp16
 from d2seg.export.samples import resize_image, sample_images
 from d2seg.export.verify import FP16_TOLERANCE, check_rcnn, check_semantic, check_semantic_fp16
-from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
-from d2seg.modeling.meta_arch.semantic import SemanticSegmentor
 from d2seg.utils.io import atomic_directory, atomic_write_json
 
 REPORT_NAME = "export_report.json"
@@ -123,6 +121,10 @@ def _export_rcnn(
     return checks
 
 
+# The graph to export, by the tasks a meta-architecture declares.
+EXPORTERS = {("sem_seg",): _export_semantic, ("instances",): _export_rcnn}
+
+
 def export_model(
     cfg: CfgNode,
     model: nn.Module,
@@ -155,16 +157,17 @@ def export_model(
     if (height is None) != (width is None):
         raise ConfigError("--height and --width go together; fix: pass both or neither")
     size = (height, width) if height is not None else default_export_size(cfg)
-    exporters = {SemanticSegmentor: _export_semantic, GeneralizedRCNN: _export_rcnn}
-    if type(model) not in exporters:
+    tasks = tuple(getattr(model, "tasks", ()))
+    if tasks not in EXPORTERS:
         raise ConfigError(
-            f"MODEL.META_ARCHITECTURE {type(model).__name__} has no ONNX export; fix: export a "
-            f"SemanticSegmentor or GeneralizedRCNN config"
+            f"MODEL.META_ARCHITECTURE {type(model).__name__} has no ONNX export (its tasks: "
+            f"{list(tasks)}); fix: export a model whose tasks are one of {list(map(list, EXPORTERS))} "
+            f"(e.g. SemanticSegmentor or GeneralizedRCNN)"
         )
     model = model.cpu()
     images, source = sample_images(cfg, samples_dir, *size)
     with eval_mode(model), atomic_directory(output_dir) as folder:
-        export = exporters[type(model)]
+        export = EXPORTERS[tasks]
         checks = export(cfg, model, folder, images, size, dynamic, fp16, opset)
         report = {
             "meta_architecture": type(model).__name__,

@@ -41,10 +41,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _check_class_counts_resolved(cfg: CfgNode) -> None:
+    """A class count of 0 ("from the data") must have been resolved before building."""
+    try:
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        return  # build_from_registry names the fix
+    counts = getattr(arch, "class_counts", None)
+    for key in counts(cfg, {}) if counts else ():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node == 0:
+            raise ConfigError(
+                f"{key} is 0, which means 'from DATASETS.TRAIN', but nothing resolved it; fix: "
+                f"set it to the number of classes, or call "
+                f"d2seg.engine.run_metadata.resolve_from_data(cfg) first (train_net.py does)"
+            )
+
+
 def build_model(cfg: CfgNode) -> nn.Module:
     """Validate ``cfg``, build ``MODEL.META_ARCHITECTURE`` and move it to ``MODEL.DEVICE``."""
     import d2seg.modeling.meta_arch  # noqa: F401  (registers the meta-architectures)
 
     validate_cfg(cfg)
+    _check_class_counts_resolved(cfg)
     model = build_from_registry(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg)
     return model.to(resolve_device(cfg.MODEL.DEVICE))

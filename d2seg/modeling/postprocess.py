@@ -3,6 +3,8 @@
 * :func:`detector_postprocess`: torchvision-style detections on the (resized, padded) image
   tensor → d2seg instances at the original ``height``×``width``: boxes scaled, masks pasted into
   the image (:func:`paste_masks`) and thresholded, labels made 0-based.
+* :func:`sem_seg_postprocess`: per-pixel logits of one padded image → the input's
+  ``height``×``width`` (the one place every semantic head's output is resized, as Detectron2).
 * :func:`combine_semantic_and_instance_outputs`: Detectron2's PanopticFPN fusion. Semantic
   class 0 is "things" (every pixel of any thing class); classes 1..K are stuff and keep their
   semantic index as ``category_id``.
@@ -63,6 +65,28 @@ def detector_postprocess(
         probabilities = paste_masks(result["masks"][:, 0], boxes, output_height, output_width)
         instances["masks"] = probabilities >= mask_threshold
     return instances
+
+
+def sem_seg_postprocess(
+    result: Tensor, image_size: tuple[int, int], height: int, width: int
+) -> Tensor:
+    """Crop the padding off a per-image prediction and resize it to the input's height/width.
+
+    Args:
+        result: K×H'×W' scores (logits) of one padded image.
+        image_size: (height, width) of the image inside the padded batch.
+        height, width: the size to return, usually the original image's (``"height"`` and
+            ``"width"`` of the model input), which may differ from ``image_size`` when the
+            mapper resized the image.
+    Returns:
+        K×height×width, bilinearly resampled (``align_corners=False``).
+    """
+    cropped = result[:, : image_size[0], : image_size[1]]
+    if tuple(cropped.shape[1:]) == (height, width):
+        return cropped
+    return F.interpolate(
+        cropped[None], size=(height, width), mode="bilinear", align_corners=False
+    )[0]
 
 
 def combine_semantic_and_instance_outputs(

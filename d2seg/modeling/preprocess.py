@@ -3,15 +3,14 @@
 In: ``batched_inputs`` as DESIGN §3.4, a list of dicts with ``"image"`` (uint8 C×H×W in
 ``INPUT.FORMAT``), optional ``"height"``/``"width"`` (the size predictions are returned at) and,
 in training, ``"sem_seg"`` (long H×W). Out: one padded, normalised N×C×H'×W' float batch
-(torchvision's ``ImageList``), targets padded with the ignore label, and per-image predictions
-resized back to each input's height/width.
+(torchvision's ``ImageList``) and targets padded with the ignore label. (Resizing predictions
+back to each input's height/width is :mod:`d2seg.modeling.postprocess`'s job.)
 """
 
 import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
@@ -103,23 +102,3 @@ def pad_sem_seg_targets(
             )
         targets[i, : sem_seg.shape[0], : sem_seg.shape[1]] = sem_seg.to(device)
     return targets
-
-
-def resize_to_input(result: Tensor, image_size: tuple[int, int], height: int, width: int) -> Tensor:
-    """Crop the padding off a per-image prediction and resize it to the input's height/width.
-
-    Args:
-        result: K×H'×W' scores (logits) of one padded image.
-        image_size: (height, width) of the image inside the padded batch.
-        height, width: the size to return, usually the original image's (``"height"`` and
-            ``"width"`` of the model input), which may differ from ``image_size`` when the
-            mapper resized the image.
-    Returns:
-        K×height×width, bilinearly resampled (``align_corners=False``).
-    """
-    cropped = result[:, : image_size[0], : image_size[1]]
-    if tuple(cropped.shape[1:]) == (height, width):
-        return cropped
-    return F.interpolate(
-        cropped[None], size=(height, width), mode="bilinear", align_corners=False
-    )[0]

@@ -71,7 +71,7 @@ def unet_onnx(tmp_path_factory):
     with torch.no_grad():
         for image, _ in samples:
             x = model.preprocessor([{"image": torch.from_numpy(image)}]).tensors
-            model.sem_seg_head(model.backbone(x))
+            model.sem_seg_head.layers(model.backbone(x))
     model.eval()
     _fit_predictor(model, samples)
     root = tmp_path_factory.mktemp("unet")

@@ -11,7 +11,8 @@ from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import get_cfg
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling import build_model
-from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets, resize_to_input
+from d2seg.modeling.postprocess import sem_seg_postprocess
+from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SEMANTIC_CONFIGS = sorted(CONFIGS.glob("Semantic/*.yaml")) + sorted(
@@ -119,8 +120,8 @@ def test_padding_is_ignored_in_targets_and_cropped_from_predictions():
 
     padded = torch.zeros(2, 8, 8)
     padded[:, :4, :6] = torch.arange(24.0).view(1, 4, 6)
-    torch.testing.assert_close(resize_to_input(padded, (4, 6), 4, 6), padded[:, :4, :6])
-    resized = resize_to_input(padded, (4, 6), 8, 12)
+    torch.testing.assert_close(sem_seg_postprocess(padded, (4, 6), 4, 6), padded[:, :4, :6])
+    resized = sem_seg_postprocess(padded, (4, 6), 8, 12)
     assert resized.shape == (2, 8, 12) and resized.min() >= 0  # no padding zeros bled in
     assert resized[0, 0, 0] == 0 and resized[0, -1, -1] == 23
 

@@ -287,11 +287,12 @@ class PointRendMaskHead(MaskHead):
                 "MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK True is not supported by PointRendMaskHead; "
                 "fix: set it to False (one mask per class)"
             )
-        if point_cfg.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        # 0 means "as many as the RoI heads" (which may themselves come from the data).
+        if point_cfg.NUM_CLASSES not in (0, cfg.MODEL.ROI_HEADS.NUM_CLASSES):
             raise ConfigError(
                 f"MODEL.POINT_HEAD.NUM_CLASSES ({point_cfg.NUM_CLASSES}) differs from "
                 f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES}); fix: set both "
-                "to the number of foreground classes"
+                "to the number of foreground classes (or POINT_HEAD.NUM_CLASSES 0 to follow it)"
             )
         check_in_features("MODEL.ROI_MASK_HEAD.IN_FEATURES", mask_cfg.IN_FEATURES, input_shape)
         check_in_features("MODEL.POINT_HEAD.IN_FEATURES", point_cfg.IN_FEATURES, input_shape)

@@ -10,6 +10,8 @@ input resolution (a 1×1 conv and bilinear resampling commute, so convolving fir
 result at a fraction of the cost).
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,7 @@ from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 from d2seg.modeling.backbone.backbone import check_in_features
 from d2seg.modeling.backbone.resnet import get_norm
+from d2seg.modeling.losses import SemSegLoss
 from d2seg.modeling.registry import SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
 
@@ -31,7 +34,25 @@ def _conv3x3_norm_relu(in_channels: int, out_channels: int, norm: str) -> list[n
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class ResNetUNetHead(nn.Module):
-    """Trunk features → N×``num_classes``×H×W logits at the input resolution."""
+    """Trunk features → N×``num_classes``×H×W logits at the input resolution, and their loss.
+
+    As Detectron2's semantic heads: ``forward(features, targets)`` returns ``(logits, {})`` in
+    eval mode and ``(None, {"loss_sem_seg": loss})`` in training; :meth:`layers` is the bare
+    decoder (features → logits), what export and tests call.
+
+    Example::
+
+        import torch
+        from d2seg.modeling.backbone.resnet import ResNet
+        from d2seg.modeling.heads.unet import ResNetUNetHead
+
+        trunk = ResNet(depth=18, in_channels=3, out_features=["stem", "res2", "res3", "res4",
+                       "res5"], norm="BN", freeze_at=0)
+        head = ResNetUNetHead(input_shape=trunk.output_shape(),
+                              in_features=["stem", "res2", "res3", "res4", "res5"],
+                              decoder_channels=[64, 32, 16, 16, 8], num_classes=3).eval()
+        logits, _ = head(trunk(torch.zeros(1, 3, 64, 64)))   # 1×3×64×64
+    """
 
     def __init__(
         self,
@@ -42,6 +63,7 @@ class ResNetUNetHead(nn.Module):
         num_classes: int,
         norm: str = "BN",
         upsample: str = "bilinear",
+        loss: Optional[SemSegLoss] = None,
     ):
         """
         Args:
@@ -53,6 +75,8 @@ class ResNetUNetHead(nn.Module):
             num_classes: logit channels (1 = binary, one sigmoid logit).
             norm: "BN", "GN" or "" (none) after each decoder conv.
             upsample: "bilinear" or "nearest", the decoder stages' upsampling.
+            loss: the training loss on the logits (default: cross-entropy for
+                ``num_classes``, ignore label 255).
         """
         super().__init__()
         check_in_features("MODEL.SEM_SEG_HEAD.IN_FEATURES", in_features, input_shape)
@@ -94,6 +118,7 @@ class ResNetUNetHead(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.predictor = nn.Conv2d(channels, num_classes, kernel_size=1)
         self._output_scale = stride
+        self.loss = loss if loss is not None else SemSegLoss(num_classes=num_classes)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
@@ -105,9 +130,27 @@ class ResNetUNetHead(nn.Module):
             "num_classes": head.NUM_CLASSES,
             "norm": head.NORM,
             "upsample": head.UPSAMPLE,
+            "loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
         }
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
+    @property
+    def ignore_value(self) -> int:
+        """The target label that counts in no loss (padding and unlabelled pixels)."""
+        return self.loss.ignore_value
+
+    def forward(
+        self, features: dict[str, Tensor], targets: Optional[Tensor] = None
+    ) -> tuple[Optional[Tensor], dict[str, Tensor]]:
+        """``targets``: N×H×W long labels at the logits' size (training only). → (N×K×H×W
+        logits or None in training, losses ``{"loss_sem_seg"}`` in training or ``{}``)."""
+        logits = self.layers(features)
+        if self.training:
+            if targets is None:
+                raise ValueError("ResNetUNetHead needs targets in training mode")
+            return None, {"loss_sem_seg": self.loss(logits, targets)}
+        return logits, {}
+
+    def layers(self, features: dict[str, Tensor]) -> Tensor:
         """``features``: the trunk's maps by name, from an N×C×H×W input whose H and W are
         multiples of the deepest stride → N×num_classes×H×W logits."""
         x = features[self.in_features[-1]]

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
-from d2seg.modeling.losses import SemSegLoss
+from d2seg.modeling.backbone.fpn import FPN
 from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
-from d2seg.modeling.meta_arch.semantic import build_sem_seg_head
+from d2seg.modeling.meta_arch.semantic import build_sem_seg_head, sem_seg_inference
 from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
-from d2seg.modeling.preprocess import pad_sem_seg_targets, resize_to_input
+from d2seg.modeling.preprocess import pad_sem_seg_targets
 from d2seg.modeling.registry import META_ARCH_REGISTRY
 
 
@@ -45,11 +45,26 @@ class PanopticUNet(GeneralizedRCNN):
     segment ids, segments_info)}``; ``panoptic_seg`` only when ``PANOPTIC_FPN.COMBINE.ENABLED``.
     """
 
+    tasks = ("instances", "panoptic_seg")
+
+    @classmethod
+    def headline_metric(cls, cfg: CfgNode) -> str:
+        return "panoptic_seg/PQ"
+
+    @classmethod
+    def class_counts(cls, cfg: CfgNode, metadata: dict[str, Any]) -> dict[str, int | None]:
+        """Thing classes for the RoI heads; things + background + each stuff category for
+        the semantic head."""
+        counts = super().class_counts(cfg, metadata)
+        stuff = metadata.get("stuff_dataset_id_to_contiguous_id") or {}
+        known = "thing_classes" in metadata
+        counts["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] = 2 + len(stuff) if known else None
+        return counts
+
     def __init__(
         self,
         *,
         sem_seg_head: nn.Module,
-        sem_seg_loss: SemSegLoss,
         instance_loss_weight: float,
         combine_enabled: bool,
         combine_overlap_thresh: float,
@@ -57,14 +72,23 @@ class PanopticUNet(GeneralizedRCNN):
         combine_instances_score_thresh: float,
         **rcnn_kwargs: Any,
     ):
+        """
+        Args:
+            sem_seg_head: the semantic head over the FPN's trunk features (see
+                :class:`SemanticSegmentor`), trained on the labels of the module docstring.
+            instance_loss_weight: factor on every instance loss.
+            combine_enabled: also return ``panoptic_seg`` in inference.
+            combine_overlap_thresh, combine_stuff_area_thresh, combine_instances_score_thresh:
+                :func:`~d2seg.modeling.postprocess.combine_semantic_and_instance_outputs`'s.
+            rcnn_kwargs: :class:`GeneralizedRCNN`'s arguments; the backbone must be an FPN.
+        """
         super().__init__(**rcnn_kwargs)
-        if not hasattr(self.backbone, "forward_with_trunk"):
+        if not isinstance(self.backbone, FPN):
             raise ConfigError(
                 f"PanopticUNet needs a trunk + FPN backbone, got {type(self.backbone).__name__}; "
                 "fix: MODEL.BACKBONE.NAME build_resnet_fpn_backbone"
             )
         self.sem_seg_head = sem_seg_head
-        self.sem_seg_loss = sem_seg_loss
         self.instance_loss_weight = instance_loss_weight
         self.combine_enabled = combine_enabled
         self.combine_overlap_thresh = combine_overlap_thresh
@@ -88,7 +112,6 @@ class PanopticUNet(GeneralizedRCNN):
         return {
             **rcnn,
             "sem_seg_head": build_sem_seg_head(cfg, rcnn["backbone"].bottom_up.output_shape()),
-            "sem_seg_loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
             "instance_loss_weight": cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT,
             "combine_enabled": combine.ENABLED,
             "combine_overlap_thresh": combine.OVERLAP_THRESH,
@@ -99,27 +122,25 @@ class PanopticUNet(GeneralizedRCNN):
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
         images = self.preprocessor(batched_inputs)
         pyramid, trunk = self.backbone.forward_with_trunk(images.tensors)
-        sem_seg_logits = self.sem_seg_head(trunk)
-        targets = self.targets(batched_inputs) if self.training else None
-        detections, losses = self.detect(images, pyramid, targets)
+        targets, sem_seg_targets = None, None
         if self.training:
+            targets = self.targets(batched_inputs)
             sem_seg_targets = pad_sem_seg_targets(
                 batched_inputs,
-                tuple(sem_seg_logits.shape[-2:]),
-                self.sem_seg_loss.ignore_value,
+                tuple(images.tensors.shape[-2:]),
+                self.sem_seg_head.ignore_value,
                 self.device,
             )
+        sem_seg_logits, sem_seg_losses = self.sem_seg_head(trunk, sem_seg_targets)
+        detections, losses = self.detect(images, pyramid, targets)
+        if self.training:
             losses = {k: v * self.instance_loss_weight for k, v in losses.items()}
-            losses["loss_sem_seg"] = self.sem_seg_loss(sem_seg_logits, sem_seg_targets)
-            return losses
+            return {**losses, **sem_seg_losses}
 
         results = []
         all_instances = self.postprocess_instances(detections, images, batched_inputs)
-        for x, instances, logits, size in zip(
-            batched_inputs, all_instances, sem_seg_logits, images.image_sizes
-        ):
-            height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
-            sem_seg = resize_to_input(logits, size, height, width).to(x["image"].device)
+        sem_segs = sem_seg_inference(sem_seg_logits, images.image_sizes, batched_inputs)
+        for instances, sem_seg in zip(all_instances, sem_segs):
             result: dict[str, Any] = {"instances": instances, "sem_seg": sem_seg}
             if self.combine_enabled:
                 result["panoptic_seg"] = self.combine(instances, sem_seg)

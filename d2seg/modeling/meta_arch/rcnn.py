@@ -128,7 +128,30 @@ class GeneralizedRCNN(nn.Module):
       (MASK_ON), "loss_mask_point" (PointRend)}``;
     * inference → per image ``{"instances": {"boxes": R×4, "scores": R, "classes": R long,
       "masks": R×height×width bool (MASK_ON)}}`` on the input image's device.
+
+    Example::
+
+        import torch
+        from d2seg import build_model, get_cfg
+
+        cfg = get_cfg()
+        cfg.merge_from_file("configs/tiny/mask_rcnn_R_18_tiny.yaml")
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            instances = model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8)}])[0]["instances"]
     """
+
+    tasks = ("instances",)
+
+    @classmethod
+    def headline_metric(cls, cfg: CfgNode) -> str:
+        return "segm/AP" if cfg.MODEL.MASK_ON else "bbox/AP"
+
+    @classmethod
+    def class_counts(cls, cfg: CfgNode, metadata: dict[str, Any]) -> dict[str, int | None]:
+        things = metadata.get("thing_classes")
+        return {"MODEL.ROI_HEADS.NUM_CLASSES": None if things is None else len(things)}
 
     def __init__(
         self,
@@ -138,8 +161,20 @@ class GeneralizedRCNN(nn.Module):
         roi_heads: MaskRoIHeads,
         rpn_in_features: list[str],
         preprocessor: ImagePreprocessor,
+        num_classes: int,
     ):
+        """
+        Args:
+            backbone: ResNet + FPN (``output_shape()`` names the RPN and RoI features).
+            rpn: torchvision's region proposal network (:func:`build_rpn`).
+            roi_heads: box head and optional mask head (:func:`build_roi_heads`).
+            rpn_in_features: the backbone features the RPN reads, e.g. p2..p6.
+            preprocessor: normalisation and padding of the input images.
+            num_classes: foreground classes (``MODEL.ROI_HEADS.NUM_CLASSES``); ground-truth
+                classes must be 0..num_classes-1.
+        """
         super().__init__()
+        self.num_classes = num_classes
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
@@ -155,6 +190,7 @@ class GeneralizedRCNN(nn.Module):
             "rpn": build_rpn(cfg, shapes),
             "roi_heads": build_roi_heads(cfg, shapes),
             "rpn_in_features": list(cfg.MODEL.RPN.IN_FEATURES),
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "preprocessor": ImagePreprocessor(
                 **ImagePreprocessor.from_config(cfg, backbone.size_divisibility)
             ),
@@ -171,7 +207,7 @@ class GeneralizedRCNN(nn.Module):
 
     def targets(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
         """Ground truth in torchvision's form: boxes, labels = classes + 1, masks."""
-        num_classes = self.roi_heads.box_predictor.cls_score.out_features - 1
+        num_classes = self.num_classes
         with_masks = self.roi_heads.mask_head is not None
         needed = ("boxes", "classes") + (("masks",) if with_masks else ())
         targets = []

@@ -1,4 +1,4 @@
-"""``SemanticSegmentor``: a trunk + a dense head (ResNetUNetHead) + a per-pixel loss."""
+"""``SemanticSegmentor``: a trunk + a dense head that owns its loss (ResNetUNetHead)."""
 
 from typing import Any
 
@@ -9,8 +9,8 @@ from d2seg.config import CfgNode
 from d2seg.modeling.backbone import Backbone, build_backbone
 from d2seg.modeling.backbone.resnet import map_resnet_checkpoint
 from d2seg.modeling.build import build_from_registry
-from d2seg.modeling.losses import SemSegLoss
-from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets, resize_to_input
+from d2seg.modeling.postprocess import sem_seg_postprocess
+from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets
 from d2seg.modeling.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
 
@@ -22,6 +22,18 @@ def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Mo
     return build_from_registry(SEM_SEG_HEADS_REGISTRY, "MODEL.SEM_SEG_HEAD.NAME", cfg, input_shape)
 
 
+def sem_seg_inference(
+    logits: Tensor, image_sizes: list[tuple[int, int]], batched_inputs: list[dict[str, Any]]
+) -> list[Tensor]:
+    """N×K×H'×W' padded-batch logits → per input K×height×width, on its image's device."""
+    results = []
+    for x, image_logits, size in zip(batched_inputs, logits, image_sizes):
+        height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
+        sem_seg = sem_seg_postprocess(image_logits, size, height, width)
+        results.append(sem_seg.to(x["image"].device))
+    return results
+
+
 @META_ARCH_REGISTRY.register()
 class SemanticSegmentor(nn.Module):
     """Per-pixel classification into ``NUM_CLASSES`` classes (one sigmoid logit when it is 1).
@@ -31,25 +43,55 @@ class SemanticSegmentor(nn.Module):
     training, ``"sem_seg"`` long H×W (``IGNORE_VALUE`` = unlabelled). Images are normalised,
     padded to the backbone's ``size_divisibility`` (the padding is ignored by the loss).
 
-    Training returns ``{"loss_sem_seg": scalar}``. Inference returns, per input,
-    ``{"sem_seg": K×height×width logits}`` on the input image's device: for K ≥ 2 the class is
-    ``argmax`` over K; for K = 1 (binary) the foreground probability is ``sigmoid(logit)``, so
-    foreground is ``logit > 0``.
+    Training returns the head's losses, ``{"loss_sem_seg": scalar}``. Inference returns, per
+    input, ``{"sem_seg": K×height×width logits}`` on the input image's device: for K ≥ 2 the
+    class is ``argmax`` over K; for K = 1 (binary) the foreground probability is
+    ``sigmoid(logit)``, so foreground is ``logit > 0``.
+
+    Example::
+
+        import torch
+        from d2seg import build_model, get_cfg
+
+        cfg = get_cfg()
+        cfg.merge_from_file("configs/tiny/unet_R_18_tiny.yaml")
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg).eval()
+        image = torch.zeros(3, 64, 96, dtype=torch.uint8)
+        with torch.no_grad():
+            logits = model([{"image": image}])[0]["sem_seg"]   # NUM_CLASSES×64×96
     """
 
-    def __init__(
-        self,
-        *,
-        backbone: Backbone,
-        sem_seg_head: nn.Module,
-        preprocessor: ImagePreprocessor,
-        loss: SemSegLoss,
-    ):
+    tasks = ("sem_seg",)
+
+    @classmethod
+    def headline_metric(cls, cfg: CfgNode) -> str:
+        """mIoU; for a binary model (one logit) the foreground IoU, since a two-class mean
+        is lifted by the easy background."""
+        return "sem_seg/IoU" if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 1 else "sem_seg/mIoU"
+
+    @classmethod
+    def class_counts(cls, cfg: CfgNode, metadata: dict[str, Any]) -> dict[str, int | None]:
+        """One logit per ``stuff_classes`` entry (background included); a binary dataset
+        (two classes) may also be learnt with one sigmoid logit, ``NUM_CLASSES 1``."""
+        classes = metadata.get("stuff_classes")
+        count = None if classes is None else len(classes)
+        if count == 2 and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 1:
+            count = 1
+        return {"MODEL.SEM_SEG_HEAD.NUM_CLASSES": count}
+
+    def __init__(self, *, backbone: Backbone, sem_seg_head: nn.Module, preprocessor: ImagePreprocessor):
+        """
+        Args:
+            backbone: the trunk; its ``output_shape()`` feeds the head.
+            sem_seg_head: ``head(features, targets) -> (logits | None, losses)`` with an
+                ``ignore_value`` attribute (see :class:`~d2seg.modeling.heads.ResNetUNetHead`).
+            preprocessor: normalisation and padding of the input images.
+        """
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.preprocessor = preprocessor
-        self.loss = loss
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
@@ -60,7 +102,6 @@ class SemanticSegmentor(nn.Module):
             "preprocessor": ImagePreprocessor(
                 **ImagePreprocessor.from_config(cfg, backbone.size_divisibility)
             ),
-            "loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
         }
 
     @property
@@ -73,16 +114,16 @@ class SemanticSegmentor(nn.Module):
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, Tensor] | list[dict]:
         images = self.preprocessor(batched_inputs)
-        logits = self.sem_seg_head(self.backbone(images.tensors))
+        targets = None
         if self.training:
             targets = pad_sem_seg_targets(
-                batched_inputs, tuple(logits.shape[-2:]), self.loss.ignore_value, self.device
+                batched_inputs,
+                tuple(images.tensors.shape[-2:]),
+                self.sem_seg_head.ignore_value,
+                self.device,
             )
-            return {"loss_sem_seg": self.loss(logits, targets)}
-        results = []
-        for x, image_logits, image_size in zip(batched_inputs, logits, images.image_sizes):
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
-            sem_seg = resize_to_input(image_logits, image_size, height, width)
-            results.append({"sem_seg": sem_seg.to(x["image"].device)})
-        return results
+        logits, losses = self.sem_seg_head(self.backbone(images.tensors), targets)
+        if self.training:
+            return losses
+        sem_segs = sem_seg_inference(logits, images.image_sizes, batched_inputs)
+        return [{"sem_seg": sem_seg} for sem_seg in sem_segs]

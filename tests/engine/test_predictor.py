@@ -1,0 +1,181 @@
+"""``DefaultPredictor``: what a user gets from a run folder, checked against the evaluator.
+
+A tiny Mask R-CNN and a tiny U-Net are trained with ``tools/train_net.py`` on synthetic data;
+the predictor must give the evaluator's predictions exactly, name the classes from the
+checkpoint alone, and refuse images of the wrong kind with the fix.
+"""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from d2seg import DefaultPredictor
+from d2seg.checkpoint import load_checkpoint_file
+from d2seg.data.convert.pipeline import convert_dataset
+from d2seg.data.synthetic import make_balloons, make_carvana
+from d2seg.engine.predictor import run_weights
+from d2seg.errors import CheckpointError, ConfigError
+from d2seg.evaluation.coco_evaluation import instances_to_coco_results
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_NET = REPO_ROOT / "tools" / "train_net.py"
+
+
+def _train(config: str, output_dir: Path, *opts: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_NET), "--config-file", config, *opts,
+         "OUTPUT_DIR", str(output_dir)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+
+
+@pytest.fixture(scope="module")
+def balloon_run(tmp_path_factory) -> dict:
+    """A 12-iteration Mask R-CNN on synthetic balloons, evaluated on val at the end."""
+    root = tmp_path_factory.mktemp("balloons")
+    make_balloons(root / "labelme", 16, size=(96, 128), seed=0)
+    convert_dataset(root / "labelme", root / "coco", splits={"val": 0.25}, seed=0,
+                    outputs=("instances",))
+    val = root / "coco" / "annotations" / "val.json"
+    _train(
+        str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), root / "run",
+        "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
+        "DATASETS.TEST", f"('{val}',)",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "INPUT.MIN_SIZE_TEST", "80", "INPUT.MAX_SIZE_TEST", "120",
+        "SOLVER.MAX_ITER", "12", "DATALOADER.NUM_WORKERS", "0",
+    )
+    return {"root": root, "run": root / "run", "val": val}
+
+
+@pytest.fixture(scope="module")
+def carvana_run(tmp_path_factory) -> Path:
+    """A 6-iteration grayscale binary U-Net on synthetic cars; returns the run folder."""
+    root = tmp_path_factory.mktemp("carvana")
+    make_carvana(root / "raw", 8, size=(64, 96), seed=0)
+    convert_dataset(root / "raw", root / "coco", fmt="masks", splits={"val": 0.25}, seed=0)
+    _train(
+        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), root / "run",
+        "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
+        "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0",
+    )
+    return root / "run"
+
+
+@pytest.mark.slow
+def test_predictor_reproduces_the_evaluators_predictions_exactly(balloon_run):
+    evaluated = json.loads(
+        (balloon_run["run"] / "inference" / "val" / "coco_instances_results.json").read_text()
+    )
+    assert evaluated, "the tiny model must predict something for this test to mean anything"
+    gt = json.loads(balloon_run["val"].read_text())
+    images_dir = balloon_run["root"] / "coco" / "images"
+    predictor = DefaultPredictor.from_run(balloon_run["run"], weights="model_final.pth")
+    dataset_ids = [c["id"] for c in gt["categories"]]
+    for image in gt["images"]:
+        bgr = cv2.imread(str(images_dir / image["file_name"]), cv2.IMREAD_COLOR)
+        instances = predictor(bgr, format="BGR")["instances"]
+        assert instances["masks"].shape[-2:] == bgr.shape[:2]
+        ours = instances_to_coco_results(instances, image["id"], dataset_ids, with_masks=True)
+        theirs = [r for r in evaluated if r["image_id"] == image["id"]]
+        assert json.loads(json.dumps(ours)) == theirs
+
+
+@pytest.mark.slow
+def test_from_run_names_classes_with_no_dataset_registered(balloon_run, carvana_run, tmp_path):
+    # Only the run folder survives: the data it was trained on is gone.
+    copies = {}
+    for name, run in (("balloons", balloon_run["run"]), ("cars", carvana_run)):
+        copies[name] = tmp_path / name
+        copies[name].mkdir()
+        for file in ("config.yaml", run_weights(run).name):
+            shutil.copy(run / file, copies[name] / file)
+    code = (
+        "import json, sys; from d2seg import DefaultPredictor; "
+        "p = [DefaultPredictor.from_run(d) for d in sys.argv[1:]]; "
+        "print(json.dumps([[q.metadata.get('thing_classes'), q.metadata.get('stuff_classes'), "
+        "q.metadata.saved['tasks'], q.metadata.saved['input_format']] for q in p]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(copies["balloons"]), str(copies["cars"])],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    balloons, cars = json.loads(result.stdout.strip().splitlines()[-1])
+    assert balloons == [["balloon"], ["background", "balloon"], ["instances"], "RGB"]
+    assert cars == [["object"], ["background", "object"], ["sem_seg"], "L"]
+
+
+@pytest.mark.slow
+def test_predictor_takes_grayscale_images_and_batches(carvana_run):
+    predictor = DefaultPredictor.from_run(carvana_run)
+    gray = np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)
+    single = predictor(gray)["sem_seg"]
+    assert single.shape == (1, 50, 70)  # one sigmoid logit, at the original size
+    batch = predictor.predict_batch([gray, gray[:40]])
+    assert batch[1]["sem_seg"].shape == (1, 40, 70)
+    torch.testing.assert_close(batch[0]["sem_seg"], single)
+    with pytest.raises(ConfigError, match="1 channel.*cvtColor"):
+        predictor(np.zeros((50, 70, 3), np.uint8))
+    with pytest.raises(ConfigError, match="uint8"):
+        predictor(gray.astype(np.float32))
+
+
+@pytest.mark.slow
+def test_bgr_images_are_converted_for_an_rgb_model(balloon_run):
+    predictor = DefaultPredictor.from_run(balloon_run["run"])
+    assert predictor.input_format == "RGB"
+    bgr = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    as_bgr = predictor(bgr, format="BGR")["instances"]
+    as_rgb = predictor(np.ascontiguousarray(bgr[:, :, ::-1]))["instances"]
+    torch.testing.assert_close(as_bgr["scores"], as_rgb["scores"])
+
+
+@pytest.mark.slow
+def test_checkpoints_carry_metadata_and_best_final_are_lean(carvana_run):
+    for name in ("model_final.pth",):
+        checkpoint = load_checkpoint_file(str(carvana_run / name))
+        assert "optimizer" not in checkpoint and "scheduler" not in checkpoint, name
+        assert checkpoint["metadata"]["stuff_classes"] == ["background", "object"]
+        assert checkpoint["metadata"]["headline_metric"] == "sem_seg/IoU"  # binary: foreground
+
+
+@pytest.mark.slow
+def test_checkpoint_without_metadata_warns_that_names_are_missing(carvana_run, tmp_path, caplog):
+    checkpoint = load_checkpoint_file(str(run_weights(carvana_run)))
+    torch.save(checkpoint["model"], tmp_path / "plain.pth")  # a bare state dict
+    config = (carvana_run / "config.yaml").read_text()
+    config = config.replace("  - background\n  - object\n", "").replace(
+        "STUFF_CLASSES:\n", "STUFF_CLASSES: []\n").replace(
+        "THING_CLASSES:\n  - object\n", "THING_CLASSES: []\n")
+    (tmp_path / "config.yaml").write_text(config)
+    with caplog.at_level(logging.WARNING, logger="d2seg.engine.predictor"):
+        predictor = DefaultPredictor.from_run(tmp_path, weights="plain.pth")
+    assert predictor.metadata.get("stuff_classes") is None
+    assert "carries no class names" in caplog.text
+
+
+def test_run_weights_prefers_best_then_final_then_newest(tmp_path):
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        run_weights(tmp_path)
+    for name in ("model_0000009.pth", "model_0000019.pth", "model_0000004.pth"):
+        (tmp_path / name).touch()
+    assert run_weights(tmp_path).name == "model_0000019.pth"
+    (tmp_path / "model_final.pth").touch()
+    assert run_weights(tmp_path).name == "model_final.pth"
+    (tmp_path / "model_best.pth").touch()
+    assert run_weights(tmp_path).name == "model_best.pth"
+
+
+def test_from_run_without_config_says_what_a_run_folder_is(tmp_path):
+    with pytest.raises(ConfigError, match="config.yaml not found.*OUTPUT_DIR of a training run"):
+        DefaultPredictor.from_run(tmp_path)
