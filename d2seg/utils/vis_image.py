@@ -45,7 +45,8 @@ class VisImage:
         self._input_size = img.shape[:2]
         size = (max(round(img.shape[1] * scale), 1), max(round(img.shape[0] * scale), 1))
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = img if size == img.shape[1::-1] else cv2.resize(img, size, interpolation=interpolation)
+        resized = img if size == img.shape[1::-1] else cv2.resize(img, size,
+                                                                  interpolation=interpolation)
         self.canvas = np.ascontiguousarray(resized, dtype=np.uint8)
         self.height, self.width = self.canvas.shape[:2]
         self.font_size = int(max(math.sqrt(self.height * self.width) // 60, 10))
@@ -122,9 +123,9 @@ class VisImage:
         x0, y0 = max(x0, 0), max(y0, 0)
         x1, y1 = min(x1, self.width), min(y1, self.height)
         lw = self.line_width
-        for rows, cols in ((slice(y0, y0 + lw), slice(x0, x1)), (slice(y1 - lw, y1), slice(x0, x1)),
-                           (slice(y0, y1), slice(x0, x0 + lw)), (slice(y0, y1), slice(x1 - lw, x1))):
-            self.canvas[rows, cols] = color
+        for side in (np.s_[y0:y0 + lw, x0:x1], np.s_[y1 - lw:y1, x0:x1],
+                     np.s_[y0:y1, x0:x0 + lw], np.s_[y0:y1, x1 - lw:x1]):
+            self.canvas[side] = color
 
     def _text_size(self, text: str) -> tuple[int, int]:
         """Width and height of a padded text box for ``text``, in canvas pixels."""
@@ -171,7 +172,8 @@ class VisImage:
         """A colour swatch + name per entry, in the corner that hides least of ``covered``.
 
         ``covered`` (input-size H×W bool) marks what the legend should not hide (the drawn
-        regions); hiding a label drawn by :meth:`label` costs more. Entries wrap into columns beyond :data:`_LEGEND_MAX_HEIGHT` of the canvas.
+        regions); hiding a label drawn by :meth:`label` costs more. Entries wrap into columns
+        beyond :data:`_LEGEND_MAX_HEIGHT` of the canvas height.
         """
         if not entries:
             return

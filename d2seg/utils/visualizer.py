@@ -189,7 +189,7 @@ class Visualizer:
         Labels go on top of every mask and box, so a small object's label is never hidden.
         """
         if masks is not None:
-            areas = masks.reshape(len(masks), -1).sum(axis=1)
+            areas = masks.sum(axis=(1, 2))
         else:
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         order = np.argsort(-areas, kind="stable")

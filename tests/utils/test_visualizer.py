@@ -1,5 +1,7 @@
 """Visualizer: what it paints, where, in which colours, and what it writes to disk."""
 
+import textwrap
+
 import cv2
 import numpy as np
 import pytest
@@ -328,3 +330,20 @@ def test_text_colour_follows_luminance():
     assert luminance((255, 255, 255)) > luminance((0, 0, 255))
     assert text_color((255, 255, 0)) == (0, 0, 0)
     assert text_color((0, 0, 128)) == (255, 255, 255)
+
+
+def test_no_detections_leave_the_image_as_it_is():
+    image = random_image()
+    empty = {"boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.long),
+             "scores": torch.zeros(0), "masks": torch.zeros(0, H, W, dtype=torch.bool)}
+    vis = Visualizer(image, instance_mode=ColorMode.IMAGE_BW)
+    vis.draw_instance_predictions(empty)
+    vis.draw_panoptic_seg(np.zeros((H, W), np.int32), [])
+    out = vis.draw_dataset_dict({"annotations": []}).get_image()
+    assert (out == cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]).all()  # all gray
+
+
+def test_docstring_example_runs(tmp_path):
+    example = textwrap.dedent(Visualizer.__doc__.split("Example::")[1])
+    exec(example.replace("/tmp/balloon.png", str(tmp_path / "balloon.png")), {})
+    assert cv2.imread(str(tmp_path / "balloon.png")).shape == (120, 160, 3)
