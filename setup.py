@@ -22,7 +22,7 @@ setup(
         "tensorboard>=2.14",
         "torchmetrics>=1.3",
         "numpy>=1.24",
-        "Pillow>=10",
+        "Pillow>=10.1",  # ImageFont.load_default(size=) in the Visualizer
         "PyYAML>=6",
         "matplotlib>=3.7",
     ],

@@ -20,6 +20,7 @@ skipped with fvcore's (Detectron2's) warning.
 
 import os
 import pickle
+import shutil
 from typing import Any
 
 import torch
@@ -150,3 +151,31 @@ def load_checkpoint_file(filename: str) -> dict[str, Any]:
             f"fix: save model.state_dict() rather than the model object"
         )
     return checkpoint
+
+
+def estimated_checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Size of a full checkpoint of ``model`` + ``optimizer``, before the optimizer has any
+    state: the model's tensors plus one (SGD with momentum) or two (Adam, AdamW) tensors of
+    optimizer state per trainable parameter."""
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        slots = 2
+    else:
+        slots = int(any(g.get("momentum", 0) for g in optimizer.param_groups))
+    return model_bytes + slots * trainable
+
+
+def check_free_space(folder: str, checkpoint_bytes: int, copies: int = 2) -> None:
+    """Raise :class:`CheckpointError` when ``folder``'s disk cannot hold ``copies`` checkpoints
+    of ``checkpoint_bytes`` (a run that dies at its first save loses the whole run)."""
+    os.makedirs(folder, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    needed = copies * checkpoint_bytes
+    if free < needed:
+        raise CheckpointError(
+            f"OUTPUT_DIR {folder} has {free / 2**20:.0f} MiB free but {copies} checkpoints of this "
+            f"model need {needed / 2**20:.0f} MiB; fix: free disk space, set OUTPUT_DIR on a "
+            f"larger disk, or lower SOLVER.CHECKPOINT_KEEP"
+        )
+

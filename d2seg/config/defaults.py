@@ -207,8 +207,9 @@ _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
 _C.SOLVER.WARMUP_ITERS = 1000
 _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
-# d2seg: keep only the newest N periodic checkpoints (0 = keep all).
-_C.SOLVER.CHECKPOINT_KEEP = 0
+# d2seg: keep only the newest N periodic checkpoints (0 = keep all); model_best.pth and
+# model_final.pth are kept besides them.
+_C.SOLVER.CHECKPOINT_KEEP = 3
 # Images per batch across all GPUs.
 _C.SOLVER.IMS_PER_BATCH = 16
 # Detectron2's automatic LR/batch scaling when the world size differs (0 = off).

@@ -100,13 +100,16 @@ class PeriodicCheckpointer(HookBase):
 
 class EvalHook(HookBase):
     """Runs ``eval_function() -> {task: {metric: value}}`` every ``period`` iterations and after
-    training; puts each finite value as ``task/metric`` (e.g. ``segm/AP``)."""
+    training (unless the last iteration was just evaluated); puts each finite value as
+    ``task/metric`` (e.g. ``segm/AP``)."""
 
     def __init__(self, period: int, eval_function: Callable[[], dict[str, dict[str, float]]]):
         self.period = period
         self.eval_function = eval_function
+        self._evaluated_iter = -1
 
     def _evaluate(self) -> None:
+        self._evaluated_iter = self.trainer.iter
         results = self.eval_function()
         for task, metrics in results.items():
             for name, value in metrics.items():
@@ -120,7 +123,9 @@ class EvalHook(HookBase):
             self._evaluate()
 
     def after_train(self) -> None:
-        if self.trainer.completed:
+        # Early stopping ends the run right after an evaluation: that model is not evaluated
+        # twice.
+        if self.trainer.completed and self._evaluated_iter != self.trainer.iter:
             self._evaluate()
 
 

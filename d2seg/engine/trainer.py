@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from d2seg.checkpoint import D2SegCheckpointer
+from d2seg.checkpoint import D2SegCheckpointer, check_free_space, estimated_checkpoint_bytes
 from d2seg.config import CfgNode
 from d2seg.data.build import build_detection_test_loader, build_detection_train_loader
 from d2seg.data.catalog import resolve_dataset
@@ -169,6 +169,8 @@ class DefaultTrainer(SimpleTrainer):
             save_to_disk=comm.is_main_process(),
             **checkpointables,
         )
+        if comm.is_main_process():
+            check_free_space(cfg.OUTPUT_DIR, estimated_checkpoint_bytes(model, optimizer))
         warning = linear_scaling_warning(cfg)
         if warning:
             logger.warning(warning)

@@ -118,3 +118,45 @@ def test_temp_files_of_killed_saves_are_removed_and_checkpoints_kept(tmp_path):
     assert sorted(os.path.basename(p) for p in removed) == [
         ".last_checkpoint.9q1z.tmp", ".model_0000001.pth.k2x8.tmp"]
     assert sorted(os.listdir(tmp_path)) == [".notes.tmp", "last_checkpoint", "model_0000000.pth"]
+
+
+def test_every_file_carries_the_metadata_and_lean_files_no_optimizer(tmp_path):
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    metadata = {"thing_classes": ["chip", "capacitor", "resistor"], "tasks": ["instances"]}
+    ckpt = D2SegCheckpointer(model, str(tmp_path), metadata=metadata, optimizer=opt)
+    ckpt.save("model_0000009", iteration=9)
+    ckpt.save("model_best", tag_last=False, model_only=True, iteration=9, **{"segm/AP": 50.0})
+    full = torch.load(tmp_path / "model_0000009.pth", weights_only=True)
+    lean = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert full["metadata"] == metadata == lean["metadata"]
+    assert "optimizer" in full and "optimizer" not in lean
+    assert lean["iteration"] == 9 and lean["segm/AP"] == 50.0
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert os.path.getsize(tmp_path / "model_best.pth") < os.path.getsize(
+        tmp_path / "model_0000009.pth"
+    )
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b"PK\x03\x04garbage"])
+def test_weights_that_are_not_a_checkpoint_name_the_file(tmp_path, content):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{path} is not a checkpoint.*fix: point MODEL.WEIGHTS"):
+        D2SegCheckpointer(TinyNet()).load(str(path))
+
+
+def test_a_disk_too_small_for_two_checkpoints_is_refused_before_training(tmp_path, monkeypatch):
+    from d2seg.checkpoint import check_free_space, estimated_checkpoint_bytes
+
+    model = TinyNet()
+    params = sum(p.numel() * 4 for p in model.parameters())
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    adam = torch.optim.AdamW(model.parameters())
+    assert estimated_checkpoint_bytes(model, sgd) == 2 * params  # weights + momentum
+    assert estimated_checkpoint_bytes(model, adam) == 3 * params  # weights + two moments
+    check_free_space(str(tmp_path), 1000)  # a real disk has room for 2 kB
+    usage = type("Usage", (), {"free": 1500 * 2**20})
+    monkeypatch.setattr("shutil.disk_usage", lambda folder: usage)
+    with pytest.raises(CheckpointError, match=rf"{tmp_path} has 1500 MiB free but 2 checkpoints"):
+        check_free_space(str(tmp_path), 1000 * 2**20)

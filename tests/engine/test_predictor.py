@@ -179,3 +179,21 @@ def test_run_weights_prefers_best_then_final_then_newest(tmp_path):
 def test_from_run_without_config_says_what_a_run_folder_is(tmp_path):
     with pytest.raises(ConfigError, match="config.yaml not found.*OUTPUT_DIR of a training run"):
         DefaultPredictor.from_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_on_a_run_folder(balloon_run, tmp_path):
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- README-EXAMPLE:", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    assert len(block.strip().splitlines()) <= 8  # "five lines of Python", plus imports
+    code = block.replace("output/demo/balloons_run", str(balloon_run["run"])).replace(
+        "annotations/balloons/", str(REPO_ROOT / "annotations" / "balloons") + "/"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = eval(result.stdout.strip().splitlines()[-1])  # the printed class names
+    assert names and set(names) == {"balloon"}
+    overlay = cv2.imread(str(tmp_path / "overlay.png"))
+    original = cv2.imread(str(REPO_ROOT / "annotations" / "balloons" / "balloon_0000.jpg"))
+    assert overlay.shape == original.shape and (overlay != original).any()
