@@ -22,12 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from d2seg.data.coco import read_json
-from d2seg.data.detection_utils import (
-    PANOPTIC_BACKGROUND_LABEL,
-    PANOPTIC_FIRST_STUFF_LABEL,
-    read_panoptic_ids,
-)
+from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
+from d2seg.data.io import read_json, read_panoptic_ids
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_open, atomic_write_json

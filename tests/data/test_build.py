@@ -14,7 +14,8 @@ from d2seg.data.build import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import register_coco_instances
 from d2seg.data.samplers import TrainingSampler
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.utils import comm

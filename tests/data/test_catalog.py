@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from d2seg.data.build import get_detection_dataset_dicts
-from d2seg.data.catalog import (
-    DatasetCatalog,
-    MetadataCatalog,
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import (
     register_coco_instances,
     register_coco_panoptic,
     register_sem_seg,
@@ -88,7 +87,7 @@ def test_register_coco_instances(tmp_path, clean_catalogs):
     json_file = _tiny_coco(tmp_path)
     register_coco_instances("chips", {"note": "tiny"}, json_file, tmp_path / "images")
     meta = MetadataCatalog.get("chips")
-    assert (meta.evaluator_type, meta.json_file, meta.note) == ("coco", str(json_file), "tiny")
+    assert (meta.json_file, meta.note) == (str(json_file), "tiny")
     (record,) = DatasetCatalog.get("chips")
     assert record["file_name"] == str((tmp_path / "images" / "a.png").resolve())
     assert record["annotations"][0]["category_id"] == 1  # id 5 is the second of sorted ids 2, 5
@@ -197,7 +196,6 @@ def test_register_coco_panoptic_sample_numbers_things_and_stuff_separately(
         (panoptic_sample.parent / "panoptic_coco_categories.json").read_text()
     )
     by_id = {c["id"]: c for c in categories}
-    assert meta.evaluator_type == "coco_panoptic_seg"
     assert (len(meta.thing_classes), len(meta.stuff_classes)) == (80, 53)
     assert sorted(meta.thing_dataset_id_to_contiguous_id.values()) == list(range(80))
     assert sorted(meta.stuff_dataset_id_to_contiguous_id.values()) == list(range(53))
@@ -253,7 +251,7 @@ def test_register_sem_seg(tmp_path, clean_catalogs):
         ("c.jpg", "c.png"),
     ]
     meta = MetadataCatalog.get("seg")
-    assert (meta.evaluator_type, meta.ignore_label) == ("sem_seg", 255)
+    assert meta.ignore_label == 255
     assert meta.stuff_classes == ["bg", "x"]
     register_sem_seg("seg_wrong_ext", tmp_path / "img", tmp_path / "gt", image_ext="tif")
     with pytest.raises(DatasetError, match=r"no '\*\.tif' .* fix:"):

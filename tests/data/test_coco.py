@@ -9,7 +9,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from d2seg.data.catalog import MetadataCatalog
-from d2seg.data.coco import BoxMode, load_coco_json, validate
+from d2seg.data.coco import BoxMode, validate
+from d2seg.data.datasets import load_coco_json
 from d2seg.errors import DatasetError
 
 # What each coco_false_N.json breaks (labelme2coco@fe1cbc6:tests/data), as the message says it.

@@ -11,9 +11,10 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from d2seg.config import get_cfg
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_panoptic
-from d2seg.data.coco import BoxMode, load_coco_json
-from d2seg.data.detection_utils import read_image, read_panoptic_ids
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.coco import BoxMode
+from d2seg.data.datasets import load_coco_json, register_coco_panoptic
+from d2seg.data.io import read_image, read_panoptic_ids
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import DatasetError
 
