@@ -132,11 +132,13 @@ def register_coco_panoptic(
 
     When ``metadata`` has no ``thing_dataset_id_to_contiguous_id``, the class maps and names are
     read from the json's categories now (see :func:`_panoptic_category_maps`); given maps must
-    number things 0..T-1 and stuff 0..S-1 separately. Metadata: the three paths from the
-    arguments, ``ignore_label`` 255 unless ``metadata`` says otherwise, and ``metadata``. The dataset dicts' ``segments_info`` then
+    number things 0..T-1 and stuff 0..S-1 separately. The dataset dicts' ``segments_info`` then
     carry those contiguous ids and ``isthing``, which is what
     :func:`~d2seg.data.detection_utils.panoptic_to_targets` and
     :class:`~d2seg.evaluation.PanopticEvaluator` read.
+
+    Metadata: the three paths from the arguments (a different value in ``metadata`` is an
+    error), ``ignore_label`` 255 unless ``metadata`` says otherwise, and ``metadata``.
     """
     if "thing_dataset_id_to_contiguous_id" not in metadata:
         categories = read_json(panoptic_json, "COCO panoptic file").get("categories", [])
