@@ -220,8 +220,9 @@ def _train_loader_from_config(
 def _check_batch_size(total_batch_size: int, world_size: int) -> None:
     if total_batch_size <= 0 or total_batch_size % world_size:
         raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH = {total_batch_size} cannot be split evenly over {world_size} "
-            f"process(es); fix: make it a positive multiple of {world_size}"
+            f"SOLVER.IMS_PER_BATCH = {total_batch_size} (the total batch size) cannot be split "
+            f"evenly over {world_size} process(es); fix: make it a positive multiple of "
+            f"{world_size}"
         )
 
 

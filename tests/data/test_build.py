@@ -181,5 +181,5 @@ def test_loaders_take_explicit_arguments_as_in_detectron2(coco_json):
     assert [item["image_id"] for item in batch] == [d["image_id"] for d in dicts[:3]]
     test_loader = build_detection_test_loader(dicts[:2], mapper=DatasetMapper(cfg, False))
     assert [b[0]["image_id"] for b in test_loader] == [d["image_id"] for d in dicts[:2]]
-    with pytest.raises(ConfigError, match="= 0 cannot be split"):
+    with pytest.raises(ConfigError, match=r"= 0 \(the total batch size\) cannot be split"):
         build_detection_train_loader(dicts, mapper=mapper, total_batch_size=0)

@@ -34,7 +34,7 @@ from d2seg.data.coco import validate
 from d2seg.data.convert.layout import ConvertedLayout
 from d2seg.data.convert.record import ConversionReport, ReportEntry
 from d2seg.data.convert.source import AnnotationSource, SourceOptions
-from d2seg.data.convert.split import item_groups, split_items
+from d2seg.data.convert.split import check_splits, item_groups, split_items
 from d2seg.data.convert.writers import (
     MAX_SEMANTIC_CATEGORIES,
     coco_json,
@@ -201,11 +201,13 @@ def _write_json(path: Path, obj: dict) -> None:
 class _SplitEntries:
     """The json entries of one split, with ids 1, 2, ... in item order."""
 
+    items: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     annotations: list[dict] = field(default_factory=list)
     panoptic: list[dict] = field(default_factory=list)
 
     def add(self, result: _ItemResult) -> None:
+        self.items.append(result.item)
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, **result.image})
         for annotation in result.annotations:
@@ -243,6 +245,27 @@ class _SplitEntries:
             "annotations": len(self.annotations),
             "images_without_objects": len(self.images) - len(with_objects),
         }
+
+
+def _draw_splits(
+    tmp: ConvertedLayout,
+    converted: list[_ItemResult],
+    splits: dict[str, float] | None,
+    seed: int,
+    groups: dict[str, str] | None,
+) -> dict[str, _SplitEntries]:
+    """Split the converted items (see :func:`split_items`) and move their staged label PNGs
+    into their split's folders; returns split → its entries (empty splits too)."""
+    kept = [result.item for result in converted]
+    assignment = split_items(kept, splits, seed, [groups[i] for i in kept] if groups else None)
+    split_of = {item: name for name, names in assignment.items() for item in names}
+    collected = {name: _SplitEntries() for name in assignment}
+    for result in converted:
+        collected[split_of[result.item]].add(result)
+        _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
+    for folder in (tmp.sem_seg_dir(_STAGING), tmp.panoptic_dir(_STAGING)):
+        shutil.rmtree(folder, ignore_errors=True)
+    return collected
 
 
 def convert_dataset(
@@ -285,6 +308,8 @@ def convert_dataset(
             f"--outputs {','.join(outputs)}: {problem}; fix: give a comma-separated subset of "
             f"{','.join(OUTPUTS)}"
         )
+    if splits:
+        check_splits(splits)  # now, not after converting everything
     output = ConvertedLayout(output_dir)
     with atomic_directory(output_dir, what="--output") as tmp_dir:
         source = source_class(fmt)(input_dir, options)
@@ -300,23 +325,13 @@ def convert_dataset(
             if result.image is not None:
                 converted.append(result)
         report.raise_if_strict()
-        kept = [result.item for result in converted]
-        assignment = split_items(kept, splits, seed, [groups[i] for i in kept] if groups else None)
-        split_of = {item: name for name, names in assignment.items() for item in names}
-        collected = {name: _SplitEntries() for name in assignment}  # empty splits too
-        for result in converted:
-            collected[split_of[result.item]].add(result)
-            _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
-        for folder in (tmp.sem_seg_dir(_STAGING), tmp.panoptic_dir(_STAGING)):
-            shutil.rmtree(folder, ignore_errors=True)
+        collected = _draw_splits(tmp, converted, splits, seed, groups)
         _check_unique_file_names(collected)
-        summary_splits = {
-            name: entries.write(tmp, name, categories, output, outputs)
-            for name, entries in collected.items()
-        }
-        if groups:
-            for name, names in assignment.items():
-                summary_splits[name]["groups"] = len({groups[item] for item in names})
+        summary_splits = {}
+        for name, entries in collected.items():
+            summary_splits[name] = entries.write(tmp, name, categories, output, outputs)
+            if groups:
+                summary_splits[name]["groups"] = len({groups[item] for item in entries.items})
         report_json = report.to_json()
         summary = {
             "format": fmt,
