@@ -19,6 +19,14 @@ class DatasetError(D2SegError):
     """A dataset (COCO json, image folder, registration) is missing or malformed."""
 
 
+class OutputExistsError(ConfigError, DatasetError):
+    """A folder a run would create exists already (runs never overwrite earlier outputs).
+
+    It is the output option's fault (a ConfigError) and, for the dataset tools, a dataset folder
+    mistake (a DatasetError): either ``except`` catches it.
+    """
+
+
 class AnnotationError(D2SegError):
     """One annotation file (Labelme JSON, VIA JSON, mask image) cannot be read or is invalid."""
 

@@ -11,7 +11,7 @@ RLE) is one error line naming the entry index, exit status 2.
 
 import argparse
 
-from d2seg.data.coco import read_json
+from d2seg.data.io import read_json
 from d2seg.evaluation.coco_evaluation import (
     BACKENDS,
     COCO_STAT_NAMES,

@@ -2,7 +2,9 @@
 
 The loaders capture the dataset as a plain list of dicts, so DataLoader workers (forked or
 spawned) need neither the catalog nor any registration: only the list, the mapper and the
-sampler are sent to them.
+sampler are sent to them. Both loaders are built from a config (``build_detection_train_loader(
+cfg)``) or from explicit arguments (``build_detection_train_loader(dataset=dicts, mapper=...,
+total_batch_size=4)``), as in Detectron2 (:func:`~d2seg.config.configurable`).
 """
 
 import itertools
@@ -15,8 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from d2seg.config import CfgNode
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, resolve_dataset
+from d2seg.config import CfgNode, configurable
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import resolve_dataset
 from d2seg.data.mapper import DatasetMapper
 from d2seg.data.samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
 from d2seg.errors import ConfigError, DatasetError
@@ -181,75 +184,135 @@ def _training_sampler(
     )
 
 
-def build_detection_train_loader(
+def _train_loader_from_config(
     cfg: CfgNode,
     mapper: Mapper | None = None,
     *,
+    dataset: list[dict] | None = None,
+    sampler: Sampler[int] | None = None,
     start_iter: int = 0,
+) -> dict:
+    """Arguments of :func:`build_detection_train_loader` from ``cfg``: ``DATASETS.TRAIN``
+    (unless ``dataset``), a training :class:`DatasetMapper` (unless ``mapper``) and
+    ``DATALOADER.SAMPLER_TRAIN`` seeded with ``SEED`` (random when < 0), started past the items
+    of the first ``start_iter`` batches (unless ``sampler``)."""
+    world_size = comm.get_world_size()
+    _check_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size)
+    if dataset is None:
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+    seed = cfg.SEED if cfg.SEED >= 0 else None
+    if sampler is None:
+        start = start_iter * (cfg.SOLVER.IMS_PER_BATCH // world_size)
+        sampler = _training_sampler(cfg, dataset, seed, start=start)
+    return {
+        "dataset": dataset,
+        "mapper": DatasetMapper(cfg, is_train=True) if mapper is None else mapper,
+        "sampler": sampler,
+        "total_batch_size": cfg.SOLVER.IMS_PER_BATCH,
+        "aspect_ratio_grouping": cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        "num_workers": cfg.DATALOADER.NUM_WORKERS,
+        "seed": seed,
+    }
+
+
+def _check_batch_size(total_batch_size: int, world_size: int) -> None:
+    if total_batch_size <= 0 or total_batch_size % world_size:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH = {total_batch_size} (the total batch size) cannot be split "
+            f"evenly over {world_size} process(es); fix: make it a positive multiple of "
+            f"{world_size}"
+        )
+
+
+@configurable(from_config=_train_loader_from_config)
+def build_detection_train_loader(
+    dataset: list[dict],
+    *,
+    mapper: Mapper,
+    total_batch_size: int,
+    sampler: Sampler[int] | None = None,
+    aspect_ratio_grouping: bool = True,
+    num_workers: int = 0,
+    seed: int | None = None,
     multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """An infinite loader of training batches: each batch is a ``list[dict]`` of
-    ``SOLVER.IMS_PER_BATCH / world_size`` mapped inputs (see :class:`DatasetMapper`).
+    ``total_batch_size / world_size`` mapped inputs (see :class:`DatasetMapper`).
 
+    Args:
+        dataset: the dataset dicts.
+        mapper: dataset dict → model input (None from it skips the item).
+        total_batch_size: images per iteration over all processes (``SOLVER.IMS_PER_BATCH``).
+        sampler: an infinite stream of indices into ``dataset``; default
+            :class:`TrainingSampler` seeded with ``seed``.
+        aspect_ratio_grouping: a batch never mixes wide (W > H) and tall mapped images.
+        num_workers: DataLoader worker processes (``multiprocessing_context``, e.g. "spawn",
+            picks how they start), seeded from ``seed`` and the rank (random when None).
+
+    From a config: ``build_detection_train_loader(cfg, mapper=None, start_iter=0)``, where
     ``start_iter`` skips the sampler items of the first ``start_iter`` batches, so a resumed run
     sees the images an uninterrupted one would (exactly so without aspect-ratio grouping and
     worker processes, whose augmentation RNG restarts).
-
-    Datasets: ``DATASETS.TRAIN``; sampler: ``DATALOADER.SAMPLER_TRAIN`` seeded with ``SEED``
-    (random when < 0); ``DATALOADER.NUM_WORKERS`` worker processes (``multiprocessing_context``,
-    e.g. "spawn", picks how they start), seeded from ``SEED`` and the rank.
     """
     rank, world_size = comm.get_rank(), comm.get_world_size()
-    total_batch = cfg.SOLVER.IMS_PER_BATCH
-    if total_batch <= 0 or total_batch % world_size:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH = {total_batch} cannot be split evenly over {world_size} "
-            f"process(es); fix: make it a positive multiple of {world_size}"
-        )
-    dataset_dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
-    if mapper is None:
-        mapper = DatasetMapper(**DatasetMapper.from_config(cfg, is_train=True))
-    seed = cfg.SEED if cfg.SEED >= 0 else None
+    _check_batch_size(total_batch_size, world_size)
+    if sampler is None:
+        sampler = TrainingSampler(len(dataset), seed=seed)
     batches = _TrainingBatches(
-        dataset_dicts,
+        dataset,
         mapper,
-        _training_sampler(cfg, dataset_dicts, seed, start=start_iter * (total_batch // world_size)),
-        batch_size=total_batch // world_size,
-        group_by_aspect=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        sampler,
+        batch_size=total_batch_size // world_size,
+        group_by_aspect=aspect_ratio_grouping,
     )
-    # Worker seeds come from this generator (random when SEED < 0); each rank gets its own.
+    # Worker seeds come from this generator (random when seed is None); each rank gets its own.
     generator = torch.Generator().manual_seed(seed + rank) if seed is not None else None
     return DataLoader(
         batches,
         batch_size=None,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=num_workers,
         collate_fn=_keep_batch,
         worker_init_fn=_seed_worker,
         generator=generator,
-        multiprocessing_context=multiprocessing_context if cfg.DATALOADER.NUM_WORKERS else None,
+        multiprocessing_context=multiprocessing_context if num_workers else None,
     )
 
 
+def _test_loader_from_config(
+    cfg: CfgNode, dataset_name: str | Sequence[str], mapper: Mapper | None = None
+) -> dict:
+    """Arguments of :func:`build_detection_test_loader` from ``cfg``: the dicts of
+    ``dataset_name`` (name(s) or COCO json path(s), nothing filtered) and an inference
+    :class:`DatasetMapper` (unless ``mapper``)."""
+    return {
+        "dataset": get_detection_dataset_dicts(dataset_name, filter_empty=False),
+        "mapper": DatasetMapper(cfg, is_train=False) if mapper is None else mapper,
+        "num_workers": cfg.DATALOADER.NUM_WORKERS,
+    }
+
+
+@configurable(from_config=_test_loader_from_config)
 def build_detection_test_loader(
-    cfg: CfgNode,
-    dataset_name: str | Sequence[str],
-    mapper: Mapper | None = None,
+    dataset: list[dict],
     *,
+    mapper: Mapper,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
     multiprocessing_context: str | None = None,
 ) -> DataLoader:
-    """A loader over ``dataset_name`` (name(s) or COCO json path(s)) for inference: every image
-    once, in order, batches of one (``list[dict]`` of length 1); in a DDP job each process gets
-    one contiguous shard (:class:`InferenceSampler`)."""
-    dataset_dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False)
-    if mapper is None:
-        mapper = DatasetMapper(**DatasetMapper.from_config(cfg, is_train=False))
+    """A loader over ``dataset`` (dataset dicts) for inference: every image once, in order,
+    batches of one (``list[dict]`` of length 1); by default (``sampler`` None) each process of
+    a DDP job gets one contiguous shard (:class:`InferenceSampler`).
+
+    From a config: ``build_detection_test_loader(cfg, dataset_name, mapper=None)``.
+    """
     return DataLoader(
-        _MappedList(dataset_dicts, mapper),
+        _MappedList(dataset, mapper),
         batch_size=1,
-        sampler=InferenceSampler(len(dataset_dicts)),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        sampler=InferenceSampler(len(dataset)) if sampler is None else sampler,
+        num_workers=num_workers,
         collate_fn=_keep_batch,
-        multiprocessing_context=multiprocessing_context if cfg.DATALOADER.NUM_WORKERS else None,
+        multiprocessing_context=multiprocessing_context if num_workers else None,
     )

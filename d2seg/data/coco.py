@@ -1,14 +1,14 @@
-"""COCO instances json: validation and loading into Detectron2's standard dataset dicts.
+"""The COCO instances format: validation, and conversion into Detectron2's dataset dicts.
 
 :func:`validate` checks the structure of a COCO instances file before anything uses it, so a
 broken file fails with the entry and the rule (``train.json: annotations[3]: segmentation is a
-flat list of numbers; fix: ...``) instead of a KeyError deep inside training.
-:func:`load_coco_json` turns a validated file into the list of dicts every d2seg loader reads.
+flat list of numbers; fix: ...``) instead of a KeyError deep inside training;
+:func:`check_segmentation` is its check of one segmentation (also used on COCO results).
+:func:`coco_dataset_dicts` turns a validated file's content into the list of dicts every d2seg
+loader reads. Reading files and registering datasets is :mod:`d2seg.data.datasets`' job.
 """
 
 import difflib
-import json
-import logging
 import os
 from collections import defaultdict
 from enum import IntEnum
@@ -18,8 +18,6 @@ from typing import Any
 from pycocotools import mask as mask_util
 
 from d2seg.errors import DatasetError
-
-logger = logging.getLogger(__name__)
 
 _NUMBER_TYPES = frozenset({int, float})
 _REQUIRED_LISTS = ("images", "annotations", "categories")
@@ -128,6 +126,75 @@ def _check_rle(segm: dict, where: str) -> None:
         )
 
 
+def _rle_string_run_lengths(counts: str) -> list[int] | None:
+    """Run lengths of a compressed RLE string (pycocotools' ``rleFrString`` encoding).
+
+    ``None`` when the string is not a valid encoding. pycocotools decodes without bounds checks,
+    so a corrupt string must be caught here rather than crash the process.
+    """
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                return None
+            char = ord(counts[position]) - 48
+            if not 0 <= char < 64:
+                return None
+            value |= (char & 0x1F) << (5 * shift)
+            more = bool(char & 0x20)
+            position += 1
+            shift += 1
+            if not more and char & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return None
+        runs.append(value)
+    return runs
+
+
+def _check_rle_size(segm: dict, where: str, height: int, width: int) -> None:
+    if segm["size"] != [height, width]:
+        raise DatasetError(
+            f"{where}: RLE size {segm['size']} is not the image's [height, width] = "
+            f"[{height}, {width}]; fix: encode the mask at the image size"
+        )
+    if isinstance(segm["counts"], str):
+        runs = _rle_string_run_lengths(segm["counts"])
+        if runs is None or sum(runs) != height * width:
+            raise DatasetError(
+                f"{where}: RLE 'counts' string is corrupt (its runs do not cover "
+                f"{height}x{width} pixels); fix: re-encode the mask with "
+                f"pycocotools.mask.encode"
+            )
+
+
+def check_segmentation(
+    segm: Any, where: str, height: int | None = None, width: int | None = None
+) -> None:
+    """Check one COCO ``segmentation``; raise :class:`DatasetError` naming ``where`` and the fix.
+
+    Accepted: polygons ``[[x1, y1, x2, y2, ...], ...]`` (each an even count >= 6 of numbers) or
+    an RLE ``{"size": [height, width], "counts": str | list[int]}`` (uncompressed runs summing to
+    height·width). Given the image's ``height`` and ``width`` (pixels), an RLE must have that
+    size and a compressed ``counts`` string must decode to exactly that many pixels.
+    """
+    if isinstance(segm, list):
+        _check_polygons(segm, where)
+    elif isinstance(segm, dict):
+        _check_rle(segm, where)
+        if height is not None and width is not None:
+            _check_rle_size(segm, where, height, width)
+    else:
+        raise DatasetError(
+            f"{where}: segmentation is a {type(segm).__name__}; fix: use polygons "
+            f"[[x1, y1, ...]] or an RLE {{'size': [h, w], 'counts': ...}}"
+        )
+
+
 def _check_annotation(
     ann: Any, where: str, image_ids: set[int], category_ids: set[int]
 ) -> None:
@@ -162,15 +229,7 @@ def _check_annotation(
             f"{where} has no 'segmentation'; fix: add its polygons [[x1, y1, ...]] or RLE "
             f"{{'size': [h, w], 'counts': ...}} (d2seg trains segmentation models)"
         )
-    if isinstance(segm, list):
-        _check_polygons(segm, where)
-    elif isinstance(segm, dict):
-        _check_rle(segm, where)
-    else:
-        raise DatasetError(
-            f"{where}: segmentation is a {type(segm).__name__}; fix: use polygons [[x1, y1, ...]] "
-            f"or an RLE object"
-        )
+    check_segmentation(segm, where)
 
 
 def validate(coco: dict, source: str) -> None:
@@ -203,23 +262,6 @@ def validate(coco: dict, source: str) -> None:
     _check_unique_ids(coco["annotations"], "annotations", source)
 
 
-def read_json(json_file: str | os.PathLike, what: str) -> Any:
-    """Parse ``json_file``; a missing or unparsable file is a :class:`DatasetError`."""
-    path = Path(json_file)
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: {what} not found; fix: check the path, or create it with "
-            f"tools/convert_labelme.py --input DIR --output OUT (writes OUT/annotations/*.json)"
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise DatasetError(
-            f"{path}: cannot read it as JSON ({e}); fix: repair or regenerate it"
-        ) from e
-
-
 def _annotation_to_dict(ann: dict, height: int, width: int, category_map: dict) -> dict:
     segm = ann["segmentation"]
     if isinstance(segm, dict) and isinstance(segm["counts"], list):
@@ -239,28 +281,24 @@ def _annotation_to_dict(ann: dict, height: int, width: int, category_map: dict) 
     }
 
 
-def load_coco_json(
-    json_file: str | os.PathLike, image_root: str | os.PathLike, dataset_name: str | None = None
-) -> list[dict]:
-    """Load a COCO instances file as Detectron2 dataset dicts (validated first).
-
-    Returns one dict per image: ``file_name`` (absolute), ``height``, ``width`` (pixels),
-    ``image_id`` and ``annotations`` = ``[{bbox (XYWH pixels), bbox_mode (BoxMode.XYWH_ABS),
-    category_id (contiguous 0..C-1 in the order of sorted COCO ids), segmentation (polygons or
-    compressed RLE), iscrowd}]``. With ``dataset_name`` it sets ``thing_classes`` and
-    ``thing_dataset_id_to_contiguous_id`` in that dataset's metadata.
-    """
-    from d2seg.data.catalog import MetadataCatalog  # the catalog imports this module
-
-    coco = read_json(json_file, "COCO annotation file")
-    validate(coco, str(json_file))
+def contiguous_categories(coco: dict) -> tuple[list[str], dict[int, int]]:
+    """``(thing_classes, thing_dataset_id_to_contiguous_id)`` of a validated COCO dict: the
+    category names in the order of their sorted ids, and each id's index in that order."""
     categories = sorted(coco["categories"], key=lambda c: c["id"])
-    category_map = {c["id"]: i for i, c in enumerate(categories)}
-    if dataset_name is not None:
-        MetadataCatalog.get(dataset_name).set(
-            thing_classes=[c["name"] for c in categories],
-            thing_dataset_id_to_contiguous_id=category_map,
-        )
+    return [c["name"] for c in categories], {c["id"]: i for i, c in enumerate(categories)}
+
+
+def coco_dataset_dicts(
+    coco: dict, json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> list[dict]:
+    """The dataset dicts of a validated COCO instances dict read from ``json_file``.
+
+    Returns one dict per image: ``file_name`` (absolute, under ``image_root``), ``height``,
+    ``width`` (pixels), ``image_id`` and ``annotations`` = ``[{bbox (XYWH pixels), bbox_mode
+    (BoxMode.XYWH_ABS), category_id (contiguous 0..C-1, see :func:`contiguous_categories`),
+    segmentation (polygons or compressed RLE), iscrowd}]``.
+    """
+    category_map = contiguous_categories(coco)[1]
     annotations_by_image = defaultdict(list)
     for ann in coco["annotations"]:
         annotations_by_image[ann["image_id"]].append(ann)
@@ -285,12 +323,4 @@ def load_coco_json(
                 ],
             }
         )
-    logger.info(
-        "Loaded %d images with %d annotations in %d categories from %s",
-        len(dataset_dicts),
-        len(coco["annotations"]),
-        len(categories),
-        json_file,
-    )
     return dataset_dicts
-

@@ -1,125 +1,16 @@
-"""Reading images and label maps, and turning dataset-dict annotations into training targets.
+"""Turning dataset-dict annotations into training targets (instances, semantic labels).
 
-Images are read with Pillow with their EXIF orientation applied (what a person sees in a viewer,
-and what Labelme and the converters measure), in one of the ``INPUT.FORMAT`` layouts:
-``"RGB"``/``"BGR"`` (H×W×3), ``"L"`` (H×W×1 grayscale) or ``"N"`` (the file's own channels:
-a ``.npy`` H×W×C array or any image Pillow reads, untouched). 16-bit images are scaled to 8 bits.
+The files themselves (images, label PNGs, panoptic PNGs) are read by :mod:`d2seg.data.io`.
 """
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_util
 
 from d2seg.data.coco import BoxMode
 from d2seg.errors import DatasetError
-
-IMAGE_FORMATS = ("BGR", "RGB", "L", "N")
-
-# Pillow modes of single-channel images with more than 8 bits per pixel.
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _open_image(path: Path, what: str) -> Image.Image:
-    if not path.is_file():
-        raise DatasetError(
-            f"{what} {path} not found; fix: check the folders given when the dataset was "
-            f"registered (image_root, label roots); a COCO json path finds its images in "
-            f"OUT/images beside OUT/annotations"
-        )
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(
-            f"{what} {path} cannot be read ({e}); fix: replace the file with a valid image or "
-            f"remove it from the dataset"
-        ) from e
-    return image
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer images → 8 bits by scaling the full 16-bit range onto 0..255."""
-    if image.mode not in _WIDE_MODES:
-        return image
-    wide = np.asarray(image).astype(np.float64)
-    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
-
-
-def read_image(file_name: str | os.PathLike, format: str = "BGR") -> np.ndarray:
-    """Read an image as a uint8 H×W×C array in ``format`` with EXIF orientation applied.
-
-    ``format``: ``"BGR"``/``"RGB"`` → C = 3, ``"L"`` → C = 1, ``"N"`` → the file's channels
-    (``.npy`` files hold H×W×C or H×W uint8 arrays). A missing or unreadable file is a
-    :class:`DatasetError` naming it.
-    """
-    if format not in IMAGE_FORMATS:
-        raise DatasetError(
-            f"image format {format!r} is not one of {list(IMAGE_FORMATS)}; fix: set INPUT.FORMAT"
-        )
-    path = Path(file_name)
-    if format == "N" and path.suffix.lower() == ".npy":
-        return _read_npy(path)
-    image = _to_8bit(ImageOps.exif_transpose(_open_image(path, "image")))
-    if format == "N":
-        array = np.asarray(image)
-    else:
-        array = np.asarray(image.convert("L" if format == "L" else "RGB"))
-        if format == "BGR":
-            array = array[:, :, ::-1]
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return np.array(array, dtype=np.uint8, order="C")  # a writable copy: torch shares it
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DatasetError(f"image {path} not found; fix: check the dataset's image root")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DatasetError(
-            f"image {path} is not a readable .npy array ({e}); fix: re-save it with numpy.save"
-        ) from e
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise DatasetError(
-            f"image {path} is a {array.dtype} array of shape {array.shape}; fix: save it as a "
-            f"uint8 H×W×C array (INPUT.FORMAT 'N' images are 0-255 pixels)"
-        )
-    return array if array.ndim == 3 else array[:, :, None]
-
-
-def read_sem_seg(file_name: str | os.PathLike) -> np.ndarray:
-    """Read a semantic label PNG as a uint8 H×W array of class ids (255 = ignore).
-
-    Palette PNGs give their palette indices (not colours); an RGB label image is an error.
-    """
-    path = Path(file_name)
-    image = _open_image(path, "semantic label image")
-    labels = np.array(image)
-    if labels.ndim != 2:
-        raise DatasetError(
-            f"semantic label image {path} has {labels.shape[2]} channels; fix: write one channel "
-            f"of class ids per pixel (uint8 PNG, 255 = ignore), e.g. tools/convert_labelme.py"
-        )
-    if labels.dtype != np.uint8:
-        if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise DatasetError(
-                f"semantic label image {path} has class ids outside 0..255; fix: write uint8 "
-                f"class ids (255 = ignore)"
-            )
-        labels = labels.astype(np.uint8)
-    return labels
-
-
-def read_panoptic_ids(file_name: str | os.PathLike) -> np.ndarray:
-    """Read a COCO panoptic PNG as an int64 H×W array of segment ids (R + 256·G + 256²·B)."""
-    rgb = np.asarray(_open_image(Path(file_name), "panoptic PNG").convert("RGB")).astype(np.int64)
-    return rgb[:, :, 0] + 256 * rgb[:, :, 1] + 256 * 256 * rgb[:, :, 2]
 
 
 def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
@@ -232,7 +123,7 @@ def panoptic_to_targets(
     """A panoptic H×W segment-id map → (thing instances, PanopticFPN semantic labels).
 
     ``segments_info`` category ids are contiguous within things (0..T-1) and within stuff
-    (0..S-1), told apart by ``isthing``, as :func:`~d2seg.data.catalog.load_coco_panoptic_json`
+    (0..S-1), told apart by ``isthing``, as :func:`~d2seg.data.datasets.load_coco_panoptic_json`
     writes them (names: metadata ``thing_classes[t]``, ``stuff_classes[k]``). The uint8 H×W
     semantic map holds :data:`PANOPTIC_THINGS_LABEL` (0) on every thing segment (crowd included),
     :data:`PANOPTIC_BACKGROUND_LABEL` (1) where no segment is (id 0: the converter's background)

@@ -30,8 +30,6 @@ converter copy arbitrary files.
 
 import base64
 import binascii
-import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -40,8 +38,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
-import PIL.ImageOps
 
+from d2seg.data.io import exif_orientation, image_pixels, open_image, read_json
 from d2seg.errors import AnnotationError, ConfigError
 
 IGNORE_LABEL = "__ignore__"
@@ -66,7 +64,6 @@ POINT_COUNTS: dict[str, tuple[int, int | None]] = {
     "mask": (2, 2),
 }
 SUPPORTED_SHAPE_TYPES = tuple(POINT_COUNTS)
-EXIF_ORIENTATION_TAG = 0x0112
 
 
 @dataclass
@@ -124,27 +121,10 @@ def _decode_base64(text: Any, where: str, what: str) -> bytes:
         ) from e
 
 
-def open_image(data: bytes | Path, where: str, what: str = "image") -> PIL.Image.Image:
-    """Open an image lazily (header only); an unreadable one is an AnnotationError naming it."""
-    try:
-        return PIL.Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-    # Pillow raises many exception types on corrupt data; any of them means a bad image.
-    except Exception as e:
-        raise AnnotationError(
-            f"{where}: cannot read the {what} ({e}); fix: replace it with a valid image file"
-        ) from e
-
-
-def _decode_pixels(image: PIL.Image.Image, where: str) -> np.ndarray:
-    """Decoded pixels with EXIF orientation applied: H×W (grayscale) or H×W×3 uint8."""
-    try:
-        image = PIL.ImageOps.exif_transpose(image)
-        mode = "L" if image.mode in ("1", "L", "LA", "I;16", "I") else "RGB"
-        return np.asarray(image.convert(mode))
-    except Exception as e:  # corrupt or truncated pixel data, see open_image
-        raise AnnotationError(
-            f"{where}: cannot decode the image ({e}); fix: replace it with a valid image file"
-        ) from e
+def _pixels(source: bytes | Path, where: str) -> np.ndarray:
+    """Decoded, EXIF-oriented pixels (H×W or H×W×3 uint8) of an embedded or on-disk image."""
+    image = open_image(source, where, error=AnnotationError)
+    return image_pixels(image, where, error=AnnotationError)
 
 
 def _bad_points(raw: Any, where: str) -> AnnotationError:
@@ -174,7 +154,7 @@ def _parse_points(raw: Any, where: str) -> np.ndarray:
 
 def _parse_mask_crop(shape: dict, where: str) -> np.ndarray:
     data = _decode_base64(shape.get("mask"), where, "'mask'")
-    pixels = _decode_pixels(open_image(data, where), where)
+    pixels = _pixels(data, where)
     return pixels.any(axis=2) if pixels.ndim == 3 else pixels.astype(bool)
 
 
@@ -275,15 +255,14 @@ def parse_labelme(raw: Any, path: str | Path) -> LabelmeAnnotation:
 
 
 def load_json(path: str | Path) -> Any:
-    """The decoded JSON of ``path``; unreadable or invalid JSON raises AnnotationError."""
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise AnnotationError(
-            f"{path}: cannot read it as JSON ({e}); fix: repair or delete the file (truncated "
-            f"files come from interrupted saves)"
-        ) from e
+    """The decoded JSON of an annotation file; unreadable or invalid JSON raises AnnotationError."""
+    return read_json(
+        path,
+        "annotation file",
+        error=AnnotationError,
+        fix="repair or delete the file (truncated files come from interrupted saves)",
+        missing_fix="check the path",
+    )
 
 
 def read_labelme(path: str | Path) -> LabelmeAnnotation:
@@ -369,19 +348,15 @@ def load_image(annotation: LabelmeAnnotation, image_file: Path | None) -> Labelm
     """
     where = str(annotation.path)
     if annotation.image_data is not None:
-        pixels = _decode_pixels(open_image(annotation.image_data, where), where)
+        pixels = _pixels(annotation.image_data, where)
         height, width = pixels.shape[:2]
         path = None
     else:
         assert image_file is not None
         where = f"{annotation.path}: image {image_file}"
-        image = open_image(image_file, where)
-        try:
-            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        except Exception:  # a broken EXIF block: Labelme shows such images unrotated
-            orientation = 1
-        if isinstance(orientation, int) and 2 <= orientation <= 8:
-            pixels = _decode_pixels(image, where)
+        image = open_image(image_file, where, error=AnnotationError)
+        if exif_orientation(image) != 1:
+            pixels = image_pixels(image, where, error=AnnotationError)
             height, width = pixels.shape[:2]
         else:  # upright: the file is copied as it is, only its header is read
             pixels = None

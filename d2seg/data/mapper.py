@@ -7,8 +7,9 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from d2seg.config import CfgNode
+from d2seg.config import CfgNode, configurable
 from d2seg.data import detection_utils as utils
+from d2seg.data.io import read_image, read_panoptic_ids, read_sem_seg
 from d2seg.data.transforms import build_transforms
 from d2seg.errors import DatasetError
 from d2seg.modeling.meta_arch.declarations import model_tasks
@@ -36,8 +37,12 @@ class DatasetMapper:
     (models whose tasks include ``panoptic_seg``, e.g. PanopticUNet) they are used even where the dict also has a ``sem_seg_file_name`` (the
     converter writes both), whose ``ignore_value`` pixels then stay void; otherwise the semantic
     PNG's per-category labels win.
+
+    Built from a config as in Detectron2: ``DatasetMapper(cfg, is_train=False)`` (see
+    :func:`~d2seg.config.configurable`), or from the keyword arguments below.
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -82,9 +87,10 @@ class DatasetMapper:
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
-        """Map one dataset dict (see ``d2seg/data/coco.py``) to one model input."""
+        """Map one dataset dict (see :func:`d2seg.data.coco.coco_dataset_dicts`) to one model
+        input."""
         file_name = dataset_dict["file_name"]
-        image = utils.read_image(file_name, self.image_format)
+        image = read_image(file_name, self.image_format)
         utils.check_image_size(dataset_dict, image)
         if self.num_channels is not None and image.shape[2] != self.num_channels:
             raise DatasetError(
@@ -114,7 +120,7 @@ class DatasetMapper:
         instances, sem_seg = None, None
         pan_seg_file = dataset_dict.get("pan_seg_file_name")
         if pan_seg_file is not None:
-            segment_ids = utils.read_panoptic_ids(pan_seg_file)
+            segment_ids = read_panoptic_ids(pan_seg_file)
             _check_same_size(pan_seg_file, segment_ids.shape, dataset_dict, height, width)
             instances, sem_seg = utils.panoptic_to_targets(
                 segment_ids, dataset_dict.get("segments_info", [])
@@ -125,7 +131,7 @@ class DatasetMapper:
             )
         sem_seg_file = dataset_dict.get("sem_seg_file_name")
         if sem_seg_file is not None:
-            labels = utils.read_sem_seg(sem_seg_file)
+            labels = read_sem_seg(sem_seg_file)
             _check_same_size(sem_seg_file, labels.shape, dataset_dict, height, width)
             if sem_seg is not None and self.panoptic_semantic:
                 # The panoptic PNG's void is background and ignore alike; the semantic PNG

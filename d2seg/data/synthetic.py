@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from d2seg.data.labelme import RESERVED_LABELS, LabelmeShape, rasterize_shape
-from d2seg.errors import ConfigError, DatasetError
+from d2seg.errors import ConfigError
 from d2seg.utils.io import atomic_directory
 
 # The last 5.x file layout without a per-shape "mask" key: what most Labelme datasets hold.
@@ -440,10 +440,6 @@ def _make_dataset(kind: str, out_dir: str | Path, num_images: int, size: Size, s
     if num_images < 1:
         raise ConfigError(f"--num-images is {num_images}; fix: ask for at least 1 image")
     _check_size(size)
-    if out_dir.exists():
-        raise DatasetError(
-            f"output folder {out_dir} already exists; fix: delete it or choose another folder"
-        )
     prefix = kind.rstrip("s")
     with atomic_directory(out_dir) as tmp:
         for index in range(num_images):

@@ -30,7 +30,8 @@ from typing import Any
 
 import d2seg
 from d2seg.config import CfgNode
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, resolve_dataset
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import resolve_dataset
 from d2seg.errors import ConfigError
 from d2seg.modeling.meta_arch.declarations import class_counts, meta_arch_class
 

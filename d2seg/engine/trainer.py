@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from d2seg.checkpoint import D2SegCheckpointer, check_free_space, estimated_checkpoint_bytes
 from d2seg.config import CfgNode
 from d2seg.data.build import build_detection_test_loader, build_detection_train_loader
-from d2seg.data.catalog import resolve_dataset
+from d2seg.data.datasets import resolve_dataset
 from d2seg.data.mapper import DatasetMapper
 from d2seg.engine import hooks
 from d2seg.engine.train_loop import SimpleTrainer

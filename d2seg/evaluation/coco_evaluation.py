@@ -24,7 +24,8 @@ import torch
 from pycocotools import mask as mask_util
 
 from d2seg.config import CfgNode
-from d2seg.data.coco import _check_polygons, _check_rle, read_json, validate
+from d2seg.data.coco import check_segmentation, validate
+from d2seg.data.io import read_json
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_write_json
@@ -85,36 +86,6 @@ def load_coco_gt(json_file: str | os.PathLike, backend: Backend = "pycocotools")
     return coco_gt
 
 
-def _rle_string_run_lengths(counts: str) -> list[int] | None:
-    """Run lengths of a compressed RLE string (pycocotools' ``rleFrString`` encoding).
-
-    ``None`` when the string is not a valid encoding. pycocotools decodes without bounds checks,
-    so a corrupt string must be caught here rather than crash the process.
-    """
-    runs: list[int] = []
-    position = 0
-    while position < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(counts):
-                return None
-            char = ord(counts[position]) - 48
-            if not 0 <= char < 64:
-                return None
-            value |= (char & 0x1F) << (5 * shift)
-            more = bool(char & 0x20)
-            position += 1
-            shift += 1
-            if not more and char & 0x10:
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            return None
-        runs.append(value)
-    return runs
-
-
 def _segmentation_rle(segm: Any, height: int, width: int) -> dict:
     """A checked segmentation (polygons, uncompressed or compressed RLE) as compressed RLE."""
     if isinstance(segm, list):
@@ -126,28 +97,7 @@ def _segmentation_rle(segm: Any, height: int, width: int) -> dict:
 
 def _result_rle(segm: Any, where: str, height: int, width: int) -> dict:
     """A result's segmentation, checked, as JSON-ready compressed RLE at the image size."""
-    if isinstance(segm, list):
-        _check_polygons(segm, where)
-    elif isinstance(segm, dict):
-        _check_rle(segm, where)
-        if segm["size"] != [height, width]:
-            raise DatasetError(
-                f"{where}: RLE size {segm['size']} is not the image's [height, width] = "
-                f"[{height}, {width}]; fix: encode the mask at the image size"
-            )
-        if isinstance(segm["counts"], str):
-            runs = _rle_string_run_lengths(segm["counts"])
-            if runs is None or sum(runs) != height * width:
-                raise DatasetError(
-                    f"{where}: RLE 'counts' string is corrupt (its runs do not cover "
-                    f"{height}x{width} pixels); fix: re-encode the mask with "
-                    f"pycocotools.mask.encode"
-                )
-    else:
-        raise DatasetError(
-            f"{where}: segmentation is a {type(segm).__name__}; fix: give an RLE "
-            f"{{'size': [h, w], 'counts': ...}} or polygons [[x1, y1, ...]]"
-        )
+    check_segmentation(segm, where, height, width)
     rle = _segmentation_rle(segm, height, width)
     counts = rle["counts"]
     if isinstance(counts, bytes):

@@ -23,12 +23,8 @@ import torch
 from PIL import Image
 
 from d2seg.config import CfgNode
-from d2seg.data.coco import read_json
-from d2seg.data.detection_utils import (
-    PANOPTIC_BACKGROUND_LABEL,
-    PANOPTIC_FIRST_STUFF_LABEL,
-    read_panoptic_ids,
-)
+from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
+from d2seg.data.io import read_json, read_panoptic_ids
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_open, atomic_write_json
@@ -199,7 +195,7 @@ class PanopticEvaluator(DatasetEvaluator):
     1 = background, which is no dataset category and is scored as void, 2 + k = stuff category
     k (by stuff ids in contiguous order). Ground truth: the dataset dict's ``pan_seg_file_name``
     and ``segments_info`` (contiguous ids of the metadata's thing/stuff maps, ``isthing``,
-    ``iscrowd``), as :func:`d2seg.data.catalog.register_coco_panoptic` loads them. Both are
+    ``iscrowd``), as :func:`d2seg.data.datasets.register_coco_panoptic` loads them. Both are
     mapped to dataset category ids before matching. ``evaluate()`` returns ``{"panoptic_seg":
     {PQ, SQ, RQ, PQ_th, ..., RQ_st, "PQ-<class>", ...}}`` (×100). With ``output_dir`` the
     predictions are also written in COCO panoptic format (``panoptic_predictions.json`` +

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from d2seg.config import CfgNode
-from d2seg.data.detection_utils import read_sem_seg
+from d2seg.data.io import read_sem_seg
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
 from d2seg.utils.io import atomic_write_json

@@ -149,11 +149,6 @@ def export_model(
     is moved to the CPU; its train/eval mode is kept.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists():
-        raise ConfigError(
-            f"--output {output_dir} already exists; fix: choose a new folder (an export never "
-            f"overwrites a previous one)"
-        )
     if (height is None) != (width is None):
         raise ConfigError("--height and --width go together; fix: pass both or neither")
     size = (height, width) if height is not None else default_export_size(cfg)
@@ -166,7 +161,7 @@ def export_model(
         )
     model = model.cpu()
     images, source = sample_images(cfg, samples_dir, *size)
-    with eval_mode(model), atomic_directory(output_dir) as folder:
+    with eval_mode(model), atomic_directory(output_dir, what="--output") as folder:
         export = EXPORTERS[tasks]
         checks = export(cfg, model, folder, images, size, dynamic, fp16, opset)
         report = {

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 
 from d2seg.config import CfgNode
-from d2seg.data.catalog import DatasetCatalog, resolve_dataset
-from d2seg.data.detection_utils import read_image
+from d2seg.data.catalog import DatasetCatalog
+from d2seg.data.datasets import resolve_dataset
+from d2seg.data.io import read_image
 from d2seg.data.synthetic import render_sample
 from d2seg.errors import ConfigError, D2SegError
 

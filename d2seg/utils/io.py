@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from d2seg.errors import OutputExistsError
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -68,13 +69,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, what: str = "output folder") -> Iterator[Path]:
     """Yield a temp folder beside ``path`` that becomes ``path`` when the block succeeds.
 
-    ``path`` must not exist yet (a run never overwrites a previous run's outputs). On an
-    exception the temp folder is deleted and ``path`` is never created.
+    ``path`` must not exist yet (a run never overwrites a previous run's outputs): if it does,
+    :class:`OutputExistsError` names it as ``what`` (e.g. ``"--output"``) and nothing is
+    created. Enter the block before slow work, so that the error comes first. On an exception
+    the temp folder is deleted and ``path`` is never created.
     """
     path = Path(path)
+    if path.exists():
+        raise OutputExistsError(
+            f"{what} {path} already exists; fix: choose a new {what} or delete it (a run never "
+            f"overwrites a previous run's outputs)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent))
     try:

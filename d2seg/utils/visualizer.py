@@ -19,9 +19,8 @@ from d2seg.data.detection_utils import (
     PANOPTIC_FIRST_STUFF_LABEL,
     annotations_to_instances,
     boxes_from_masks,
-    read_panoptic_ids,
-    read_sem_seg,
 )
+from d2seg.data.io import read_panoptic_ids, read_sem_seg
 from d2seg.utils.colormap import RGB, class_color, darker, jitter
 from d2seg.utils.vis_image import VisImage
 
@@ -381,7 +380,7 @@ class Visualizer:
         """Draw one dataset dict's ground truth over the image given to the constructor.
 
         Draws, where present: ``sem_seg`` (H×W labels) or ``sem_seg_file_name`` (read with
-        :func:`~d2seg.data.detection_utils.read_sem_seg`) as :meth:`draw_sem_seg`; then
+        :func:`~d2seg.data.io.read_sem_seg`) as :meth:`draw_sem_seg`; then
         ``annotations`` (``bbox`` + ``bbox_mode``, ``category_id`` into ``thing_classes``,
         ``segmentation`` polygons or RLE, ``iscrowd``: crowd regions are drawn too and
         labelled ``"name (crowd)"``) as :meth:`draw_instance_predictions`. A panoptic dict

@@ -14,7 +14,9 @@ from d2seg.data.build import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import register_coco_instances
+from d2seg.data.mapper import DatasetMapper
 from d2seg.data.samplers import TrainingSampler
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.utils import comm
@@ -164,3 +166,20 @@ def test_test_loader_gives_every_image_once_in_order_without_targets(coco_json):
         assert (item["height"], item["width"]) == (height, width)
         assert min(item["image"].shape[1:]) == 32
         assert "instances" not in item
+
+
+def test_loaders_take_explicit_arguments_as_in_detectron2(coco_json):
+    """``build_detection_*_loader(dataset=..., mapper=..., ...)`` without any config."""
+    cfg = _cfg(coco_json)
+    dicts = get_detection_dataset_dicts(coco_json)
+    mapper = DatasetMapper(cfg, is_train=True)
+    loader = build_detection_train_loader(
+        dicts, mapper=mapper, total_batch_size=3, aspect_ratio_grouping=False, seed=0,
+        sampler=TrainingSampler(len(dicts), seed=0, shuffle=False),
+    )
+    (batch,) = itertools.islice(loader, 1)
+    assert [item["image_id"] for item in batch] == [d["image_id"] for d in dicts[:3]]
+    test_loader = build_detection_test_loader(dicts[:2], mapper=DatasetMapper(cfg, False))
+    assert [b[0]["image_id"] for b in test_loader] == [d["image_id"] for d in dicts[:2]]
+    with pytest.raises(ConfigError, match=r"= 0 \(the total batch size\) cannot be split"):
+        build_detection_train_loader(dicts, mapper=mapper, total_batch_size=0)

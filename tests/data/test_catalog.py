@@ -3,6 +3,8 @@
 import json
 import multiprocessing
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,8 @@ import pytest
 from PIL import Image
 
 from d2seg.data.build import get_detection_dataset_dicts
-from d2seg.data.catalog import (
-    DatasetCatalog,
-    MetadataCatalog,
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import (
     register_coco_instances,
     register_coco_panoptic,
     register_sem_seg,
@@ -88,7 +89,7 @@ def test_register_coco_instances(tmp_path, clean_catalogs):
     json_file = _tiny_coco(tmp_path)
     register_coco_instances("chips", {"note": "tiny"}, json_file, tmp_path / "images")
     meta = MetadataCatalog.get("chips")
-    assert (meta.evaluator_type, meta.json_file, meta.note) == ("coco", str(json_file), "tiny")
+    assert (meta.json_file, meta.note) == (str(json_file), "tiny")
     (record,) = DatasetCatalog.get("chips")
     assert record["file_name"] == str((tmp_path / "images" / "a.png").resolve())
     assert record["annotations"][0]["category_id"] == 1  # id 5 is the second of sorted ids 2, 5
@@ -197,7 +198,6 @@ def test_register_coco_panoptic_sample_numbers_things_and_stuff_separately(
         (panoptic_sample.parent / "panoptic_coco_categories.json").read_text()
     )
     by_id = {c["id"]: c for c in categories}
-    assert meta.evaluator_type == "coco_panoptic_seg"
     assert (len(meta.thing_classes), len(meta.stuff_classes)) == (80, 53)
     assert sorted(meta.thing_dataset_id_to_contiguous_id.values()) == list(range(80))
     assert sorted(meta.stuff_dataset_id_to_contiguous_id.values()) == list(range(53))
@@ -253,8 +253,46 @@ def test_register_sem_seg(tmp_path, clean_catalogs):
         ("c.jpg", "c.png"),
     ]
     meta = MetadataCatalog.get("seg")
-    assert (meta.evaluator_type, meta.ignore_label) == ("sem_seg", 255)
+    assert meta.ignore_label == 255
     assert meta.stuff_classes == ["bg", "x"]
     register_sem_seg("seg_wrong_ext", tmp_path / "img", tmp_path / "gt", image_ext="tif")
     with pytest.raises(DatasetError, match=r"no '\*\.tif' .* fix:"):
         DatasetCatalog.get("seg_wrong_ext")
+
+
+def test_register_metadata_given_by_the_caller_wins_over_defaults(tmp_path, clean_catalogs):
+    """``register_sem_seg(..., metadata={"ignore_label": 11})`` used to raise TypeError
+    (multiple values for 'ignore_label')."""
+    for folder, ext in (("img", "jpg"), ("gt", "png")):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / f"a.{ext}")
+    register_sem_seg("seg11", tmp_path / "img", tmp_path / "gt", metadata={"ignore_label": 11})
+    meta = MetadataCatalog.get("seg11")
+    assert meta.ignore_label == 11 and meta.sem_seg_root == str(tmp_path / "gt")
+    assert meta.get("evaluator_type") is None  # evaluators follow the model's tasks now
+    register_sem_seg("seg_default", tmp_path / "img", tmp_path / "gt")
+    assert MetadataCatalog.get("seg_default").ignore_label == 255
+    # the folders come from the arguments: a different one in metadata is a conflict
+    with pytest.raises(DatasetError, match="'image_root' of dataset 'seg_clash' is already"):
+        register_sem_seg("seg_clash", tmp_path / "img", tmp_path / "gt",
+                         metadata={"image_root": "elsewhere"})
+
+
+def test_register_coco_panoptic_metadata_overrides_the_ignore_label(
+    panoptic_sample, clean_catalogs
+):
+    _register_panoptic_sample(panoptic_sample, "pan_ignore", metadata={"ignore_label": 0})
+    meta = MetadataCatalog.get("pan_ignore")
+    assert meta.ignore_label == 0 and len(meta.thing_classes) == 80
+    assert meta.get("label_divisor") is None
+
+
+def test_import_d2seg_data_stays_light_until_the_mapper_is_needed():
+    """The converter and its worker processes import d2seg.data, never torch."""
+    code = (
+        "import sys, d2seg.data; assert 'torch' not in sys.modules; "
+        "from d2seg.data import DatasetMapper, register_coco_instances, resolve_dataset; "
+        "assert 'torch' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -9,7 +9,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from d2seg.data.catalog import MetadataCatalog
-from d2seg.data.coco import BoxMode, load_coco_json, validate
+from d2seg.data.coco import BoxMode, check_segmentation, validate
+from d2seg.data.datasets import load_coco_json
 from d2seg.errors import DatasetError
 
 # What each coco_false_N.json breaks (labelme2coco@fe1cbc6:tests/data), as the message says it.
@@ -169,3 +170,21 @@ def test_loader_errors_name_the_file_and_the_fix(validity_dir, tmp_path):
     broken.write_text(json.dumps({"images": []}))
     with pytest.raises(DatasetError, match=r"broken\.json: missing top-level key 'annotations'"):
         load_coco_json(broken, tmp_path)
+
+
+def test_check_segmentation_is_the_one_check_of_gt_and_results():
+    full = mask_util.encode(np.asfortranarray(np.ones((4, 6), np.uint8)))
+    rle = {"size": [4, 6], "counts": full["counts"].decode()}
+    check_segmentation([[0, 0, 5, 0, 5, 3]], "gt.json: annotations[0]")
+    check_segmentation(rle, "dt.json: [0]", 4, 6)
+    check_segmentation({"size": [2, 2], "counts": [1, 3]}, "gt.json: annotations[1]")
+    cases = [
+        (([1, 2, 3, 4, 5, 6], "w"), r"w: segmentation is a flat list .*fix: .*wrap it"),
+        (("polygon", "w"), r"w: segmentation is a str; fix: use polygons"),
+        (({"size": [2, 2], "counts": [1, 2]}, "w"), r"runs sum to 3, not height\*width = 4"),
+        ((rle, "w", 4, 7), r"w: RLE size \[4, 6\] is not the image's \[height, width\] = \[4, 7\]"),
+        (({"size": [4, 6], "counts": "0`0"}, "w", 4, 6), r"w: RLE 'counts' string is corrupt"),
+    ]
+    for args, message in cases:
+        with pytest.raises(DatasetError, match=message):
+            check_segmentation(*args)

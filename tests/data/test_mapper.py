@@ -11,9 +11,10 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from d2seg.config import get_cfg
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_panoptic
-from d2seg.data.coco import BoxMode, load_coco_json
-from d2seg.data.detection_utils import read_image, read_panoptic_ids
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.coco import BoxMode
+from d2seg.data.datasets import load_coco_json, register_coco_panoptic
+from d2seg.data.io import read_image, read_panoptic_ids
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import DatasetError
 
@@ -332,3 +333,22 @@ def test_panoptic_model_keeps_the_semantic_png_ignore_region_void(tmp_path):
     assert panoptic["instances"]["classes"].tolist() == [2]
     semantic_model = _mapper(True, "INPUT.MIN_SIZE_TRAIN", (0,))(dataset_dict)
     assert np.array_equal(semantic_model["sem_seg"].numpy(), semantic)
+
+
+@pytest.mark.parametrize("is_train", [False, True])
+def test_mapper_built_from_cfg_equals_the_keyword_construction(dataset_dict, is_train):
+    """Detectron2's ``DatasetMapper(cfg, is_train=...)`` gives the mapper that
+    ``DatasetMapper(**DatasetMapper.from_config(cfg, ...))`` gives."""
+    cfg = get_cfg()
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (32,), "INPUT.MIN_SIZE_TEST", 32,
+                         "INPUT.RANDOM_FLIP", "none", "INPUT.FORMAT", "RGB"])
+    from_cfg = DatasetMapper(cfg, is_train=is_train)(copy.deepcopy(dataset_dict))
+    spelled = DatasetMapper(**DatasetMapper.from_config(cfg, is_train=is_train))(dataset_dict)
+    assert from_cfg.keys() == spelled.keys()
+    assert ("instances" in from_cfg) == is_train and from_cfg["image"].shape == (3, 32, 48)
+    assert torch.equal(from_cfg["image"], spelled["image"])
+    assert from_cfg["image"][0, 0, 0] == 200  # RGB: the red channel first
+    if is_train:
+        assert torch.equal(from_cfg["sem_seg"], spelled["sem_seg"])
+        for key in ("boxes", "classes", "masks"):
+            assert torch.equal(from_cfg["instances"][key], spelled["instances"][key])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
-from d2seg.data.catalog import register_coco_instances
+from d2seg.data.datasets import register_coco_instances
 from d2seg.errors import DatasetError
 from d2seg.evaluation.coco_evaluation import (
     COCOEvaluator,

@@ -9,8 +9,9 @@ import torch
 from torchmetrics.detection import PanopticQuality
 
 from d2seg.config import get_cfg
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_panoptic
-from d2seg.data.detection_utils import read_panoptic_ids
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import register_coco_panoptic
+from d2seg.data.io import read_panoptic_ids
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import DatasetError
 from d2seg.evaluation.panoptic_evaluation import (

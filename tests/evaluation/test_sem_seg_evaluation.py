@@ -18,7 +18,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from d2seg.data.catalog import register_sem_seg
+from d2seg.data.datasets import register_sem_seg
 from d2seg.errors import DatasetError
 from d2seg.evaluation.sem_seg_evaluation import SemSegEvaluator
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from d2seg.config import get_cfg
-from d2seg.data.catalog import DatasetCatalog, resolve_dataset
+from d2seg.data.catalog import DatasetCatalog
+from d2seg.data.datasets import resolve_dataset
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import ConfigError

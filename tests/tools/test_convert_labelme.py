@@ -125,3 +125,29 @@ def test_default_summary_is_a_table_a_person_reads(repo_root, tmp_path):
     assert lines[0].startswith("Converted 2 images from")
     assert "categories (1): 1 cat" in lines[1]
     assert lines[-1] == "  problems: none"
+
+
+def test_group_by_keeps_groups_together_and_the_summary_counts_them(repo_root, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    square = {"label": "cat", "points": [[2, 2], [20, 2], [20, 20]], "shape_type": "polygon"}
+    for car in range(4):
+        for angle in range(3):
+            name = f"car{car}_{angle}"
+            Image.new("RGB", (32, 24), (40, 80, 120)).save(src / f"{name}.png")
+            raw = {"version": "5.5.0", "shapes": [square], "imagePath": f"{name}.png",
+                   "imageData": None, "imageHeight": 24, "imageWidth": 32}
+            (src / f"{name}.json").write_text(json.dumps(raw), encoding="utf-8")
+    args = ("--input", src, "--split", "val=0.25", "--group-by", "^([^_]+)_")
+    done = _run(repo_root, *args, "--output", tmp_path / "out", "--json")
+    assert done.returncode == 0, done.stderr
+    splits = json.loads(done.stdout)["splits"]
+    assert {k: (v["images"], v["groups"]) for k, v in splits.items()} == {
+        "train": (9, 3), "val": (3, 1)
+    }
+    done = _run(repo_root, *args, "--output", tmp_path / "table")
+    assert done.returncode == 0, done.stderr
+    header, train, val = done.stdout.splitlines()[2:5]
+    assert header.split()[-1] == "groups" and train.split()[-1] == "3" and val.split()[-1] == "1"
+    done = _run(repo_root, "--input", src, "--output", tmp_path / "bad", "--group-by", "^x")
+    assert done.returncode == 2 and "'car0_0.json' (stem 'car0_0') has no group" in done.stderr

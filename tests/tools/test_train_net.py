@@ -400,7 +400,7 @@ def test_dataset_registered_only_in_the_parent_is_a_clear_error_in_spawned_worke
         import sys
         sys.path.insert(0, {str(REPO_ROOT / "tools")!r})
         import train_net
-        from d2seg.data.catalog import register_coco_instances
+        from d2seg.data.datasets import register_coco_instances
         from d2seg.utils.cli import run_cli
 
         if __name__ == "__main__":

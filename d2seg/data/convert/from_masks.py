@@ -27,7 +27,7 @@ import numpy as np
 
 from d2seg.data.convert.record import ConversionReport, ImageRecord, InstanceRecord
 from d2seg.data.convert.source import AnnotationSource, SourceOptions
-from d2seg.data.labelme import EXIF_ORIENTATION_TAG, open_image
+from d2seg.data.io import decode_image, exif_orientation, open_image
 from d2seg.errors import AnnotationError, DatasetError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -38,16 +38,16 @@ DEFAULT_LABEL = "object"
 
 def read_mask(path: Path) -> np.ndarray:
     """Foreground of a mask image as bool H×W: every non-zero pixel (palette index for GIFs)."""
-    image = open_image(path, str(path), "mask")
-    try:
-        if image.mode in ("P", "PA"):
-            pixels = np.asarray(image.convert("P") if image.mode == "PA" else image)
-        else:
-            pixels = np.asarray(image)
-            if pixels.ndim == 3 and image.mode.endswith("A"):
-                pixels = pixels[..., :-1]  # alpha is not a class
-    except Exception as e:  # truncated pixel data, see open_image
-        raise AnnotationError(f"{path}: cannot decode the mask ({e}); fix: replace it") from e
+    where = str(path)
+    image = open_image(path, where, "mask", error=AnnotationError)
+    # mask pixels must match the image's stored pixels (see the module docstring): no EXIF
+    image = decode_image(image, where, "mask", error=AnnotationError, exif=False)
+    if image.mode in ("P", "PA"):
+        pixels = np.asarray(image.convert("P") if image.mode == "PA" else image)
+    else:
+        pixels = np.asarray(image)
+        if pixels.ndim == 3 and image.mode.endswith("A"):
+            pixels = pixels[..., :-1]  # alpha is not a class
     return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
 
 
@@ -138,12 +138,9 @@ class MaskImageSource(AnnotationSource):
         image_path = self.input_dir / item
         mask_path = self._index()[item]
         mask_name = self._relative(mask_path)
-        image = open_image(image_path, str(image_path))
-        try:
-            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        except Exception:  # a broken EXIF block: viewers show such images unrotated
-            orientation = 1
-        if orientation not in (1, None):
+        image = open_image(image_path, str(image_path), error=AnnotationError)
+        orientation = exif_orientation(image)
+        if orientation != 1:
             report.add(
                 item,
                 "skipped",

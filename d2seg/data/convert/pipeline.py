@@ -1,28 +1,28 @@
 """``convert_dataset``: an annotation folder → COCO instances, semantic PNGs, COCO panoptic.
 
-Output layout (all written into a temp folder that becomes ``output_dir`` only on success)::
+Everything is written into a temp folder that becomes ``output_dir`` only on success, in the
+layout of :class:`~d2seg.data.convert.layout.ConvertedLayout`: the images, per split the COCO
+instances json ("instances"), the semantic PNGs ("sem_seg") and the COCO panoptic json + PNGs
+("panoptic"), and ``report.json`` (``ConversionReport.to_json()`` + ``{"summary": ...}``).
+The split is ``all`` without splits. ``outputs`` selects the quoted parts (all by default);
+images and report are always written. Category ids are 1..N in labels-file order (sorted names
+when collected from the data), the same in every split.
 
-    OUT/images/<file_name>              the images (``file_name`` is relative to it)
-    OUT/annotations/<split>.json        "instances": COCO instances
-    OUT/sem_seg/<split>/<stem>.png      "sem_seg": uint8, 0 background, 1..N classes, 255 ignore
-    OUT/panoptic/<split>.json           "panoptic": COCO panoptic
-    OUT/panoptic/<split>/<stem>.png     "panoptic": RGB segment ids
-    OUT/report.json                     ConversionReport.to_json() + {"summary": ...}
-
-``<split>`` is ``all`` without splits; ``<stem>`` is ``file_name`` without its suffix
-(:func:`~d2seg.data.convert.writers.label_map_name`). ``outputs`` selects the quoted parts (all
-by default); images and report are always written. Category ids are 1..N in labels-file order
-(sorted names when collected from the data), the same in every split. With ``workers > 1``
-items are converted in a process pool; each worker writes its image and PNGs and returns only
-the light json entries, so the output equals that of ``workers=1``.
+Splits are drawn from the items that converted (skipped ones take no share of the fractions):
+items are converted first, their label PNGs written to a staging folder, and moved into their
+split's folders once the split is known. With ``workers > 1`` items are converted in a process
+pool; each worker writes its image and PNGs and returns only the light json entries, so the
+output equals that of ``workers=1``.
 """
 
 import importlib
 import json
 import logging
 import multiprocessing
+import os
 import pkgutil
 import re
+import shutil
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +31,14 @@ from tqdm import tqdm
 
 import d2seg.data.convert
 from d2seg.data.coco import validate
+from d2seg.data.convert.layout import ConvertedLayout
 from d2seg.data.convert.record import ConversionReport, ReportEntry
 from d2seg.data.convert.source import AnnotationSource, SourceOptions
-from d2seg.data.convert.split import split_items
+from d2seg.data.convert.split import check_splits, item_groups, split_items
 from d2seg.data.convert.writers import (
     MAX_SEMANTIC_CATEGORIES,
     coco_json,
     instance_annotations,
-    label_map_name,
     label_maps,
     write_image,
     write_png,
@@ -50,6 +50,8 @@ from d2seg.utils.io import atomic_directory
 logger = logging.getLogger(__name__)
 _FORMAT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 OUTPUTS = ("instances", "sem_seg", "panoptic")
+# Label PNGs wait here until the split is drawn; the dot keeps it apart from every split name.
+_STAGING = ".unsplit"
 
 
 def available_formats() -> list[str]:
@@ -73,7 +75,7 @@ def source_class(fmt: str) -> type[AnnotationSource]:
 class _ItemResult:
     """What a worker sends back for one item: json entries only, never pixels."""
 
-    split: str
+    item: str
     image: dict | None  # {"file_name", "height", "width"}; None when the item was skipped
     annotations: list[dict] = field(default_factory=list)
     segments: list[dict] = field(default_factory=list)
@@ -81,28 +83,28 @@ class _ItemResult:
 
 
 class _ItemConverter:
-    """Converts one item and writes its image, semantic PNG and panoptic PNG under ``out``."""
+    """Converts one item and writes its image, and its semantic and panoptic PNGs (into the
+    staging split), under ``layout``."""
 
     def __init__(
         self,
         source: AnnotationSource,
         categories: list[str],
-        out: Path,
+        layout: ConvertedLayout,
         labels_file: str | Path | None,
         outputs: Collection[str],
     ):
         self.source = source
         self.category_ids = {name: i for i, name in enumerate(categories, start=1)}
-        self.out = out
+        self.layout = layout
         self.outputs = outputs
         self.labels_origin = f"--labels {labels_file}" if labels_file else "the categories"
 
-    def __call__(self, job: tuple[str, str]) -> _ItemResult:
-        item, split = job
+    def __call__(self, item: str) -> _ItemResult:
         report = ConversionReport()
         record = self.source.load(item, report)
         if record is None:
-            return _ItemResult(split, None, entries=report.entries)
+            return _ItemResult(item, None, entries=report.entries)
         kept = []
         for instance in record.instances:
             if instance.label in self.category_ids:
@@ -115,18 +117,29 @@ class _ItemConverter:
                     f"or relabel the shape",
                 )
         record.instances = kept
-        write_image(record, self.out / "images")
+        write_image(record, self.layout.images_dir)
         annotations = instance_annotations(record, self.category_ids)
         segments: list[dict] = []
         if "sem_seg" in self.outputs or "panoptic" in self.outputs:
             semantic, panoptic, segments = label_maps(record, annotations)
-            png_name = label_map_name(record.file_name)
+            png_name = self.layout.label_map_name(record.file_name)
             if "sem_seg" in self.outputs:
-                write_png(self.out / "sem_seg" / split / png_name, semantic)
+                write_png(self.layout.sem_seg_dir(_STAGING) / png_name, semantic)
             if "panoptic" in self.outputs:
-                write_png(self.out / "panoptic" / split / png_name, panoptic)
+                write_png(self.layout.panoptic_dir(_STAGING) / png_name, panoptic)
         image = {"file_name": record.file_name, "height": record.height, "width": record.width}
-        return _ItemResult(split, image, annotations, segments, report.entries)
+        return _ItemResult(item, image, annotations, segments, report.entries)
+
+
+def _move_label_maps(layout: ConvertedLayout, file_name: str, split: str) -> None:
+    """Move an image's staged label PNGs (those written) into ``split``'s folders."""
+    png_name = layout.label_map_name(file_name)
+    for folder in (layout.sem_seg_dir, layout.panoptic_dir):
+        staged = folder(_STAGING) / png_name
+        if staged.is_file():
+            target = folder(split) / png_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
 
 
 _WORKER_CALL = None
@@ -188,11 +201,13 @@ def _write_json(path: Path, obj: dict) -> None:
 class _SplitEntries:
     """The json entries of one split, with ids 1, 2, ... in item order."""
 
+    items: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     annotations: list[dict] = field(default_factory=list)
     panoptic: list[dict] = field(default_factory=list)
 
     def add(self, result: _ItemResult) -> None:
+        self.items.append(result.item)
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, **result.image})
         for annotation in result.annotations:
@@ -202,33 +217,55 @@ class _SplitEntries:
         self.panoptic.append(
             {
                 "image_id": image_id,
-                "file_name": label_map_name(result.image["file_name"]),
+                "file_name": ConvertedLayout.label_map_name(result.image["file_name"]),
                 "segments_info": result.segments,
             }
         )
 
     def write(
         self,
-        tmp: Path,
+        tmp: ConvertedLayout,
         name: str,
         categories: list[str],
-        output_dir: Path,
+        output: ConvertedLayout,
         outputs: Collection[str],
     ) -> dict:
-        """Write the split's instances (validated) and panoptic json; returns its summary."""
+        """Write the split's instances (validated) and panoptic json into ``tmp`` (``output``
+        names the files in messages); returns its summary."""
         if "instances" in outputs:
             coco = coco_json(self.images, self.annotations, categories)
-            validate(coco, str(output_dir / "annotations" / f"{name}.json"))
-            _write_json(tmp / "annotations" / f"{name}.json", coco)
+            validate(coco, str(output.annotations_json(name)))
+            _write_json(tmp.annotations_json(name), coco)
         if "panoptic" in outputs:
             panoptic = coco_json(self.images, self.panoptic, categories, panoptic=True)
-            _write_json(tmp / "panoptic" / f"{name}.json", panoptic)
+            _write_json(tmp.panoptic_json(name), panoptic)
         with_objects = {a["image_id"] for a in self.annotations}
         return {
             "images": len(self.images),
             "annotations": len(self.annotations),
             "images_without_objects": len(self.images) - len(with_objects),
         }
+
+
+def _draw_splits(
+    tmp: ConvertedLayout,
+    converted: list[_ItemResult],
+    splits: dict[str, float] | None,
+    seed: int,
+    groups: dict[str, str] | None,
+) -> dict[str, _SplitEntries]:
+    """Split the converted items (see :func:`split_items`) and move their staged label PNGs
+    into their split's folders; returns split → its entries (empty splits too)."""
+    kept = [result.item for result in converted]
+    assignment = split_items(kept, splits, seed, [groups[i] for i in kept] if groups else None)
+    split_of = {item: name for name, names in assignment.items() for item in names}
+    collected = {name: _SplitEntries() for name in assignment}
+    for result in converted:
+        collected[split_of[result.item]].add(result)
+        _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
+    for folder in (tmp.sem_seg_dir(_STAGING), tmp.panoptic_dir(_STAGING)):
+        shutil.rmtree(folder, ignore_errors=True)
+    return collected
 
 
 def convert_dataset(
@@ -239,6 +276,7 @@ def convert_dataset(
     labels_file: str | Path | None = None,
     splits: dict[str, float] | None = None,
     seed: int = 0,
+    group_by: str | None = None,
     strict: bool = False,
     workers: int = 1,
     options: SourceOptions = SourceOptions(),
@@ -246,20 +284,20 @@ def convert_dataset(
 ) -> dict:
     """Convert an annotation folder; returns the summary (also saved in ``report.json``).
 
-    ``outputs``: which of ``"instances"``, ``"sem_seg"``, ``"panoptic"`` to write (images and
-    ``report.json`` always are); e.g. ``("instances",)`` for a Mask R-CNN dataset saves the time
-    and disk of two PNGs per image.
+    ``splits`` (e.g. ``{"val": 0.2}``, the rest to ``train``) are drawn with ``seed`` among the
+    items that converted; with ``group_by`` (a regular expression, see
+    :mod:`d2seg.data.convert.split`) whole groups of items go to one split. ``outputs``: which
+    of ``"instances"``, ``"sem_seg"``, ``"panoptic"`` to write (images and ``report.json``
+    always are); e.g. ``("instances",)`` for a Mask R-CNN dataset saves the time and disk of
+    two PNGs per image.
 
     Summary: ``{"format", "outputs", "categories": [names in id order], "splits": {split: {"images",
-    "annotations", "images_without_objects"}}, "skipped_files", "report": {action: count}}``.
-    Raises DatasetError if ``output_dir`` exists, AnnotationError for unreadable input (and,
-    with ``strict``, for any reported problem); nothing is written then.
+    "annotations", "images_without_objects"[, "groups"]}}, "skipped_files", "report": {action:
+    count}}`` (``groups``: the number of groups, with ``group_by``). Raises DatasetError if
+    ``output_dir`` exists, ConfigError for bad options (an item ``group_by`` does not match),
+    AnnotationError for unreadable input (and, with ``strict``, for any reported problem);
+    nothing is written then.
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists():
-        raise DatasetError(
-            f"--output {output_dir} already exists; fix: choose a new --output or delete it"
-        )
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1; fix: e.g. --workers 4")
     outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
@@ -270,46 +308,46 @@ def convert_dataset(
             f"--outputs {','.join(outputs)}: {problem}; fix: give a comma-separated subset of "
             f"{','.join(OUTPUTS)}"
         )
-    source = source_class(fmt)(input_dir, options)
-    report = ConversionReport(strict=strict)
-    items = source.items(report)
-    assignment = split_items(items, splits, seed)
-    split_of = {item: name for name, names in assignment.items() for item in names}
-    categories = collect_categories(source, items, labels_file, workers)
-
-    with atomic_directory(output_dir) as tmp:
+    if splits:
+        check_splits(splits)  # now, not after converting everything
+    output = ConvertedLayout(output_dir)
+    with atomic_directory(output_dir, what="--output") as tmp_dir:
+        source = source_class(fmt)(input_dir, options)
+        report = ConversionReport(strict=strict)
+        items = source.items(report)
+        groups = dict(zip(items, item_groups(items, group_by))) if group_by else None
+        categories = collect_categories(source, items, labels_file, workers)
+        tmp = ConvertedLayout(tmp_dir)
         convert = _ItemConverter(source, categories, tmp, labels_file, outputs)
-        collected = {name: _SplitEntries() for name in assignment}  # empty splits too
-        skipped = 0
-        jobs = [(item, split_of[item]) for item in items]
-        for result in _map(convert, jobs, workers, "converting"):
+        converted = []
+        for result in _map(convert, items, workers, "converting"):
             report.entries.extend(result.entries)
-            if result.image is None:
-                skipped += 1
-            else:
-                collected[result.split].add(result)
+            if result.image is not None:
+                converted.append(result)
         report.raise_if_strict()
+        collected = _draw_splits(tmp, converted, splits, seed, groups)
         _check_unique_file_names(collected)
-        summary_splits = {
-            name: entries.write(tmp, name, categories, output_dir, outputs)
-            for name, entries in collected.items()
-        }
+        summary_splits = {}
+        for name, entries in collected.items():
+            summary_splits[name] = entries.write(tmp, name, categories, output, outputs)
+            if groups:
+                summary_splits[name]["groups"] = len({groups[item] for item in entries.items})
         report_json = report.to_json()
         summary = {
             "format": fmt,
             "outputs": list(outputs),
             "categories": categories,
             "splits": summary_splits,
-            "skipped_files": skipped,
+            "skipped_files": len(items) - len(converted),
             "report": report_json["counts"],
         }
-        _write_json(tmp / "report.json", {**report_json, "summary": summary})
+        _write_json(tmp.report_json, {**report_json, "summary": summary})
     if report.entries:
         logger.warning(
             "%d problem(s) skipped, clipped or fixed (%s); each is listed in %s",
             len(report.entries),
             ", ".join(f"{n} {action}" for action, n in summary["report"].items()),
-            output_dir / "report.json",
+            output.report_json,
         )
     return summary
 

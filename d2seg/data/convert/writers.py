@@ -19,28 +19,19 @@ Conventions:
 """
 
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from d2seg.data.convert.layout import IGNORE_VALUE
 from d2seg.data.convert.record import ImageRecord
 from d2seg.errors import DatasetError
 
-IGNORE_VALUE = 255
 MAX_SEMANTIC_CATEGORIES = 254  # uint8 maps: 0 background, 255 ignore
 # Label maps are long runs of equal values: zlib's RLE strategy is fast and small for them.
 _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-
-
-def label_map_name(file_name: str) -> str:
-    """The semantic and panoptic PNG of an output image: ``file_name`` with suffix ``.png``.
-
-    Relative to ``OUT/sem_seg/<split>`` and ``OUT/panoptic/<split>``, as ``file_name`` is to
-    ``OUT/images`` (POSIX separators).
-    """
-    return PurePosixPath(file_name).with_suffix(".png").as_posix()
 
 
 def encode_mask(mask: np.ndarray) -> tuple[dict, float, list[float]]:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2seg.data.catalog import DatasetCatalog, MetadataCatalog, resolve_dataset
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.datasets import resolve_dataset
 from d2seg.data.convert.from_via import ViaSource
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.convert.record import ConversionReport
