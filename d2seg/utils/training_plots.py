@@ -10,7 +10,7 @@ evaluation metrics — percentages and fractions on separate, labelled panels.
 classes, otherwise the last evaluation as horizontal bars sorted by value, which stays
 readable at 70 classes.
 
-Sizes are in inches at :data:`DPI`, with text of at least 8 pt.
+Sizes are in inches at ``plotting.DPI``, with text of at least 8 pt.
 """
 
 import json
@@ -24,14 +24,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
-from d2seg.evaluation.units import base_metric, is_fraction, unit
+from d2seg.evaluation.units import base_metric, is_fraction, unit, with_unit
 from d2seg.utils.events import is_training_loss
-from d2seg.utils.io import atomic_open
+from d2seg.utils.plotting import DPI, bars_height_in, save_png, sorted_bars
 
-DPI = 100
 WIDTH_IN = 11.0
 LINE_PANEL_IN = 2.8
-BAR_IN = 0.2  # height of one class's bar: 9 pt labels with a little space between
 # Headline metrics drawn over training; the others (APs, fwIoU, ...) are in report.md.
 HEADLINE_METRICS = ("AP", "AP50", "mIoU", "IoU", "PQ", "Dice", "MCC")
 # The per-class metric of each task.
@@ -111,11 +109,6 @@ def _plot_lr(axes: Axes, series: dict[str, Series]) -> None:
     _legend_outside(axes)
 
 
-def _save(figure: Figure, path: str | os.PathLike) -> None:
-    with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=DPI)
-
-
 def plot_training_curves(series: dict[str, Series], output_png: str | os.PathLike) -> bool:
     """Write ``training_curves.png`` from :func:`read_metrics`; ``False`` (nothing written)
     when there is no loss, LR or headline metric."""
@@ -136,7 +129,7 @@ def plot_training_curves(series: dict[str, Series], output_png: str | os.PathLik
         draw(axes, series)
         axes.grid(alpha=0.3)
     all_axes[-1].set_xlabel("iteration")
-    _save(figure, output_png)
+    save_png(figure, output_png)
     return True
 
 
@@ -147,7 +140,7 @@ def _class_name(key: str) -> str:
 def _plot_class_lines(axes: Axes, series: dict[str, Series], group: str, keys: list[str]) -> None:
     for key in keys:
         axes.plot(*series[key], marker="o", markersize=4, label=_class_name(key))
-    axes.set(title=f"{group} per class", xlabel="iteration", ylabel=f"{group} ({unit(group)})")
+    axes.set(title=f"{group} per class", xlabel="iteration", ylabel=with_unit(group))
     axes.grid(alpha=0.3)
     _legend_outside(axes)
 
@@ -155,18 +148,8 @@ def _plot_class_lines(axes: Axes, series: dict[str, Series], group: str, keys: l
 def _plot_class_bars(axes: Axes, series: dict[str, Series], group: str, keys: list[str]) -> None:
     last = max(series[k][0][-1] for k in keys)
     values = {_class_name(k): series[k][1][-1] for k in keys if series[k][0][-1] == last}
-    names = sorted(values, key=values.get)  # best at the top
-    axes.barh(range(len(names)), [values[n] for n in names], color="tab:blue")
-    axes.set_yticks(range(len(names)), names, fontsize=9)
-    axes.set_ylim(-0.6, len(names) - 0.4)
-    for i, name in enumerate(names):
-        axes.text(values[name], i, f" {values[name]:.1f}" if unit(group) == "%"
-                  else f" {values[name]:.2f}", va="center", fontsize=8)
-    axes.set(title=f"{group} per class after {last + 1} iterations (last evaluation)",
-             xlabel=f"{group} ({unit(group)})")
-    if unit(group) == "%":
-        axes.set_xlim(0, 105)
-    axes.grid(axis="x", alpha=0.3)
+    sorted_bars(axes, values, xlabel=with_unit(group), percent=unit(group) == "%",
+                title=f"{group} per class after {last + 1} iterations (last evaluation)")
 
 
 def plot_per_class_metrics(series: dict[str, Series], output_png: str | os.PathLike) -> bool:
@@ -179,7 +162,7 @@ def plot_per_class_metrics(series: dict[str, Series], output_png: str | os.PathL
                    for group, keys in groups.items()}
     as_lines = {group: len(keys) <= MAX_CLASS_LINES and evaluations[group] > 1
                 for group, keys in groups.items()}
-    heights = [LINE_PANEL_IN if as_lines[g] else 0.9 + BAR_IN * len(keys)
+    heights = [LINE_PANEL_IN if as_lines[g] else bars_height_in(len(keys))
                for g, keys in groups.items()]
     if any(as_lines.values()):  # stacked, sharing the page width with their legends
         figure = Figure(figsize=(WIDTH_IN, sum(heights)), dpi=DPI, layout="constrained")
@@ -192,7 +175,7 @@ def plot_per_class_metrics(series: dict[str, Series], output_png: str | os.PathL
     for axes, (group, keys) in zip(all_axes, groups.items()):
         draw = _plot_class_lines if as_lines[group] else _plot_class_bars
         draw(axes, series, group, keys)
-    _save(figure, output_png)
+    save_png(figure, output_png)
     return True
 
 
