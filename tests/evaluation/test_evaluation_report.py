@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
+from d2seg.evaluation import report as report_module
 from d2seg.evaluation.coco_evaluation import evaluate_coco_predictions, load_coco_gt
 from d2seg.evaluation.report import figure_size_in, report_folder, write_report
 from d2seg.evaluation.sem_seg_evaluation import semantic_metrics
@@ -87,12 +89,20 @@ def test_report_tables_label_every_metric_with_its_unit(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [23, 70])
-def test_confusion_and_iou_plots_grow_with_the_class_count(tmp_path, num_classes):
+def test_confusion_and_iou_plots_grow_with_the_class_count(tmp_path, num_classes, monkeypatch):
     names = [f"class {i:02d}" for i in range(num_classes)]
     rng = np.random.default_rng(0)
     confusion = rng.integers(0, 20, (num_classes, num_classes)) + np.diag([500] * num_classes)
+    figures = []
+    save = report_module.save_png
+    monkeypatch.setattr(report_module, "save_png", lambda f, p: (figures.append(f), save(f, p)))
     write_report({"sem_seg": semantic_metrics(confusion, names)}, tmp_path,
                  stuff_classes=names, semantic_confusion=confusion)
+    for figure in figures:
+        texts = [t for t in figure.findobj(Text) if t.get_text() and t.get_visible()]
+        assert min(t.get_fontsize() for t in texts) >= 8
+    # values written into the cells only while they fit
+    assert len(figures[-1].axes[0].texts) == (num_classes**2 if num_classes <= 25 else 0)
     with Image.open(tmp_path / "semantic_confusion.png") as image:
         # ≥ 0.2 in per row and column: 8 pt tick labels never overlap
         assert min(image.size) >= num_classes * 0.2 * DPI
