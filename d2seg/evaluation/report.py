@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from d2seg.evaluation.coco_evaluation import AP_METRICS
-from d2seg.evaluation.units import unit, with_unit
+from d2seg.evaluation.units import format_number, with_unit
 from d2seg.utils.io import atomic_open, atomic_write_json
 from d2seg.utils.plotting import DPI, bars_height_in, save_png, sorted_bars
 
@@ -172,11 +172,7 @@ def plot_iou_bars(metrics: dict[str, float], class_names: Sequence[str], path: P
 
 
 def _number(metrics: dict[str, float], key: str) -> str:
-    """``metrics[key]`` at its scale's precision (% with 2 decimals, fractions with 3)."""
-    value = metrics.get(key, float("nan"))
-    if math.isnan(value):
-        return "—"
-    return f"{value:.2f}" if unit(key) == "%" else f"{value:.3f}"
+    return format_number(key, metrics.get(key, float("nan")))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -28,3 +28,11 @@ def unit(key: str) -> str:
 def with_unit(key: str) -> str:
     """A column or legend label: ``"IoU (%)"``, ``"Dice (0–1)"``."""
     return f"{key} ({unit(key)})"
+
+
+def format_number(key: str, value: float) -> str:
+    """A value at its scale's precision, without unit: % with 2 decimals (``"41.25"``),
+    fractions with 3 (``"0.912"``); ``"—"`` for NaN."""
+    if value != value:  # NaN
+        return "—"
+    return f"{value:.2f}" if unit(key) == "%" else f"{value:.3f}"

@@ -110,8 +110,8 @@ def _plot_lr(axes: Axes, series: dict[str, Series]) -> None:
 
 
 def plot_training_curves(series: dict[str, Series], output_png: str | os.PathLike) -> bool:
-    """Write ``training_curves.png`` from :func:`read_metrics`; ``False`` (nothing written)
-    when there is no loss, LR or headline metric."""
+    """Write ``training_curves.png`` of ``name -> (iterations done, values)``; ``False``
+    (nothing written) when there is no loss, LR or headline metric."""
     metrics = headline_keys(series)
     percents = [k for k in metrics if not is_fraction(k)]
     fractions = [k for k in metrics if is_fraction(k)]
@@ -149,12 +149,12 @@ def _plot_class_bars(axes: Axes, series: dict[str, Series], group: str, keys: li
     last = max(series[k][0][-1] for k in keys)
     values = {_class_name(k): series[k][1][-1] for k in keys if series[k][0][-1] == last}
     sorted_bars(axes, values, xlabel=with_unit(group), percent=unit(group) == "%",
-                title=f"{group} per class after {last + 1} iterations (last evaluation)")
+                title=f"{group} per class after {last} iterations (last evaluation)")
 
 
 def plot_per_class_metrics(series: dict[str, Series], output_png: str | os.PathLike) -> bool:
-    """Write ``per_class_metrics.png`` from :func:`read_metrics`; ``False`` (nothing written)
-    when there is no per-class metric."""
+    """Write ``per_class_metrics.png`` of ``name -> (iterations done, values)``; ``False``
+    (nothing written) when there is no per-class metric."""
     groups = per_class_groups(series)
     if not groups:
         return False
@@ -185,7 +185,9 @@ def write_training_plots(output_dir: str | os.PathLike) -> list[Path]:
     folder = Path(output_dir)
     if not (folder / "metrics.json").exists():
         return []
-    series = read_metrics(folder / "metrics.json")
+    # x = iterations done, as the log counts them ("iter: 20/60"); metrics.json is 0-based.
+    series = {k: ([i + 1 for i in its], values)
+              for k, (its, values) in read_metrics(folder / "metrics.json").items()}
     plots = {"training_curves.png": plot_training_curves,
              "per_class_metrics.png": plot_per_class_metrics}
     return [folder / name for name, plot in plots.items() if plot(series, folder / name)]

@@ -1,4 +1,4 @@
-"""tools/fetch_weights.py: torchvision weights fetched once, hash-checked, usable as MODEL.WEIGHTS."""
+"""tools/fetch_weights.py: torchvision weights fetched once, hash-checked, usable as weights."""
 
 import hashlib
 import subprocess
@@ -28,7 +28,7 @@ def assert_one_line_error(done, *fragments):
 
 @pytest.fixture(scope="module")
 def resnet18_file(tmp_path_factory):
-    """A torchvision ResNet-18 state dict saved as torchvision names it: resnet18-<sha256[:8]>.pth."""
+    """A torchvision ResNet-18 state dict named as torchvision does: resnet18-<sha256[:8]>.pth."""
     folder = tmp_path_factory.mktemp("mirror")
     state = torchvision.models.resnet18().state_dict()
     path = folder / "resnet18.pth"
