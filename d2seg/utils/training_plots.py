@@ -80,8 +80,10 @@ def _legend_outside(axes: Axes) -> None:
 
 
 def _plot_losses(axes: Axes, series: dict[str, Series]) -> None:
-    names = sorted(k for k in series if is_training_loss(k))
-    for name in sorted(names, key=lambda n: (n != "total_loss", n == "validation_loss", n)):
+    # total_loss first, then the terms, validation_loss last: the legend reads top-down.
+    names = sorted((k for k in series if is_training_loss(k)),
+                   key=lambda n: (n != "total_loss", n == "validation_loss", n))
+    for name in names:
         style = {"color": "black", "linewidth": 2.2} if name == "total_loss" else {"linewidth": 1.2}
         if name == "validation_loss":
             style = {"linestyle": "--", "marker": "o", "markersize": 4, "color": "tab:red"}
