@@ -1,7 +1,6 @@
 """Training hooks: timing, LR schedule, checkpoints, evaluation, best model, early stopping,
 validation loss, metric writers and the training-curves plot."""
 
-import json
 import logging
 import math
 import os
@@ -14,7 +13,7 @@ from torch import nn
 from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.engine.train_loop import HookBase, StopTraining
 from d2seg.utils import comm
-from d2seg.utils.io import atomic_open
+from d2seg.utils.training_plots import write_training_plots
 
 logger = logging.getLogger(__name__)
 
@@ -283,52 +282,12 @@ class PeriodicWriter(HookBase):
 
 
 class TrainingCurves(HookBase):
-    """After training, plots ``metrics.json`` (losses, LR, validation loss, evaluation metrics)
-    to ``training_curves.png``."""
+    """After training, plots ``metrics.json`` to ``training_curves.png`` (losses, LR, headline
+    metrics) and ``per_class_metrics.png`` (see :mod:`d2seg.utils.training_plots`)."""
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
     def after_train(self) -> None:
         if comm.is_main_process():
-            plot_training_curves(os.path.join(self.output_dir, "metrics.json"),
-                                 os.path.join(self.output_dir, "training_curves.png"))
-
-
-def plot_training_curves(metrics_json: str, output_png: str) -> None:
-    """Plot each series of a metrics.json (JSON lines) against iteration into one PNG."""
-    if not os.path.exists(metrics_json):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    with open(metrics_json, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            it = record.pop("iteration")
-            for k, v in record.items():
-                xs, ys = series.setdefault(k, ([], []))
-                xs.append(it)
-                ys.append(v)
-    panels = {
-        "losses": [k for k in series if "loss" in k and not k.startswith("val/")],
-        "learning rate": [k for k in series if k == "lr"],
-        "evaluation": [k for k in series if "/" in k and not k.startswith("val/")],
-    }
-    panels = {title: keys for title, keys in panels.items() if keys}
-    if not panels:
-        return
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (title, keys) in zip(axes[0], panels.items()):
-        for k in sorted(keys):
-            ax.plot(*series[k], label=k, marker="o" if len(series[k][0]) < 3 else None)
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    with atomic_open(output_png, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+            write_training_plots(self.output_dir)

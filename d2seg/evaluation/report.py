@@ -10,10 +10,11 @@
 - ``instance_confusion.png``: ground-truth class × predicted class (+ background) of the
   matched detections (``coco_evaluation.instance_confusion_matrix``);
 - ``semantic_confusion.png`` (row-normalised pixel confusion) and ``semantic_iou.png``
-  (per-class IoU bars).
+  (per-class IoU bars, sorted).
 
-Plots use matplotlib's Agg renderer (no display). Pixel sizes are fixed by the class count
-(:func:`figure_size_px`), so a report's layout does not depend on the data.
+Plots use matplotlib's Agg renderer (no display). Sizes in inches follow the class count and
+the longest class name (:func:`figure_size_in`), with every text ≥ 8 pt at 100 dpi; the tables
+label each metric's unit (``IoU (%)``, ``Dice (0–1)``).
 """
 
 import math
@@ -26,13 +27,20 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from d2seg.evaluation.coco_evaluation import AP_METRICS
+from d2seg.evaluation.units import format_number, with_unit
 from d2seg.utils.io import atomic_open, atomic_write_json
+from d2seg.utils.plotting import DPI, bars_height_in, save_png, sorted_bars
 
-DPI = 100
-PR_COLUMNS = 4
+PR_PANEL_IN = (2.6, 2.3)  # one class's precision–recall panel
 PR_IOU_THRESHOLDS = (0.5, 0.75)
+CONFUSION_CELL_IN = 0.2  # tick labels of 8 pt fit one per row/column
+ANNOTATED_CELL_IN = 0.45  # room for "0.85" / "1234" in 8 pt inside each cell
+MAX_ANNOTATED_CLASSES = 25
+CONFUSION_RIGHT_IN, CONFUSION_TOP_IN = 1.4, 0.5  # colour bar and its label; title
+CHAR_IN = 0.075  # width of one 8–9 pt character, for the margin of class names
 
 
 def report_folder(output_dir: str | os.PathLike, dataset_name: str) -> Path:
@@ -41,39 +49,45 @@ def report_folder(output_dir: str | os.PathLike, dataset_name: str) -> Path:
     return Path(output_dir) / "inference" / re.sub(r"[^\w.+-]", "_", name)
 
 
-def figure_size_px(kind: str, num_classes: int) -> tuple[int, int]:
-    """(width, height) in pixels of a plot: ``"pr_curves"``, ``"confusion"`` or ``"iou_bars"``.
+def pr_columns(num_classes: int) -> int:
+    """Panels per row of the PR-curve grid: 4, or 6 for many classes (a shorter page)."""
+    return min(4 if num_classes <= 16 else 6, num_classes)
 
-    ``num_classes`` counts the classes drawn (for ``"confusion"`` including background).
+
+def _label_margin_in(labels: Sequence[str]) -> float:
+    """Room for rotated or horizontal class names plus an axis label."""
+    return 0.6 + CHAR_IN * max((len(label) for label in labels), default=1)
+
+
+def _matrix_in(num_labels: int) -> float:
+    cell = ANNOTATED_CELL_IN if num_labels <= MAX_ANNOTATED_CLASSES else CONFUSION_CELL_IN
+    return max(3.0, cell * num_labels)
+
+
+def figure_size_in(kind: str, labels: Sequence[str]) -> tuple[float, float]:
+    """(width, height) in inches of a plot: ``"pr_curves"``, ``"confusion"`` or ``"iou_bars"``.
+
+    ``labels`` are the classes drawn (for ``"confusion"`` including background); their count
+    and longest name set the size, so that every text stays ≥ 8 pt at :data:`DPI`.
     """
+    n = len(labels)
     if kind == "pr_curves":
-        columns = min(PR_COLUMNS, num_classes)
-        return 300 * columns, 250 * math.ceil(num_classes / columns)
+        columns = pr_columns(n)
+        return PR_PANEL_IN[0] * columns + 0.8, PR_PANEL_IN[1] * math.ceil(n / columns) + 1.2
     if kind == "confusion":
-        side = max(500, 40 * num_classes + 250)
-        return side, side
+        matrix = _matrix_in(n) + _label_margin_in(labels)
+        return matrix + CONFUSION_RIGHT_IN, matrix + CONFUSION_TOP_IN
     if kind == "iou_bars":
-        return max(600, 40 * num_classes + 200), 450
+        return max(6.0, _label_margin_in(labels) + 5.0), bars_height_in(n)
     raise ValueError(f"unknown plot kind {kind!r}")
 
 
-def _new_figure(kind: str, num_classes: int, margins_px: tuple[int, int, int, int]) -> Figure:
-    """A figure of :func:`figure_size_px` with fixed (left, bottom, right, top) pixel margins.
-
-    Fixed margins instead of ``tight_layout``: laying out a grid of 80 panels twice costs
-    seconds per plot.
-    """
-    width, height = figure_size_px(kind, num_classes)
-    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    left, bottom, right, top = margins_px
-    figure.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width,
-                           top=1 - top / height, wspace=0.3, hspace=0.5)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=DPI)
+def _new_figure(kind: str, labels: Sequence[str], *, constrained: bool = True) -> Figure:
+    """A figure of :func:`figure_size_in`. The PR grid and the confusion matrix place their
+    axes by fixed margins instead: laying out 80 panels costs seconds per plot, and a layout
+    engine would shrink a matrix's square cells to fit its long tick labels."""
+    width, height = figure_size_in(kind, labels)
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
 
 
 def plot_pr_curves(coco_eval: Any, class_names: Sequence[str], path: Path) -> None:
@@ -81,9 +95,13 @@ def plot_pr_curves(coco_eval: Any, class_names: Sequence[str], path: Path) -> No
     precision = coco_eval.eval["precision"]  # T×R×K×A×M
     recall = np.asarray(coco_eval.params.recThrs)
     iou_thresholds = np.asarray(coco_eval.params.iouThrs)
-    figure = _new_figure("pr_curves", len(class_names), (60, 50, 15, 30))
-    columns = min(PR_COLUMNS, len(class_names))
+    figure = _new_figure("pr_curves", class_names, constrained=False)
+    width, height = figure.get_size_inches()
+    figure.subplots_adjust(left=0.8 / width, bottom=0.8 / height, right=1 - 0.15 / width,
+                           top=1 - 0.6 / height, wspace=0.35, hspace=0.55)
+    columns = pr_columns(len(class_names))
     rows = math.ceil(len(class_names) / columns)
+    handles: list[Any] = []  # the two IoU lines of a class with ground truth, for the legend
     for k, name in enumerate(class_names):
         axes = figure.add_subplot(rows, columns, k + 1)
         for threshold in PR_IOU_THRESHOLDS:
@@ -91,71 +109,88 @@ def plot_pr_curves(coco_eval: Any, class_names: Sequence[str], path: Path) -> No
             if (curve > -1).any():
                 axes.plot(recall, np.clip(curve, 0, None), label=f"IoU {threshold:.2f}")
         if not axes.lines:
-            axes.text(0.5, 0.5, "no ground truth", ha="center", va="center")
+            axes.text(0.5, 0.5, "no ground truth", ha="center", va="center", fontsize=9)
         else:
-            axes.legend(fontsize=6, loc="lower left")
+            handles = axes.lines
         axes.set(xlim=(0, 1), ylim=(0, 1.02))
-        axes.set_title(name, fontsize=8)
-        axes.tick_params(labelsize=6)
-    figure.supxlabel("recall", fontsize=8)
-    figure.supylabel("precision", fontsize=8)
-    _save(figure, path)
+        axes.set_title(name, fontsize=9)
+        axes.tick_params(labelsize=8)
+    if handles:
+        figure.legend(handles=handles, loc="upper right", ncols=len(handles), fontsize=9,
+                      frameon=False)
+    figure.supxlabel("recall", fontsize=10, y=0.15 / height, va="bottom")
+    figure.supylabel("precision", fontsize=10, x=0.15 / width, ha="left")
+    save_png(figure, path)
 
 
 def plot_confusion(
     confusion: np.ndarray, labels: Sequence[str], path: Path, *, title: str, normalise: bool
 ) -> None:
-    """A confusion matrix heat map (row = ground truth, column = prediction)."""
+    """A confusion matrix heat map (row = ground truth, column = prediction); each cell's value
+    is written in it for up to :data:`MAX_ANNOTATED_CLASSES` labels."""
     values = confusion.astype(np.float64)
     if normalise:
         rows = values.sum(1, keepdims=True)
         values = np.divide(values, rows, out=np.zeros_like(values), where=rows > 0)
-    figure = _new_figure("confusion", len(labels), (170, 170, 90, 40))
-    axes = figure.add_subplot()
+    figure = _new_figure("confusion", labels, constrained=False)
+    width, height = figure.get_size_inches()
+    margin, matrix = _label_margin_in(labels), _matrix_in(len(labels))
+    axes = figure.add_axes((margin / width, margin / height, matrix / width, matrix / height))
+    colorbar_axes = figure.add_axes(((margin + matrix + 0.2) / width,
+                                     (margin + 0.2 * matrix) / height,
+                                     0.2 / width, 0.6 * matrix / height))
     # Square-root colour scale: a few large cells (background, one frequent class) would
     # otherwise wash out every other count.
-    image = axes.imshow(values, cmap="Blues", norm=PowerNorm(0.5, vmin=0))
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    image = axes.imshow(values, cmap="Blues", norm=PowerNorm(0.5, vmin=0), aspect="auto")
+    colorbar = figure.colorbar(image, cax=colorbar_axes)
+    colorbar.locator = MaxNLocator(4)  # linear ticks bunch up at the top of a √ scale
+    colorbar.ax.tick_params(labelsize=8)
+    colorbar.set_label("fraction of the row" if normalise else "count", fontsize=9)
     ticks = np.arange(len(labels))
-    axes.set_xticks(ticks, labels, rotation=90, fontsize=7)
-    axes.set_yticks(ticks, labels, fontsize=7)
-    axes.set(xlabel="predicted", ylabel="ground truth", title=title)
-    if len(labels) <= 25:
+    axes.set_xticks(ticks, labels, rotation=90, fontsize=8)
+    axes.set_yticks(ticks, labels, fontsize=8)
+    axes.set_xlabel("predicted", fontsize=10)
+    axes.set_ylabel("ground truth", fontsize=10)
+    axes.set_title(title, fontsize=10)
+    if len(labels) <= MAX_ANNOTATED_CLASSES:
         for (i, j), value in np.ndenumerate(values):
             text = f"{value:.2f}" if normalise else str(int(value))
-            axes.text(j, i, text, ha="center", va="center", fontsize=6,
+            axes.text(j, i, text, ha="center", va="center", fontsize=8,
                       color="white" if value > values.max() / 2 else "black")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_iou_bars(metrics: dict[str, float], class_names: Sequence[str], path: Path) -> None:
-    """Per-class IoU (%) bars from the ``IoU-<class>`` keys of the sem_seg results."""
-    values = [metrics.get(f"IoU-{name}", float("nan")) for name in class_names]
-    figure = _new_figure("iou_bars", len(class_names), (70, 150, 20, 40))
-    axes = figure.add_subplot()
-    axes.bar(range(len(values)), np.nan_to_num(values))
-    axes.set_xticks(range(len(values)), class_names, rotation=90, fontsize=7)
-    axes.set(ylim=(0, 100), ylabel="IoU (%)", title="per-class IoU")
-    _save(figure, path)
+    """Per-class IoU (%) bars from the ``IoU-<class>`` keys of the sem_seg results, sorted best
+    first (a class absent from ground truth and prediction is left out)."""
+    values = {name: metrics[f"IoU-{name}"] for name in class_names
+              if math.isfinite(metrics.get(f"IoU-{name}", float("nan")))}
+    figure = _new_figure("iou_bars", class_names)
+    sorted_bars(figure.add_subplot(), values, xlabel="IoU (%)", percent=True,
+                title="per-class IoU")
+    save_png(figure, path)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+def _number(metrics: dict[str, float], key: str) -> str:
+    return format_number(key, metrics.get(key, float("nan")))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in rows]
     return lines + [""]
 
 
-def _per_class_rows(
-    metrics: dict[str, float], names: Sequence[str], keys: Sequence[str]
-) -> list[list[Any]]:
-    return [[name, *(metrics.get(f"{key}-{name}", float("nan")) for key in keys)]
-            for name in names]
+def _metric_table(
+    first: str, rows: Sequence[tuple[str, dict[str, float], str]], keys: Sequence[str]
+) -> list[str]:
+    """A table with one column per metric, headed with its unit (``IoU (%)``).
+
+    ``rows``: (row label, metrics, key suffix) — a row reads ``metrics[key + suffix]``.
+    """
+    return _table([first, *map(with_unit, keys)],
+                  [[label, *(_number(metrics, key + suffix) for key in keys)]
+                   for label, metrics, suffix in rows])
 
 
 def _names_from_keys(metrics: dict[str, float], prefix: str) -> list[str]:
@@ -207,13 +242,10 @@ def write_report(
     tasks = [task for task in ("bbox", "segm") if task in results]
     if tasks:
         names = list(thing_classes or _names_from_keys(results[tasks[0]], "AP-"))
-        lines += ["## Instances (COCO AP, %)", ""]
-        lines += _table(["", *AP_METRICS],
-                        [[task, *(results[task].get(k, float("nan")) for k in AP_METRICS)]
-                         for task in tasks])
-        lines += _table(["class", *(f"AP {task}" for task in tasks)], [
-            [name, *(results[task].get(f"AP-{name}", float("nan")) for task in tasks)]
-            for name in names
+        lines += ["## Instances (COCO AP)", ""]
+        lines += _metric_table("task", [(task, results[task], "") for task in tasks], AP_METRICS)
+        lines += _table(["class", *(f"AP {task} (%)" for task in tasks)], [
+            [name, *(_number(results[task], f"AP-{name}") for task in tasks)] for name in names
         ])
     for task in tasks:
         if coco_evals.get(task) is not None:
@@ -234,11 +266,12 @@ def write_report(
         headline = [k for k in ("IoU", "mIoU", "fwIoU", "mACC", "pACC", "Dice", "F1",
                                 "precision", "recall", "MCC") if k in metrics]
         lines += ["## Semantic segmentation", "",
-                  "IoU/ACC columns in %, Dice/precision/recall/MCC as fractions.", ""]
-        lines += _table(headline, [[metrics[k] for k in headline]])
+                  "IoU and ACC are percentages; Dice, precision and recall fractions (0–1); "
+                  "MCC ranges −1…1.", ""]
+        lines += _metric_table("", [("all", metrics, "")], headline)
         per_class_keys = ["IoU", "ACC", "Dice", "precision", "recall", "MCC"]
-        lines += _table(["class", *per_class_keys],
-                        _per_class_rows(metrics, names, per_class_keys))
+        lines += _metric_table("class", [(name, metrics, f"-{name}") for name in names],
+                               per_class_keys)
         plot_iou_bars(metrics, names, folder / "semantic_iou.png")
         lines += ["![per-class IoU](semantic_iou.png)", ""]
         if semantic_confusion is not None:
@@ -247,14 +280,13 @@ def write_report(
             lines += ["![semantic confusion](semantic_confusion.png)", ""]
     if "panoptic_seg" in results:
         metrics = results["panoptic_seg"]
-        lines += ["## Panoptic segmentation (%)", ""]
-        lines += _table(["", "PQ", "SQ", "RQ"], [
-            [group, *(metrics.get(f"{k}{suffix}", float("nan")) for k in ("PQ", "SQ", "RQ"))]
-            for group, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st"))
-        ])
+        lines += ["## Panoptic segmentation", ""]
+        lines += _metric_table("", [(group, metrics, suffix) for group, suffix in
+                                    (("all", ""), ("things", "_th"), ("stuff", "_st"))],
+                               ["PQ", "SQ", "RQ"])
         names = _names_from_keys(metrics, "PQ-")
-        lines += _table(["class", "PQ", "SQ", "RQ"],
-                        _per_class_rows(metrics, names, ["PQ", "SQ", "RQ"]))
+        lines += _metric_table("class", [(name, metrics, f"-{name}") for name in names],
+                               ["PQ", "SQ", "RQ"])
     with atomic_open(folder / "report.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return folder / "report.md"

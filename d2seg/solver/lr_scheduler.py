@@ -7,6 +7,7 @@ This is the split Detectron2 uses, so ``WarmupMultiStepLR`` and ``WarmupCosineLR
 
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 from fvcore.common.param_scheduler import (
@@ -19,6 +20,7 @@ from fvcore.common.param_scheduler import (
 )
 
 from d2seg.config import CfgNode
+from d2seg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +78,32 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return [base_lr * multiplier for base_lr in self.base_lrs]
 
 
+def multistep_milestones(steps: Sequence[int], max_iter: int) -> list[int]:
+    """The ``SOLVER.STEPS`` that fall inside training (``< max_iter``), in iterations.
+
+    A step at or beyond ``SOLVER.MAX_ITER`` would never lower the LR (a common leftover of
+    shortening a run); it is dropped with one warning instead of failing in fvcore.
+    """
+    steps = list(steps)
+    if any(b <= a for a, b in zip([0, *steps], steps)):
+        raise ConfigError(
+            f"SOLVER.STEPS {steps} must be positive and increasing iterations; "
+            f"fix: e.g. SOLVER.STEPS ({int(max_iter * 0.75)},)"
+        )
+    kept = [s for s in steps if s < max_iter]
+    if len(kept) != len(steps):
+        logger.warning(
+            f"SOLVER.STEPS {steps}: steps {[s for s in steps if s >= max_iter]} are at or beyond "
+            f"SOLVER.MAX_ITER {max_iter} and never lower the LR; they are ignored"
+        )
+    return kept
+
+
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     """``SOLVER.LR_SCHEDULER_NAME`` with ``SOLVER.WARMUP_*``, as a per-iteration scheduler."""
     max_iter = cfg.SOLVER.MAX_ITER
     if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
-        steps = [s for s in cfg.SOLVER.STEPS if s <= max_iter]
-        if len(steps) != len(cfg.SOLVER.STEPS):
-            logger.warning(
-                f"SOLVER.STEPS {list(cfg.SOLVER.STEPS)} has steps beyond SOLVER.MAX_ITER "
-                f"{max_iter}; they are ignored"
-            )
+        steps = multistep_milestones(cfg.SOLVER.STEPS, max_iter)
         schedule: ParamScheduler = MultiStepParamScheduler(
             values=[cfg.SOLVER.GAMMA**k for k in range(len(steps) + 1)],
             milestones=steps,

@@ -4,7 +4,8 @@ The trainer puts scalars (losses, LR, timings, evaluation results) into an :clas
 writers read it every few iterations:
 
 * :class:`JSONWriter` appends one JSON object per line to ``OUTPUT_DIR/metrics.json``
-  (Detectron2's format: ``{"iteration": i, "total_loss": ..., ...}``);
+  (Detectron2's format: ``{"iteration": i, "total_loss": ..., ...}``, losses as the median of
+  the last 20 iterations);
 * :class:`TensorboardWriter` writes ``events.out.tfevents.*`` with ``torch.utils.tensorboard``;
 * :class:`ProgressWriter` shows a tqdm bar with ETA and losses on a terminal, and plain log lines
   when stdout is not a TTY (CI logs, ``nohup``).
@@ -16,6 +17,7 @@ import os
 import sys
 from collections import defaultdict
 
+import numpy as np
 from fvcore.common.history_buffer import HistoryBuffer
 
 logger = logging.getLogger(__name__)
@@ -66,12 +68,29 @@ class _NewScalars:
         return by_iter
 
 
-class JSONWriter:
-    """Appends the scalars put since the last write to ``path`` as JSON lines."""
+def is_training_loss(name: str) -> bool:
+    """Losses the progress line and metrics.json smooth (``total_loss``, ``loss_*``)."""
+    return "loss" in name and "/" not in name
 
-    def __init__(self, path: str):
+
+class JSONWriter:
+    """Appends the scalars put since the last write to ``path`` as JSON lines.
+
+    Losses (:func:`is_training_loss`) are written as their median over the last ``window``
+    iterations, as Detectron2 does: the value the progress line shows, so metrics.json, the log
+    and ``tools/summarize_run.py`` agree. TensorBoard gets the raw values.
+    """
+
+    def __init__(self, path: str, window: int = 20):
         self.path = path
+        self.window = window
         self._new = _NewScalars()
+
+    def _smoothed(self, storage: EventStorage, name: str, it: int, value: float) -> float:
+        if not is_training_loss(name):
+            return value
+        recent = storage.history(name).values()[-self.window:]
+        return float(np.median([v for v, i in recent if it - self.window < i <= it]))
 
     def write(self, storage: EventStorage) -> None:
         by_iter = self._new.take(storage)
@@ -79,7 +98,8 @@ class JSONWriter:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             for it in sorted(by_iter):
-                f.write(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n")
+                row = {k: self._smoothed(storage, k, it, v) for k, v in by_iter[it].items()}
+                f.write(json.dumps({"iteration": it, **row}, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -128,7 +148,7 @@ class ProgressWriter:
                     total=self.max_iter, initial=self._shown, desc="train", dynamic_ncols=True
                 )
         latest = storage.latest()
-        losses = {k: v for k, (v, _) in latest.items() if "loss" in k and "/" not in k}
+        losses = {k: v for k, (v, _) in latest.items() if is_training_loss(k)}
         shown = {k: storage.median(k) for k in losses}
         lr = latest.get("lr", (float("nan"), 0))[0]
         if self._bar is not None:  # tqdm shows its own ETA

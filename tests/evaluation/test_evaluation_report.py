@@ -5,10 +5,14 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
+from d2seg.evaluation import report as report_module
 from d2seg.evaluation.coco_evaluation import evaluate_coco_predictions, load_coco_gt
-from d2seg.evaluation.report import figure_size_px, report_folder, write_report
+from d2seg.evaluation.report import figure_size_in, report_folder, write_report
+from d2seg.evaluation.sem_seg_evaluation import semantic_metrics
+from d2seg.utils.plotting import DPI
 
 THINGS = ["cat", "dog", "hot|dog"]  # a '|' must not break the Markdown table
 STUFF = ["road", "sky"]
@@ -49,15 +53,16 @@ def test_report_lists_every_class_and_writes_readable_plots(coco_eval, tmp_path)
     for name in ["cat", "dog", "hot\\|dog", *STUFF]:
         assert f"| {name} |" in text
     expected = {
-        "pr_curves_bbox.png": figure_size_px("pr_curves", 3),
-        "instance_confusion.png": figure_size_px("confusion", 4),
-        "semantic_confusion.png": figure_size_px("confusion", 2),
-        "semantic_iou.png": figure_size_px("iou_bars", 2),
+        "pr_curves_bbox.png": figure_size_in("pr_curves", THINGS),
+        "instance_confusion.png": figure_size_in("confusion", [*THINGS, "background"]),
+        "semantic_confusion.png": figure_size_in("confusion", STUFF),
+        "semantic_iou.png": figure_size_in("iou_bars", STUFF),
     }
-    for name, size in expected.items():
+    for name, inches in expected.items():
         assert f"({name})" in text
         with Image.open(folder / name) as image:
-            assert image.format == "PNG" and image.size == size
+            assert image.format == "PNG"
+            assert image.size == tuple(round(v * DPI) for v in inches)
     saved = json.loads((folder / "results.json").read_text())
     assert saved["panoptic_seg"]["PQ-sky"] is None  # NaN → null: strict JSON
     assert saved["bbox"]["AP-cat"] == pytest.approx(metrics["AP-cat"])
@@ -68,3 +73,38 @@ def test_report_folder_is_per_dataset(tmp_path):
     assert report_folder("out", "balloon_val") == report_folder("out", "balloon_val")
     assert report_folder("out", "/data/x/annotations/val.json").name == "val"
     assert report_folder("out", "a b").parent.name == "inference"
+
+
+def test_report_tables_label_every_metric_with_its_unit(tmp_path):
+    confusion = np.array([[50, 5, 0], [4, 30, 6], [0, 3, 20]])
+    sem_seg = semantic_metrics(confusion, ["road", "car", "sky"])
+    text = write_report({"sem_seg": sem_seg, "segm": {"AP": 41.5, "AP-car": 41.5}}, tmp_path,
+                        thing_classes=["car"]).read_text()
+    headers = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    for header in ("mIoU (%)", "pACC (%)", "Dice (0–1)", "MCC (−1…1)", "IoU (%)", "ACC (%)",
+                   "precision (0–1)", "AP (%)", "AP segm (%)"):
+        assert any(f"| {header} |" in line for line in headers), header
+    # percentages with 2 decimals, fractions with 3: the row reads as its header says
+    assert f"| {sem_seg['mIoU']:.2f} |" in text and f"| {sem_seg['Dice']:.3f} |" in text
+
+
+@pytest.mark.parametrize("num_classes", [23, 70])
+def test_confusion_and_iou_plots_grow_with_the_class_count(tmp_path, num_classes, monkeypatch):
+    names = [f"class {i:02d}" for i in range(num_classes)]
+    rng = np.random.default_rng(0)
+    confusion = rng.integers(0, 20, (num_classes, num_classes)) + np.diag([500] * num_classes)
+    figures = []
+    save = report_module.save_png
+    monkeypatch.setattr(report_module, "save_png", lambda f, p: (figures.append(f), save(f, p)))
+    write_report({"sem_seg": semantic_metrics(confusion, names)}, tmp_path,
+                 stuff_classes=names, semantic_confusion=confusion)
+    for figure in figures:
+        texts = [t for t in figure.findobj(Text) if t.get_text() and t.get_visible()]
+        assert min(t.get_fontsize() for t in texts) >= 8
+    # values written into the cells only while they fit
+    assert len(figures[-1].axes[0].texts) == (num_classes**2 if num_classes <= 25 else 0)
+    with Image.open(tmp_path / "semantic_confusion.png") as image:
+        # ≥ 0.2 in per row and column: 8 pt tick labels never overlap
+        assert min(image.size) >= num_classes * 0.2 * DPI
+    with Image.open(tmp_path / "semantic_iou.png") as image:
+        assert image.height >= num_classes * 0.2 * DPI

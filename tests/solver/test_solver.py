@@ -105,3 +105,23 @@ def test_linear_scaling_warning():
     assert linear_scaling_warning(solver_cfg("SOLVER.BASE_LR", "0.02")) is None
     message = linear_scaling_warning(solver_cfg("SOLVER.BASE_LR", "0.02", "SOLVER.IMS_PER_BATCH", "2"))
     assert "SOLVER.BASE_LR 0.0025" in message
+
+
+def test_steps_at_or_beyond_max_iter_are_dropped_with_one_warning(caplog):
+    cfg = solver_cfg("SOLVER.BASE_LR", "0.1", "SOLVER.MAX_ITER", "30", "SOLVER.STEPS",
+                     "(20, 30, 40)", "SOLVER.WARMUP_ITERS", "0")
+    with caplog.at_level("WARNING", logger="d2seg.solver.lr_scheduler"):
+        lrs = lrs_over_training(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "SOLVER.STEPS" in warnings[0] and "SOLVER.MAX_ITER 30" in warnings[0]
+    assert "[30, 40]" in warnings[0]
+    assert lrs[19] == pytest.approx(0.1) and lrs[29] == pytest.approx(0.01)
+
+
+def test_decreasing_steps_are_a_config_error_naming_the_key():
+    from d2seg.errors import ConfigError
+
+    cfg = solver_cfg("SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(80, 60)")
+    with pytest.raises(ConfigError, match=r"SOLVER.STEPS \[80, 60\].*fix:"):
+        build_lr_scheduler(cfg, build_optimizer(cfg, nn.Linear(2, 2)))
