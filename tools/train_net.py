@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.eval_only:
         model = build_model(cfg)
         D2SegCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-        return DefaultTrainer.test(cfg, model)
+        return DefaultTrainer.test(cfg, model, cfg.MODEL.WEIGHTS)
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()

@@ -1,6 +1,7 @@
 """Training hooks: timing, LR schedule, checkpoints, evaluation, best model, early stopping,
 validation loss, metric writers and the training-curves plot."""
 
+import copy
 import logging
 import math
 import os
@@ -10,7 +11,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from d2seg.checkpoint import D2SegCheckpointer
+from d2seg.checkpoint import D2SegCheckpointer, load_checkpoint_file
 from d2seg.engine.train_loop import HookBase, StopTraining
 from d2seg.utils import comm
 from d2seg.utils.training_plots import write_training_plots
@@ -187,6 +188,28 @@ class BestCheckpointer(_MetricWatcher):
     def after_train(self) -> None:
         if self.trainer.completed:
             self._check()
+
+
+class BestModelEvaluation(HookBase):
+    """After training, when ``model_best.pth`` is not the final model, evaluates it once with
+    ``evaluate(model, description)``, so that the closing report describes the model a user
+    ships, not the last one. Runs on every rank (evaluation is a collective)."""
+
+    def __init__(self, best: BestCheckpointer, evaluate: Callable[[nn.Module, str], Any]):
+        self.best = best
+        self.evaluate = evaluate
+
+    def after_train(self) -> None:
+        best_iter = self.best.best_iter
+        if not self.trainer.completed or best_iter < 0 or best_iter == self.trainer.iter:
+            return
+        comm.synchronize()  # rank 0 has finished writing model_best.pth
+        path = os.path.join(self.best.checkpointer.save_dir, "model_best.pth")
+        model = copy.deepcopy(self.best.checkpointer.model)
+        model.load_state_dict(load_checkpoint_file(path)["model"])
+        description = f"model_best.pth (iteration {best_iter + 1}, best {self.best.metric})"
+        logger.info(f"Closing evaluation of {description}")
+        self.evaluate(model, description)
 
 
 class EarlyStopping(_MetricWatcher):

@@ -232,9 +232,10 @@ class DefaultTrainer(SimpleTrainer):
             )
             out.append(hooks.ValidationLoss(cfg.TEST.EVAL_PERIOD, self.model, val_loader))
         if has_test:
-            evaluate = lambda: self.test(cfg, self.unwrapped_model)  # noqa: E731
-            out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, evaluate))
-            out.append(hooks.BestCheckpointer(self.checkpointer, metric, mode))
+            out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate_current_model))
+            best = hooks.BestCheckpointer(self.checkpointer, metric, mode)
+            out.append(best)
+            out.append(hooks.BestModelEvaluation(best, lambda m, d: self.test(cfg, m, d)))
         if cfg.SOLVER.EARLY_STOP.PATIENCE > 0:
             out.append(hooks.EarlyStopping(metric, mode, cfg.SOLVER.EARLY_STOP.PATIENCE))
         if comm.is_main_process():
@@ -253,10 +254,16 @@ class DefaultTrainer(SimpleTrainer):
         (:func:`d2seg.evaluation.build_evaluator`); override for others."""
         return build_evaluator(cfg, dataset_name, output_dir)
 
+    def _evaluate_current_model(self) -> dict[str, dict[str, float]]:
+        return self.test(self.cfg, self.unwrapped_model, f"the model at iteration {self.iter + 1}")
+
     @classmethod
-    def test(cls, cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, float]]:
+    def test(
+        cls, cfg: CfgNode, model: nn.Module, description: str = ""
+    ) -> dict[str, dict[str, float]]:
         """Evaluate ``model`` on every ``DATASETS.TEST`` entry; write each dataset's report to
-        ``OUTPUT_DIR/inference/<dataset>/``. Returns the results of the last dataset (flat
+        ``OUTPUT_DIR/inference/<dataset>/`` (``description`` says which model it is, e.g.
+        "model_best.pth (iteration 40)"). Returns the results of the last dataset (flat
         ``{task: {metric: value}}``, like Detectron2 with one test set) — all are logged."""
         results: dict[str, dict[str, float]] = {}
         for entry in cfg.DATASETS.TEST:
@@ -267,7 +274,13 @@ class DefaultTrainer(SimpleTrainer):
             evaluator = cls.build_evaluator(cfg, name, output_dir)
             results = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
-                write_report(results, output_dir, dataset_name=name, **evaluator.report_inputs())
+                write_report(
+                    results,
+                    output_dir,
+                    dataset_name=name,
+                    model=description,
+                    **evaluator.report_inputs(),
+                )
                 for task, metrics in results.items():
                     shown = ", ".join(
                         f"{k}={v:.2f}"

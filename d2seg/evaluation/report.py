@@ -214,6 +214,7 @@ def write_report(
     output_dir: str | os.PathLike,
     *,
     dataset_name: str = "",
+    model: str = "",
     thing_classes: Sequence[str] | None = None,
     coco_evals: dict[str, Any] | None = None,
     instance_confusion: np.ndarray | None = None,
@@ -226,6 +227,7 @@ def write_report(
         results: evaluator results (``{"bbox": {...}, "segm": {...}, "sem_seg": {...},
             "panoptic_seg": {...}}``); every key present gets a section.
         dataset_name: shown in the title.
+        model: which model was evaluated (e.g. "model_best.pth (iteration 40)"), shown under it.
         thing_classes: instance class names (contiguous order); default from ``AP-`` keys.
         coco_evals: task → COCOeval after ``accumulate`` (for the PR curves).
         instance_confusion: (C+1)×(C+1) counts, last row/column background.
@@ -238,6 +240,8 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "results.json", _json_safe(results), indent=2)
     lines = [f"# Evaluation report{f': {dataset_name}' if dataset_name else ''}", ""]
+    if model:
+        lines += [f"Model: {model}", ""]
     coco_evals = coco_evals or {}
     tasks = [task for task in ("bbox", "segm") if task in results]
     if tasks:

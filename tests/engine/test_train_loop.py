@@ -113,3 +113,32 @@ def test_validation_loss_keeps_batchnorm_statistics(tmp_path):
     val_hook._compute()
     assert torch.equal(model.norm.running_mean, running_mean)
     assert "validation_loss" in trainer.storage.latest()
+
+
+def test_after_early_stopping_the_best_model_is_evaluated_once_and_named(tmp_path):
+    model = ToyRegressor()
+    trainer = SimpleTrainer(model, toy_loader(), torch.optim.SGD(model.parameters(), 0.01))
+    ckpt = D2SegCheckpointer(model, str(tmp_path))
+    values = [10.0, 30.0, 20.0, 25.0, 5.0, 50.0]
+    evaluations = fake_eval_sequence(values)
+    calls = []
+
+    def evaluate_best(best_model, description):
+        calls.append((best_model.state_dict(), description))
+
+    best = hooks.BestCheckpointer(ckpt, "segm/AP", "max")
+    trainer.register_hooks([
+        hooks.EvalHook(2, evaluations),
+        best,
+        hooks.BestModelEvaluation(best, evaluate_best),
+        hooks.EarlyStopping("segm/AP", "max", patience=3),
+    ])
+    trainer.train(0, 100)
+    # evaluated at iterations 2, 4, 6, 8, 10 — the stop at 10 is not evaluated a second time
+    assert trainer.storage.history("segm/AP").values()[-1][0] == 5.0
+    assert len(trainer.storage.history("segm/AP").values()) == 5
+    [(state, description)] = calls
+    assert description == "model_best.pth (iteration 4, best segm/AP)"
+    saved = torch.load(tmp_path / "model_best.pth", weights_only=True)["model"]
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+    assert not all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)

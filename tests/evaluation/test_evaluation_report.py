@@ -108,3 +108,11 @@ def test_confusion_and_iou_plots_grow_with_the_class_count(tmp_path, num_classes
         assert min(image.size) >= num_classes * 0.2 * DPI
     with Image.open(tmp_path / "semantic_iou.png") as image:
         assert image.height >= num_classes * 0.2 * DPI
+
+
+def test_report_says_which_model_it_describes(tmp_path):
+    report = write_report({"segm": {"AP": 41.5}}, tmp_path, dataset_name="val",
+                          model="model_best.pth (iteration 40, best segm/AP)")
+    lines = report.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "# Evaluation report: val"
+    assert "Model: model_best.pth (iteration 40, best segm/AP)" in lines[:4]
