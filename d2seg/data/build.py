@@ -152,11 +152,11 @@ def _drop_unmapped(batch: list[dict | None]) -> list[dict]:
     return [item for item in batch if item is not None]
 
 
-def _ignore_interrupts(worker_id: int) -> None:
+def _ignore_ctrl_c(worker_id: int) -> None:
     # Ctrl-C reaches every process of the terminal's group: the main process finishes its step
-    # and saves, which needs workers that are still alive; it ends them itself afterwards.
+    # and saves, and a worker that died of it would fail that step; the main process ends the
+    # workers itself. (SIGTERM stays fatal: DataLoader ends its workers with it at exit.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _is_tall(dataset_dict: dict) -> bool:
@@ -206,7 +206,7 @@ def build_detection_train_loader(
     ``seed``: the data seed; default ``SEED``, or a random seed shared by all processes when
     ``SEED`` < 0. Datasets: ``DATASETS.TRAIN``; sampler: ``DATALOADER.SAMPLER_TRAIN``;
     ``multiprocessing_context`` (e.g. "spawn") picks how workers start. Workers ignore SIGINT
-    and SIGTERM: the training process handles them.
+    (a terminal's Ctrl-C): the training process handles it.
     """
     world_size = comm.get_world_size()
     total_batch = cfg.SOLVER.IMS_PER_BATCH
@@ -232,7 +232,7 @@ def build_detection_train_loader(
         batch_sampler=batches,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_drop_unmapped,
-        worker_init_fn=_ignore_interrupts,
+        worker_init_fn=_ignore_ctrl_c,
         # DataLoader draws a base seed from this generator (else from the global RNG) when
         # iterated; the items' own seeds make it irrelevant to the data.
         generator=torch.Generator().manual_seed(sampler.seed),
