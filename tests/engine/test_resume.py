@@ -199,7 +199,8 @@ def unet_args(dataset: str, out: Path, *extra: str) -> list[str]:
 def site_env(folder: Path, code: str, **variables: str) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(textwrap.dedent(code), encoding="utf-8")
-    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    # The hook imports d2seg before train_net.py puts its own checkout first on sys.path.
+    path = os.pathsep.join(filter(None, [str(folder), str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **variables}
 
 
