@@ -25,6 +25,7 @@ from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.synthetic import make_carvana
 from d2seg.engine import hooks
 from d2seg.engine.train_loop import HookBase, SimpleTrainer
+from d2seg.engine.trainer import capture_rng_state, restore_rng_state
 from d2seg.utils.cli import Interrupted
 from d2seg.utils.events import EventStorage, JSONWriter
 
@@ -103,6 +104,50 @@ def test_sigterm_saves_and_exits_143_and_a_repeated_sigterm_does_not_abort(tmp_p
         trainer.train(0, 10)
     assert stop.value.exit_code == 143 and str(stop.value).startswith("SIGTERM:")
     assert (tmp_path / "model_0000001.pth").exists()
+
+
+class DrawsLikeAnEvaluation(HookBase):
+    """Draws from the global RNG after each step, as evaluation does (a test loader's base
+    seed, RoI sampling in a validation loss)."""
+
+    def after_step(self):
+        torch.rand(3)
+
+
+class AbortAt(HookBase):
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def before_step(self):
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt
+
+
+def test_a_checkpoint_holds_the_rng_state_after_all_hooks_of_its_iteration(tmp_path):
+    # Toy batches come from the global RNG, so a resumed run sees the same data only if the
+    # checkpoint's RNG state is the one the next step starts from.
+    def run(folder, start_iter, *extra_hooks):
+        torch.manual_seed(0)
+        model = Toy()
+        trainer = SimpleTrainer(model, toy_batches(), torch.optim.SGD(model.parameters(), lr=0.1))
+        checkpointer = D2SegCheckpointer(model, str(folder))
+        if start_iter:
+            extra = checkpointer.resume_or_load("", resume=True)
+            restore_rng_state(extra["rng"])
+        trainer.register_hooks([
+            hooks.PeriodicCheckpointer(checkpointer, 3, lambda: {"rng": capture_rng_state()}),
+            DrawsLikeAnEvaluation(), *extra_hooks,
+        ])
+        trainer.train(start_iter, 8)
+        return model.state_dict()
+
+    straight = run(tmp_path / "straight", 0)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", 0, AbortAt(4))
+    assert load_checkpoint_file(str(tmp_path / "resumed" / "model_0000002.pth"))["iteration"] == 2
+    resumed = run(tmp_path / "resumed", 3)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
 
 
 def test_run_cli_prints_the_interrupt_line_and_exits_with_its_code():
