@@ -70,17 +70,19 @@ class HookBase:
 
 class _StopRequest:
     """SIGINT/SIGTERM handlers of the main thread while training runs: the first signal asks
-    to stop after the current step (``signum``); a SIGINT while a SIGINT stop is pending raises
-    KeyboardInterrupt (abort); any other repeat only repeats the request."""
+    to stop after the current step (``signum``); the second SIGINT raises KeyboardInterrupt
+    (abort); a repeated SIGTERM only repeats the request (a scheduler may send it to every
+    process and the launcher forward it as well)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum = 0
+        self._sigints = 0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        self.signum = 0
+        self.signum = self._sigints = 0
         if threading.current_thread() is threading.main_thread():  # else Python refuses
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
@@ -104,8 +106,10 @@ class _StopRequest:
         return signal.SIGINT if flags[0] > 0 else 0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            self._sigints += 1
+            if self._sigints > 1:
+                raise KeyboardInterrupt
         if self.signum:
             return
         self.signum = signum

@@ -61,7 +61,9 @@ def write_site_hook(folder: Path, code: str) -> dict[str, str]:
     """Environment whose Python processes run ``code`` at start-up (as ``sitecustomize``)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(textwrap.dedent(code), encoding="utf-8")
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    # The hook imports d2seg before train_net.py puts its own checkout first on sys.path.
+    path = [str(folder), str(REPO_ROOT), os.environ.get("PYTHONPATH")]
+    return {"PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def train_net(*args: str, env: dict[str, str] | None = None, script: Path = TRAIN_NET
