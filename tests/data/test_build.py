@@ -154,12 +154,12 @@ def test_repeat_factor_sampler_is_built_from_config(coco_json):
     assert set(ids) == set(range(len(SIZES)))
 
 
-def test_workers_split_the_sampler_stream_without_repeats(coco_json):
+def test_workers_keep_the_sampler_order_without_repeats(coco_json):
     cfg = _cfg(coco_json, "DATALOADER.NUM_WORKERS", 2, "SOLVER.IMS_PER_BATCH", 1,
                "DATALOADER.ASPECT_RATIO_GROUPING", False)
     batches = itertools.islice(build_detection_train_loader(cfg), 12)
     ids = [batch[0]["image_id"] for batch in batches]
-    # The loader alternates between the workers, which take alternate sampler positions.
+    # The loader alternates between the workers, which map alternate batches.
     assert ids == list(itertools.islice(TrainingSampler(len(SIZES), seed=0), 12))
 
 
