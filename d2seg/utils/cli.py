@@ -21,10 +21,6 @@ class Interrupted(Exception):
         self.signum = signum
 
     @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
-
-    @property
     def exit_code(self) -> int:
         return 128 + self.signum
 
