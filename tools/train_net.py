@@ -7,10 +7,15 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS runs/x/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 2                  # DDP (gloo on CPU)
     torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG          # under torchrun
+
+Exit codes: 0 done; 2 a user mistake (one line on stderr); 130 / 143 stopped by SIGINT (Ctrl-C)
+/ SIGTERM after saving a checkpoint, with one line naming it and the ``--resume`` command (a
+second Ctrl-C aborts at once without saving, also 130).
 """
 
 import argparse
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,7 +26,7 @@ from d2seg.engine.trainer import DefaultTrainer, auto_scale_workers  # noqa: E40
 from d2seg.errors import ConfigError  # noqa: E402
 from d2seg.modeling import build_model  # noqa: E402
 from d2seg.utils import comm  # noqa: E402
-from d2seg.utils.cli import run_cli  # noqa: E402
+from d2seg.utils.cli import Interrupted, run_cli  # noqa: E402
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -37,8 +42,18 @@ def main(args: argparse.Namespace) -> dict:
         return DefaultTrainer.test(cfg, model, cfg.MODEL.WEIGHTS)
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    trainer.train()
+    try:
+        trainer.train()
+    except Interrupted as stop:
+        raise Interrupted(stop.signum, f"{stop}; continue with: {resume_command()}") from None
     return {}
+
+
+def resume_command() -> str:
+    """This command line with ``--resume`` (before the KEY VALUE overrides, which take all
+    arguments after them)."""
+    rest = [a for a in sys.argv[1:] if a != "--resume"]
+    return shlex.join(["python", sys.argv[0], "--resume", *rest])
 
 
 def cli() -> None:

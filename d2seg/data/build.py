@@ -7,21 +7,28 @@ cfg)``) or from explicit arguments (``build_detection_train_loader(dataset=dicts
 total_batch_size=4)``), as in Detectron2 (:func:`~d2seg.config.configurable`).
 """
 
-import itertools
+import contextlib
 import logging
 import os
 import random
+import signal
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from d2seg.config import CfgNode, configurable
 from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
 from d2seg.data.datasets import resolve_dataset
+from d2seg.data.io import read_image
 from d2seg.data.mapper import DatasetMapper
-from d2seg.data.samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
+from d2seg.data.samplers import (
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingBatchSampler,
+    TrainingSampler,
+)
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.utils import comm
 
@@ -113,46 +120,30 @@ class _MappedList(Dataset):
         return self.mapper(self.dataset_dicts[index])
 
 
-class _TrainingBatches(IterableDataset):
-    """Mapped items in the sampler's order, batched; each DataLoader worker takes every
-    ``num_workers``-th index of the sampler's stream, so workers never repeat each other.
+class _SeededMappedList(_MappedList):
+    """``dataset[(index, seed)]``: dict ``index`` mapped with torch, NumPy and ``random`` seeded
+    by ``seed``, so an item's augmentation depends on its seed alone (not on the worker)."""
 
-    With ``group_by_aspect`` an image goes to the "wide" (W > H) or "tall" bucket by its mapped
-    image size and a batch is emitted when a bucket is full, so a batch never mixes the two.
-    A mapper returning None skips the item.
-    """
+    def __getitem__(self, key: tuple[int, int]) -> dict:  # type: ignore[override]
+        index, seed = key
+        with _seeded_rng(seed):
+            return self.mapper(self.dataset_dicts[index])
 
-    def __init__(
-        self,
-        dataset_dicts: list[dict],
-        mapper: Mapper,
-        sampler: Sampler[int],
-        batch_size: int,
-        group_by_aspect: bool,
-    ) -> None:
-        self.dataset_dicts = dataset_dicts
-        self.mapper = mapper
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.group_by_aspect = group_by_aspect
 
-    def _mapped(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        for index in itertools.islice(iter(self.sampler), worker_id, None, num_workers):
-            mapped = self.mapper(self.dataset_dicts[index])
-            if mapped is not None:
-                yield mapped
-
-    def __iter__(self) -> Iterator[list[dict]]:
-        buckets: tuple[list[dict], list[dict]] = ([], [])
-        for item in self._mapped():
-            height, width = item["image"].shape[-2:]
-            bucket = buckets[int(self.group_by_aspect and height >= width)]
-            bucket.append(item)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                bucket.clear()
+@contextlib.contextmanager
+def _seeded_rng(seed: int) -> Iterator[None]:
+    # Restored afterwards: without workers the mapping runs in the main process, whose RNG
+    # streams belong to the model (and are saved in checkpoints).
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
 
 
 def _keep_batch(batch: list[dict]) -> list[dict]:
@@ -160,24 +151,34 @@ def _keep_batch(batch: list[dict]) -> list[dict]:
     return batch
 
 
-def _seed_worker(worker_id: int) -> None:
-    # DataLoader has seeded this worker's torch RNG (loader seed + worker id); numpy and random
-    # follow it so that mappers using them are reproducible too.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+def _drop_unmapped(batch: list[dict | None]) -> list[dict]:
+    return [item for item in batch if item is not None]
 
 
-def _training_sampler(
-    cfg: CfgNode, dataset_dicts: list[dict], seed: int | None, start: int
-) -> TrainingSampler:
+def _ignore_ctrl_c(worker_id: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the main process finishes its step
+    # and saves, and a worker that died of it would fail that step; the main process ends the
+    # workers itself. (SIGTERM stays fatal: DataLoader ends its workers with it at exit.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _is_tall(dataset_dict: dict) -> bool:
+    """Height >= width, from the dict's size (read from the image when it has none)."""
+    if "height" in dataset_dict and "width" in dataset_dict:
+        height, width = dataset_dict["height"], dataset_dict["width"]
+    else:
+        height, width = read_image(dataset_dict["file_name"]).shape[:2]
+    return height >= width
+
+
+def _training_sampler(cfg: CfgNode, dataset_dicts: list[dict], seed: int | None) -> TrainingSampler:
     if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
         factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
             dataset_dicts, cfg.DATALOADER.REPEAT_THRESHOLD
         )
-        return RepeatFactorTrainingSampler(factors, seed=seed, start=start)
+        return RepeatFactorTrainingSampler(factors, seed=seed)
     if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
-        return TrainingSampler(len(dataset_dicts), seed=seed, start=start)
+        return TrainingSampler(len(dataset_dicts), seed=seed)
     raise ConfigError(
         f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}; fix: use "
         f"'TrainingSampler' or 'RepeatFactorTrainingSampler'"
@@ -191,29 +192,28 @@ def _train_loader_from_config(
     dataset: list[dict] | None = None,
     sampler: Sampler[int] | None = None,
     start_iter: int = 0,
+    seed: int | None = None,
 ) -> dict:
     """Arguments of :func:`build_detection_train_loader` from ``cfg``: ``DATASETS.TRAIN``
-    (unless ``dataset``), a training :class:`DatasetMapper` (unless ``mapper``) and
-    ``DATALOADER.SAMPLER_TRAIN`` seeded with ``SEED`` (random when < 0), started past the items
-    of the first ``start_iter`` batches (unless ``sampler``)."""
-    world_size = comm.get_world_size()
-    _check_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size)
+    (unless ``dataset``), a training :class:`DatasetMapper` (unless ``mapper``),
+    ``DATALOADER.SAMPLER_TRAIN`` (unless ``sampler``) and the data seed ``SEED`` (unless
+    ``seed``; random and shared by all processes when < 0)."""
+    _check_batch_size(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
     if dataset is None:
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-    seed = cfg.SEED if cfg.SEED >= 0 else None
-    if sampler is None:
-        start = start_iter * (cfg.SOLVER.IMS_PER_BATCH // world_size)
-        sampler = _training_sampler(cfg, dataset, seed, start=start)
+    if seed is None and cfg.SEED >= 0:
+        seed = cfg.SEED
     return {
         "dataset": dataset,
         "mapper": DatasetMapper(cfg, is_train=True) if mapper is None else mapper,
-        "sampler": sampler,
+        "sampler": _training_sampler(cfg, dataset, seed) if sampler is None else sampler,
         "total_batch_size": cfg.SOLVER.IMS_PER_BATCH,
         "aspect_ratio_grouping": cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         "num_workers": cfg.DATALOADER.NUM_WORKERS,
         "seed": seed,
+        "start_iter": start_iter,
     }
 
 
@@ -232,50 +232,56 @@ def build_detection_train_loader(
     *,
     mapper: Mapper,
     total_batch_size: int,
-    sampler: Sampler[int] | None = None,
+    sampler: TrainingSampler | None = None,
     aspect_ratio_grouping: bool = True,
     num_workers: int = 0,
     seed: int | None = None,
+    start_iter: int = 0,
     multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """An infinite loader of training batches: each batch is a ``list[dict]`` of
-    ``total_batch_size / world_size`` mapped inputs (see :class:`DatasetMapper`).
+    ``total_batch_size / world_size`` mapped inputs (see :class:`DatasetMapper`), the first
+    one that of iteration ``start_iter``.
+
+    The batches are a function of the data seed, the rank, the world size and the iteration
+    alone (:class:`TrainingBatchSampler`): which images, grouped how (with
+    ``aspect_ratio_grouping`` a batch holds only wide or only tall images, by the dataset
+    dict's size), and every item's augmentation, seeded per item whichever of the
+    ``num_workers`` worker processes maps it. So a run resumed at ``start_iter`` trains on
+    exactly the batches an uninterrupted one does, with any number of workers, and the loader
+    never draws from the main process's RNGs. A mapper returning None drops that item from
+    its batch. Workers ignore SIGINT (a terminal's Ctrl-C): the training process handles it.
 
     Args:
         dataset: the dataset dicts.
-        mapper: dataset dict → model input (None from it skips the item).
+        mapper: dataset dict → model input.
         total_batch_size: images per iteration over all processes (``SOLVER.IMS_PER_BATCH``).
-        sampler: an infinite stream of indices into ``dataset``; default
-            :class:`TrainingSampler` seeded with ``seed``.
-        aspect_ratio_grouping: a batch never mixes wide (W > H) and tall mapped images.
+        sampler: a :class:`TrainingSampler` over ``dataset``; default one seeded with ``seed``.
+        aspect_ratio_grouping: never mix wide and tall images in a batch.
         num_workers: DataLoader worker processes (``multiprocessing_context``, e.g. "spawn",
-            picks how they start), seeded from ``seed`` and the rank (random when None).
+            picks how they start).
+        seed: the data seed (random and shared by all processes when None).
+        start_iter: the iteration of the first batch.
 
-    From a config: ``build_detection_train_loader(cfg, mapper=None, start_iter=0)``, where
-    ``start_iter`` skips the sampler items of the first ``start_iter`` batches, so a resumed run
-    sees the images an uninterrupted one would (exactly so without aspect-ratio grouping and
-    worker processes, whose augmentation RNG restarts).
+    From a config: ``build_detection_train_loader(cfg, mapper=None, start_iter=0)``.
     """
-    rank, world_size = comm.get_rank(), comm.get_world_size()
+    world_size = comm.get_world_size()
     _check_batch_size(total_batch_size, world_size)
     if sampler is None:
         sampler = TrainingSampler(len(dataset), seed=seed)
-    batches = _TrainingBatches(
-        dataset,
-        mapper,
-        sampler,
-        batch_size=total_batch_size // world_size,
-        group_by_aspect=aspect_ratio_grouping,
+    tall = [_is_tall(d) for d in dataset] if aspect_ratio_grouping else None
+    batches = TrainingBatchSampler(
+        sampler, total_batch_size // world_size, tall=tall, start_iter=start_iter
     )
-    # Worker seeds come from this generator (random when seed is None); each rank gets its own.
-    generator = torch.Generator().manual_seed(seed + rank) if seed is not None else None
     return DataLoader(
-        batches,
-        batch_size=None,
+        _SeededMappedList(dataset, mapper),
+        batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=_keep_batch,
-        worker_init_fn=_seed_worker,
-        generator=generator,
+        collate_fn=_drop_unmapped,
+        worker_init_fn=_ignore_ctrl_c,
+        # DataLoader draws a base seed from this generator (else from the global RNG) when
+        # iterated; the items' own seeds make it irrelevant to the data.
+        generator=torch.Generator().manual_seed(sampler.seed),
         multiprocessing_context=multiprocessing_context if num_workers else None,
     )
 

@@ -1,15 +1,20 @@
-"""Detectron2's samplers: infinite shuffled training streams and sharded inference order.
+"""Detectron2's samplers: infinite shuffled training streams, their batches, and sharded
+inference order.
 
 Training samplers yield dataset indices forever; every process of a DDP job builds one with the
 same seed and takes every ``world_size``-th index from ``rank`` on, so the processes see
 disjoint parts of one shared stream. Rank and world size come from ``torch.distributed`` when it
 is initialised (``rank``/``world_size`` arguments override it).
+
+:class:`TrainingBatchSampler` turns a stream into the batches of every iteration, each item with
+its own augmentation seed: batch ``k`` is a function of the seed, the rank and ``k`` alone, so a
+resumed run recomputes the batches an uninterrupted one trains on (indices only, no image read).
 """
 
 import itertools
 import math
 from collections import defaultdict
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +32,7 @@ class TrainingSampler(Sampler[int]):
     """An infinite stream of indices of a dataset of ``size`` items, reshuffled every epoch.
 
     The stream depends only on ``seed`` (a random seed shared by all processes when None);
-    this process yields the items at positions ``rank, rank + world_size, ...`` of it, skipping
-    its first ``start`` items (a resumed run continues the stream where it stopped).
+    this process yields the items at positions ``rank, rank + world_size, ...`` of it.
     """
 
     def __init__(
@@ -39,7 +43,6 @@ class TrainingSampler(Sampler[int]):
         *,
         rank: int | None = None,
         world_size: int | None = None,
-        start: int = 0,
     ) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}")
@@ -48,11 +51,17 @@ class TrainingSampler(Sampler[int]):
         self._seed = shared_random_seed() if seed is None else int(seed)
         self._rank = comm.get_rank() if rank is None else rank
         self._world_size = comm.get_world_size() if world_size is None else world_size
-        self._start = start
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def rank(self) -> int:
+        return self._rank
 
     def __iter__(self) -> Iterator[int]:
-        first = self._rank + self._start * self._world_size
-        yield from itertools.islice(self._infinite_indices(), first, None, self._world_size)
+        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
 
     def _infinite_indices(self) -> Iterator[int]:
         generator = torch.Generator()
@@ -84,11 +93,8 @@ class RepeatFactorTrainingSampler(TrainingSampler):
         *,
         rank: int | None = None,
         world_size: int | None = None,
-        start: int = 0,
     ) -> None:
-        super().__init__(
-            len(repeat_factors), shuffle, seed, rank=rank, world_size=world_size, start=start
-        )
+        super().__init__(len(repeat_factors), shuffle, seed, rank=rank, world_size=world_size)
         self._int_part = torch.trunc(repeat_factors)
         self._frac_part = repeat_factors - self._int_part
 
@@ -123,6 +129,56 @@ class RepeatFactorTrainingSampler(TrainingSampler):
         draws = torch.rand(len(self._frac_part), generator=generator)
         repeats = (self._int_part + (draws < self._frac_part).float()).long()
         return torch.repeat_interleave(torch.arange(len(repeats)), repeats)
+
+
+def item_seed(seed: int, rank: int, iteration: int, position: int) -> int:
+    """The augmentation seed (63 bits) of the ``position``-th item of ``rank``'s batch of
+    ``iteration``: independent of which DataLoader worker maps the item and of what it mapped
+    before."""
+    words = np.random.SeedSequence([seed, rank, iteration, position]).generate_state(2, np.uint64)
+    return int(words[0] >> np.uint64(1))
+
+
+class TrainingBatchSampler(Sampler[list[tuple[int, int]]]):
+    """The training batches of iterations ``start_iter, start_iter + 1, ...`` (forever): lists of
+    ``batch_size`` ``(dataset index, augmentation seed)`` pairs taken in ``sampler``'s order.
+
+    With ``tall`` given (one bool per dataset index: height >= width), an index waits in the
+    bucket of its orientation and a batch is emitted when a bucket is full, so a batch never
+    mixes wide and tall images. Batches before ``start_iter`` are replayed from the index stream
+    (pending buckets included) and skipped, which makes batch ``k`` the same whether the run
+    started at 0 or resumed at ``start_iter``; seeds come from :func:`item_seed`.
+    """
+
+    def __init__(
+        self,
+        sampler: TrainingSampler,
+        batch_size: int,
+        *,
+        tall: Sequence[bool] | None = None,
+        start_iter: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"TrainingBatchSampler needs a positive batch size, got {batch_size}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.tall = tall
+        self.start_iter = start_iter
+
+    def _index_batches(self) -> Iterator[list[int]]:
+        buckets: tuple[list[int], list[int]] = ([], [])
+        for index in self.sampler:
+            bucket = buckets[int(self.tall is not None and self.tall[index])]
+            bucket.append(index)
+            if len(bucket) == self.batch_size:
+                yield bucket[:]
+                bucket.clear()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        seed, rank = self.sampler.seed, self.sampler.rank
+        batches = itertools.islice(self._index_batches(), self.start_iter, None)
+        for iteration, batch in enumerate(batches, start=self.start_iter):
+            yield [(index, item_seed(seed, rank, iteration, j)) for j, index in enumerate(batch)]
 
 
 class InferenceSampler(Sampler[int]):

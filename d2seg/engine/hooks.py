@@ -44,13 +44,17 @@ class LRScheduler(HookBase):
 
 
 class PeriodicCheckpointer(HookBase):
-    """Saves ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the
-    end, keeping the newest ``max_to_keep`` periodic files (0 = all).
+    """Saves ``model_{iter:07d}.pth`` every ``period`` iterations, after the step at which a
+    SIGINT/SIGTERM stop was agreed, and ``model_final.pth`` at the end, keeping the newest
+    ``max_to_keep`` periodic files (0 = all).
 
-    Each file also holds ``iteration``, the RNG states and the hooks' states, so that
-    ``--resume`` continues exactly where the run stopped. ``extra_state`` is called on every
-    rank at each save (it may be a collective, e.g. gathering every rank's RNG state); only
-    rank 0 writes the file.
+    Each file also holds ``iteration`` and ``extra_state()`` (the trainer's RNG states, data
+    seed and hook states), so that ``--resume`` continues exactly where the run stopped. The
+    file of iteration ``i`` is written once all hooks are done with ``i`` (before step ``i + 1``
+    or at the end): evaluation after step ``i`` draws random numbers too, and the saved RNG
+    states must be those step ``i + 1`` starts from. ``extra_state`` is called on every rank at
+    each save (it may be a collective, e.g. gathering every rank's RNG state); only rank 0
+    writes the file, atomically.
     """
 
     def __init__(
@@ -65,16 +69,20 @@ class PeriodicCheckpointer(HookBase):
         self.extra_state = extra_state
         self.max_to_keep = max_to_keep
         self._recent: list[str] = []
+        self._saved_iter = -1
 
-    def after_step(self) -> None:
-        it = self.trainer.iter
-        if self.period <= 0 or (it + 1) % self.period != 0:
-            return
+    def _due(self, it: int) -> bool:
+        return self.period > 0 and (it + 1) % self.period == 0
+
+    def _save_periodic(self, it: int) -> str:
         name = f"model_{it:07d}"
+        path = os.path.join(self.checkpointer.save_dir, f"{name}.pth")
+        if it == self._saved_iter:
+            return path
         main = comm.is_main_process()
         if main:
             # Listed before saving, so that the saved hook state includes the file itself.
-            self._recent.append(os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
+            self._recent.append(path)
         extra = self.extra_state()
         if main:
             self.checkpointer.save(name, iteration=it, **extra)
@@ -83,9 +91,21 @@ class PeriodicCheckpointer(HookBase):
                     old = self._recent.pop(0)
                     if os.path.exists(old):
                         os.remove(old)
+        self._saved_iter = it
+        return path
+
+    def before_step(self) -> None:
+        previous = self.trainer.iter - 1
+        if previous >= self.trainer.start_iter and self._due(previous):
+            self._save_periodic(previous)
+
+    def on_interrupt(self) -> str:
+        return self._save_periodic(self.trainer.iter)
 
     def after_train(self) -> None:
         if self.trainer.completed:
+            if self._due(self.trainer.iter):
+                self._save_periodic(self.trainer.iter)
             extra = self.extra_state()
             if comm.is_main_process():
                 self.checkpointer.save("model_final", iteration=self.trainer.iter, **extra)

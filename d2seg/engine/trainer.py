@@ -23,6 +23,7 @@ from d2seg.config import CfgNode
 from d2seg.data.build import build_detection_test_loader, build_detection_train_loader
 from d2seg.data.datasets import resolve_dataset
 from d2seg.data.mapper import DatasetMapper
+from d2seg.data.samplers import shared_random_seed
 from d2seg.engine import hooks
 from d2seg.engine.train_loop import SimpleTrainer
 from d2seg.engine.run_metadata import inference_metadata
@@ -176,10 +177,19 @@ class DefaultTrainer(SimpleTrainer):
             logger.warning(warning)
         self.register_hooks(self.build_hooks())
 
+    # The seed of the training batches (images, grouping, augmentation); from the checkpoint
+    # when resuming, so that also a run without SEED continues with the same data stream.
+    _data_seed: int | None = None
+
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a checkpoint in OUTPUT_DIR: continue that run exactly (temp files
         of a save the previous process was killed in are deleted first). Otherwise load
-        ``MODEL.WEIGHTS`` (model only) and start at iteration 0."""
+        ``MODEL.WEIGHTS`` (model only) and start at iteration 0.
+
+        Continuing restores the model, optimizer, scheduler, gradient scaler, iteration, every
+        rank's RNG states, the data seed and the hook states; the data loader then recomputes
+        the batches from the data seed and the iteration (``build_detection_train_loader``).
+        """
         can_resume = resume and self.checkpointer.has_checkpoint()
         if resume:
             for path in self.checkpointer.remove_interrupted_saves():
@@ -188,26 +198,40 @@ class DefaultTrainer(SimpleTrainer):
             logger.info(f"No checkpoint in {self.cfg.OUTPUT_DIR} to resume; starting anew")
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=can_resume)
         self.start_iter = 0
+        self._data_seed = None
         if can_resume:
             self.start_iter = extra.get("iteration", -1) + 1
+            self._data_seed = extra.get("data_seed")
             if "rng" in extra:
                 restore_rank_rng_state(extra["rng"])
             self.load_hook_states(extra.get("hooks", {}))
 
     def train(self) -> None:  # type: ignore[override]
-        """Train from ``start_iter`` (see :meth:`resume_or_load`) to ``SOLVER.MAX_ITER``."""
+        """Train from ``start_iter`` (see :meth:`resume_or_load`) to ``SOLVER.MAX_ITER``.
+
+        SIGINT/SIGTERM stop it after the current step with a checkpoint ``model_XXXXXXX.pth``
+        and raise :class:`~d2seg.utils.cli.Interrupted` (see ``d2seg.engine.train_loop``).
+        """
         start_iter = self.start_iter
         if start_iter >= self.cfg.SOLVER.MAX_ITER:
             logger.info(f"Nothing to do: the run already reached SOLVER.MAX_ITER {start_iter}")
             return
-        self.data_loader = build_detection_train_loader(self.cfg, start_iter=start_iter)
+        if self._data_seed is None:
+            self._data_seed = self.cfg.SEED if self.cfg.SEED >= 0 else shared_random_seed()
+        self.data_loader = build_detection_train_loader(
+            self.cfg, start_iter=start_iter, seed=self._data_seed
+        )
         self._data_iter = None
         super().train(start_iter, self.cfg.SOLVER.MAX_ITER)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         # A collective: PeriodicCheckpointer calls it on every rank before rank 0 saves, so
         # that --resume gives each rank its own RNG state back.
-        return {"rng": comm.all_gather(capture_rng_state()), "hooks": self.hook_states()}
+        return {
+            "rng": comm.all_gather(capture_rng_state()),
+            "data_seed": self._data_seed,
+            "hooks": self.hook_states(),
+        }
 
     def build_hooks(self) -> list[hooks.HookBase]:
         cfg = self.cfg

@@ -1,5 +1,6 @@
 """Entry-point wrapper shared by every command-line tool."""
 
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -8,8 +9,31 @@ from d2seg.errors import D2SegError
 USER_ERROR_EXIT_CODE = 2
 
 
+class Interrupted(Exception):
+    """A run that a signal stopped after it saved what it needs to continue (not an error).
+
+    :func:`run_cli` prints the message (one line) and exits ``128 + signum``, what a shell
+    reports for a process the signal ended: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __reduce__(self):  # launch() sends it from a DDP worker to the parent process
+        return type(self), (self.signum, str(self))
+
+
+INTERRUPT_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
-    """Run ``main`` and exit; a :class:`D2SegError` becomes one line on stderr and exit code 2.
+    """Run ``main`` and exit; a :class:`D2SegError` becomes one line on stderr and exit code 2,
+    an :class:`Interrupted` its one line and ``128 + signal``; a bare Ctrl-C exits 130.
 
     User mistakes get a message that names the file or key and the fix, never a traceback.
     """
@@ -18,6 +42,9 @@ def run_cli(main: Callable[[], int | None]) -> NoReturn:
     except D2SegError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -5,8 +5,10 @@ writers read it every few iterations:
 
 * :class:`JSONWriter` appends one JSON object per line to ``OUTPUT_DIR/metrics.json``
   (Detectron2's format: ``{"iteration": i, "total_loss": ..., ...}``, losses as the median of
-  the last 20 iterations);
-* :class:`TensorboardWriter` writes ``events.out.tfevents.*`` with ``torch.utils.tensorboard``;
+  the last 20 iterations); after ``--resume`` it first drops the rows of the iterations the run
+  redoes;
+* :class:`TensorboardWriter` writes ``events.out.tfevents.*`` with ``torch.utils.tensorboard``
+  (purging the redone iterations after ``--resume`` too);
 * :class:`ProgressWriter` shows a tqdm bar with ETA and losses on a terminal, and plain log lines
   when stdout is not a TTY (CI logs, ``nohup``).
 """
@@ -19,6 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 from fvcore.common.history_buffer import HistoryBuffer
+
+from d2seg.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +83,32 @@ class JSONWriter:
     Losses (:func:`is_training_loss`) are written as their median over the last ``window``
     iterations, as Detectron2 does: the value the progress line shows, so metrics.json, the log
     and ``tools/summarize_run.py`` agree. TensorBoard gets the raw values.
+
+    A run resumed at iteration ``k`` (``storage.start_iter``) first removes the rows of
+    iterations >= ``k`` (written by the stopped run after its last checkpoint, and redone now),
+    rewriting the file atomically, so that iterations stay increasing.
     """
 
     def __init__(self, path: str, window: int = 20):
         self.path = path
         self.window = window
         self._new = _NewScalars()
+        self._purged = False
+
+    def _purge_redone_rows(self, start_iter: int) -> None:
+        self._purged = True
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = [line for line in lines if json.loads(line)["iteration"] < start_iter]
+        if len(kept) < len(lines):
+            with atomic_open(self.path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            logger.info(
+                f"Removed {len(lines) - len(kept)} rows of iterations >= {start_iter} from "
+                f"{self.path}: this run redoes them"
+            )
 
     def _smoothed(self, storage: EventStorage, name: str, it: int, value: float) -> float:
         if not is_training_loss(name):
@@ -93,6 +117,8 @@ class JSONWriter:
         return float(np.median([v for v, i in recent if it - self.window < i <= it]))
 
     def write(self, storage: EventStorage) -> None:
+        if not self._purged:
+            self._purge_redone_rows(storage.start_iter)
         by_iter = self._new.take(storage)
         if not by_iter:
             return
@@ -108,22 +134,30 @@ class JSONWriter:
 
 
 class TensorboardWriter:
-    """Writes the scalars put since the last write to TensorBoard event files in ``log_dir``."""
+    """Writes the scalars put since the last write to TensorBoard event files in ``log_dir``.
+
+    The event file is opened at the first write with ``purge_step = storage.start_iter``, so
+    that after a resume TensorBoard hides the stopped run's events of the iterations redone.
+    """
 
     def __init__(self, log_dir: str):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir)
+        self.log_dir = log_dir
+        self._writer = None
         self._new = _NewScalars()
 
     def write(self, storage: EventStorage) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.log_dir, purge_step=storage.start_iter)
         for it, scalars in self._new.take(storage).items():
             for name, value in scalars.items():
                 self._writer.add_scalar(name, value, it)
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class ProgressWriter:

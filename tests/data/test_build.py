@@ -105,16 +105,39 @@ def test_aspect_grouping_never_mixes_wide_and_tall_images(coco_json):
     assert kinds == {True, False}
 
 
-def test_same_seed_same_batches(coco_json):
-    def first_batches():
-        torch.manual_seed(0)  # the augmentation RNG of a loader without workers
-        loader = build_detection_train_loader(_cfg(coco_json, "INPUT.RANDOM_FLIP", "horizontal"))
-        return [[(d["image_id"], d["image"], d["instances"]["boxes"]) for d in batch]
-                for batch in itertools.islice(loader, 5)]
+def _batches(cfg, n, start_iter=0):
+    loader = build_detection_train_loader(cfg, start_iter=start_iter)
+    return [[(d["image_id"], d["image"], d["instances"]["boxes"]) for d in batch]
+            for batch in itertools.islice(loader, n)]
 
-    for one, two in zip(first_batches(), first_batches()):
-        for (id1, image1, boxes1), (id2, image2, boxes2) in zip(one, two):
-            assert id1 == id2 and torch.equal(image1, image2) and torch.equal(boxes1, boxes2)
+
+def _assert_same_batches(one, two):
+    assert len(one) == len(two)
+    for batch1, batch2 in zip(one, two):
+        assert [i for i, _, _ in batch1] == [i for i, _, _ in batch2]
+        for (_, image1, boxes1), (_, image2, boxes2) in zip(batch1, batch2):
+            assert torch.equal(image1, image2) and torch.equal(boxes1, boxes2)
+
+
+def test_same_seed_same_batches_and_the_main_rng_is_left_alone(coco_json):
+    cfg = _cfg(coco_json, "INPUT.RANDOM_FLIP", "horizontal", "INPUT.MIN_SIZE_TRAIN", (24, 32, 40))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = _batches(cfg, 5)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(1)  # the model's RNG does not reach the data
+    _assert_same_batches(first, _batches(cfg, 5))
+
+
+def test_batches_do_not_depend_on_workers_and_resume_mid_bucket(coco_json):
+    # Batches of 3 over 3 wide and 3 tall images: buckets hold images across batch boundaries.
+    cfg = _cfg(coco_json, "SOLVER.IMS_PER_BATCH", 3, "INPUT.RANDOM_FLIP", "horizontal",
+               "INPUT.MIN_SIZE_TRAIN", (24, 32, 40))
+    full = _batches(cfg, 8)
+    workers = cfg.clone()
+    workers.DATALOADER.NUM_WORKERS = 2
+    _assert_same_batches(full, _batches(workers, 8))
+    _assert_same_batches(full[5:], _batches(workers, 3, start_iter=5))
 
 
 def test_batch_not_divisible_by_world_size_is_a_config_error(coco_json, monkeypatch):
@@ -133,12 +156,12 @@ def test_repeat_factor_sampler_is_built_from_config(coco_json):
     assert set(ids) == set(range(len(SIZES)))
 
 
-def test_workers_split_the_sampler_stream_without_repeats(coco_json):
+def test_workers_keep_the_sampler_order_without_repeats(coco_json):
     cfg = _cfg(coco_json, "DATALOADER.NUM_WORKERS", 2, "SOLVER.IMS_PER_BATCH", 1,
                "DATALOADER.ASPECT_RATIO_GROUPING", False)
     batches = itertools.islice(build_detection_train_loader(cfg), 12)
     ids = [batch[0]["image_id"] for batch in batches]
-    # The loader alternates between the workers, which take alternate sampler positions.
+    # The loader alternates between the workers, which map alternate batches.
     assert ids == list(itertools.islice(TrainingSampler(len(SIZES), seed=0), 12))
 
 

@@ -7,7 +7,12 @@ from collections import Counter
 import pytest
 import torch
 
-from d2seg.data.samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
+from d2seg.data.samplers import (
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingBatchSampler,
+    TrainingSampler,
+)
 
 
 def _take(sampler, n: int) -> list[int]:
@@ -105,7 +110,29 @@ def test_samplers_read_rank_and_world_size_from_torch_distributed(tmp_path):
     assert ranks[0]["inference"] + ranks[1]["inference"] == list(range(7))
 
 
-def test_start_continues_the_stream_where_a_run_stopped():
-    full = list(itertools.islice(TrainingSampler(7, seed=3, rank=1, world_size=2), 10))
-    resumed = TrainingSampler(7, seed=3, rank=1, world_size=2, start=4)
-    assert list(itertools.islice(resumed, 6)) == full[4:]
+def test_batches_resumed_at_k_equal_the_batches_from_k_of_a_full_run():
+    # Alternating orientations with batch 3: buckets hold indices across every batch boundary.
+    tall = [i % 2 == 0 for i in range(7)]
+    sampler = TrainingSampler(7, seed=3, rank=1, world_size=2)
+    full = _take(TrainingBatchSampler(sampler, 3, tall=tall), 12)
+    resumed = _take(TrainingBatchSampler(sampler, 3, tall=tall, start_iter=5), 7)
+    assert resumed == full[5:]
+    assert all(len({tall[i] for i, _ in batch}) == 1 for batch in full)
+    assert {tall[batch[0][0]] for batch in full} == {True, False}
+
+
+def test_batch_items_get_distinct_seeds_that_depend_on_seed_rank_and_iteration():
+    def seeds(seed, rank):
+        sampler = TrainingSampler(6, seed=seed, rank=rank, world_size=2)
+        return [s for batch in _take(TrainingBatchSampler(sampler, 2), 4) for _, s in batch]
+
+    one = seeds(0, 0)
+    assert len(set(one)) == len(one) and all(0 <= s < 2**63 for s in one)
+    assert one == seeds(0, 0)
+    assert not set(one) & set(seeds(1, 0)) and not set(one) & set(seeds(0, 1))
+
+
+def test_without_grouping_batches_follow_the_stream():
+    sampler = TrainingSampler(5, seed=2)
+    indices = [i for batch in _take(TrainingBatchSampler(sampler, 2), 6) for i, _ in batch]
+    assert indices == _take(sampler, 12)

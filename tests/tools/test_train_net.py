@@ -61,7 +61,9 @@ def write_site_hook(folder: Path, code: str) -> dict[str, str]:
     """Environment whose Python processes run ``code`` at start-up (as ``sitecustomize``)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(textwrap.dedent(code), encoding="utf-8")
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    # The hook imports d2seg before train_net.py puts its own checkout first on sys.path.
+    path = [str(folder), str(REPO_ROOT), os.environ.get("PYTHONPATH")]
+    return {"PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def train_net(*args: str, env: dict[str, str] | None = None, script: Path = TRAIN_NET
@@ -195,7 +197,8 @@ def test_tiny_unet_learns_synthetic_car_masks(carvana, tmp_path):
 # Resume and crash safety.
 
 STOP_AT_ITERATION = """
-    # Simulates Ctrl-C right before iteration D2SEG_TEST_STOP_AT (0-based) runs.
+    # Aborts right before iteration D2SEG_TEST_STOP_AT (0-based) runs, as a second Ctrl-C does
+    # (a first one saves first: tests/engine/test_resume.py).
     import os
     from d2seg.engine.train_loop import SimpleTrainer
 
@@ -213,10 +216,8 @@ STOP_AT_ITERATION = """
 
 @pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(balloons, tmp_path):
-    # All images are 96×96, so aspect-ratio grouping has one bucket and fills every batch in
-    # sampler order: the resumed loader, which skips start_iter batches of the sampler stream,
-    # then sees the same images. (With two aspects a bucket can hold images across the stop,
-    # which a resumed run would not see.) NUM_WORKERS 0: augmentation uses the restored RNG.
+    # An abort saves nothing: the run resumes from its last periodic checkpoint. (Mixed aspect
+    # ratios, workers and real signals: tests/engine/test_resume.py.)
     common = ["--config-file", MASK_RCNN, *QUICK_RCNN, "DATASETS.TRAIN", f"('{balloons['train']}',)",
               "SOLVER.MAX_ITER", "20", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "(15,)",
               "SOLVER.CHECKPOINT_PERIOD", "10", "SEED", "3", "DATALOADER.NUM_WORKERS", "0"]
