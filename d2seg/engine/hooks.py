@@ -45,8 +45,9 @@ class LRScheduler(HookBase):
 
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_{iter:07d}.pth`` every ``period`` iterations, after the step at which a
-    SIGINT/SIGTERM stop was agreed, and ``model_final.pth`` at the end, keeping the newest
-    ``max_to_keep`` periodic files (0 = all).
+    SIGINT/SIGTERM stop was agreed and after the last step, keeping the newest ``max_to_keep``
+    periodic files (0 = all); and at the end ``model_final.pth``: the model and its metadata
+    only, no optimizer (``last_checkpoint`` keeps naming the full file).
 
     Each file also holds ``iteration`` and ``extra_state()`` (the trainer's RNG states, data
     seed and hook states), so that ``--resume`` continues exactly where the run stopped. The
@@ -104,11 +105,13 @@ class PeriodicCheckpointer(HookBase):
 
     def after_train(self) -> None:
         if self.trainer.completed:
-            if self._due(self.trainer.iter):
-                self._save_periodic(self.trainer.iter)
-            extra = self.extra_state()
+            # The full state of the last iteration stays resumable (a longer MAX_ITER, or a
+            # run stopped early); model_final.pth is the lean file to ship.
+            self._save_periodic(self.trainer.iter)
             if comm.is_main_process():
-                self.checkpointer.save("model_final", iteration=self.trainer.iter, **extra)
+                self.checkpointer.save(
+                    "model_final", tag_last=False, model_only=True, iteration=self.trainer.iter
+                )
 
     def state_dict(self) -> dict[str, Any]:
         # After --resume, files of the first session still count towards max_to_keep.

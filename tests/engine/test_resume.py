@@ -291,8 +291,12 @@ def stop_line(result: subprocess.CompletedProcess, signame: str) -> tuple[int, l
 
 
 def assert_same_final_state(a_dir: Path, b_dir: Path) -> None:
-    a = load_checkpoint_file(str(a_dir / "model_final.pth"))
-    b = load_checkpoint_file(str(b_dir / "model_final.pth"))
+    # model_final.pth is lean; the last iteration's full checkpoint also has the optimizer.
+    last = f"model_{MAX_ITER - 1:07d}.pth"
+    a = load_checkpoint_file(str(a_dir / last))
+    b = load_checkpoint_file(str(b_dir / last))
+    final = load_checkpoint_file(str(a_dir / "model_final.pth"))
+    assert all(torch.equal(final["model"][k], a["model"][k]) for k in a["model"])
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:  # parameters and BatchNorm buffers
         assert torch.equal(a["model"][key], b["model"][key]), key

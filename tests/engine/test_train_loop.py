@@ -70,10 +70,11 @@ def test_metrics_json_lr_checkpoints_and_curves(tmp_path):
     assert [l["iteration"] for l in lines] == [0, 1, 3, 5, 7, 9]
     assert {"total_loss", "loss_fit", "lr", "time", "data_time"} <= set(lines[0])
     assert lines[-1]["lr"] == pytest.approx(0.025)
-    # keep-last-1: only the newest periodic checkpoint survives, plus the final one
+    # keep-last-1: only the newest periodic checkpoint (the last iteration's) survives, plus
+    # the final one
     pths = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth"))
-    assert pths == ["model_0000007.pth", "model_final.pth"]
-    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert pths == ["model_0000009.pth", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     with Image.open(tmp_path / "training_curves.png") as img:
         assert img.size[0] > 300 and img.size[1] > 200
 
@@ -98,8 +99,8 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
     assert trainer.iter + 1 == 10
     best = torch.load(tmp_path / "model_best.pth", weights_only=True)
     assert best["iteration"] == 3 and best["segm/AP"] == 30.0
-    # --resume continues from the newest checkpoint, not from the best one
-    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    # --resume continues from the newest full checkpoint, not from the best one
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
 
 
 def test_validation_loss_keeps_batchnorm_statistics(tmp_path):

@@ -155,10 +155,13 @@ def test_run_folder_holds_metrics_events_curves_log_and_reloadable_config(balloo
     assert (cfg.SOLVER.MAX_ITER, cfg.MODEL.ROI_HEADS.NUM_CLASSES) == (120, 1)
     assert cfg.OUTPUT_DIR == str(balloon_run)
 
-    # model_best.pth is a copy; --resume continues from the newest checkpoint.
-    assert (balloon_run / "last_checkpoint").read_text() == "model_final.pth"
-    assert {"model_0000059.pth", "model_final.pth", "model_best.pth"} <= set(
+    # model_best.pth and model_final.pth are lean copies; --resume continues from the newest
+    # full checkpoint, that of the last iteration.
+    assert (balloon_run / "last_checkpoint").read_text() == "model_0000119.pth"
+    assert {"model_0000059.pth", "model_0000119.pth", "model_final.pth", "model_best.pth"} <= set(
         os.listdir(balloon_run))
+    for lean in ("model_final.pth", "model_best.pth"):
+        assert "optimizer" not in load_checkpoint_file(str(balloon_run / lean)), lean
 
 
 @pytest.mark.slow
@@ -292,7 +295,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(balloons, tm
     continued = train_net("--resume", *common)
     assert_ok(continued)
     assert "Starting training from iteration 2" in continued.stdout
-    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert (out / "last_checkpoint").read_text() == "model_0000005.pth"
     assert not partial.exists()  # --resume removes what the killed save left
 
 
