@@ -121,13 +121,13 @@ def load_predictor(args: argparse.Namespace) -> DefaultPredictor:
     return DefaultPredictor(cfg)
 
 
-def prepare_output(path: Path, exist_ok: bool) -> None:
+def check_output(path: Path, exist_ok: bool) -> None:
+    """Refuse an ``--output`` that is a file, or a non-empty folder without ``--exist-ok``."""
     if path.is_file() or (path.is_dir() and any(path.iterdir()) and not exist_ok):
         raise ConfigError(
             f"--output {path} exists and is not an empty folder; fix: choose a new --output, "
             f"or pass --exist-ok to write into it"
         )
-    path.mkdir(parents=True, exist_ok=True)
 
 
 class Predict:
@@ -183,8 +183,9 @@ def main() -> int:
         raise ConfigError("nothing to predict on; fix: pass --input PATH (or --video-input)")
     inputs: ExpandedInputs = expand_inputs(args.input + args.video_input)
     output = Path(args.output)
+    check_output(output, args.exist_ok)
     predictor = load_predictor(args)
-    prepare_output(output, args.exist_ok)
+    output.mkdir(parents=True, exist_ok=True)
     metadata = predictor.metadata
     things = list(metadata.get("thing_classes", None) or [])
     stuff = list(metadata.get("stuff_classes", None) or [])

@@ -23,13 +23,16 @@ import torch
 from PIL import Image
 
 from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
+from d2seg.data.labelme import LabelmeShape, rasterize_shape
 from d2seg.data.synthetic import LABELME_VERSION
 from d2seg.engine.prediction_sources import PredictionInput
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
 from d2seg.utils.io import atomic_open, atomic_write_json
 from d2seg.utils.visualizer import Visualizer
 
-NO_CLASS = 255  # label PNG value of pixels no class claims (panoptic void)
+# Polygons must give a Labelme file's objects back at least this well, else a mask shape is
+# written: tools/convert_labelme.py on the files then reproduces the predicted masks.
+ROUND_TRIP_IOU = 0.97
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -211,8 +214,9 @@ class LabelmeWriter:
 
     Every predicted instance (or every connected region of a semantic class other than
     background) becomes ``polygon`` shapes labelled with its class name, one per outer contour,
-    sharing a ``group_id`` when there are several; an instance with a hole becomes one
-    ``mask`` shape instead, which holds it exactly. ``description`` holds the score.
+    sharing a ``group_id`` when there are several; an object those polygons would not give
+    back (a hole, a thin or tiny object: mask IoU below :data:`ROUND_TRIP_IOU` when Labelme
+    rasterises them) becomes one ``mask`` shape, which is exact. ``description`` holds the score.
     ``imagePath`` is the image relative to the JSON file; ``imageData`` is embedded only with
     ``embed`` (the image's file bytes).
     """
@@ -224,10 +228,16 @@ class LabelmeWriter:
         self.embed = embed
 
     @staticmethod
-    def _has_hole(mask: np.ndarray) -> bool:
-        _, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP,
-                                        cv2.CHAIN_APPROX_SIMPLE)
-        return hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
+    def _reproduces(outlines: list[list[float]], mask: np.ndarray) -> bool:
+        """Whether polygons rasterised as Labelme (and the converter) do give ``mask`` back
+        with IoU ≥ :data:`ROUND_TRIP_IOU`."""
+        if not outlines:
+            return False
+        drawn = np.zeros_like(mask)
+        for points in outlines:
+            shape = LabelmeShape(0, "", "polygon", np.reshape(points, (-1, 2)), None)
+            drawn |= rasterize_shape(shape, *mask.shape)
+        return (mask & drawn).sum() >= ROUND_TRIP_IOU * (mask | drawn).sum()
 
     @staticmethod
     def _mask_shape(label: str, mask: np.ndarray, description: str) -> dict:
@@ -244,9 +254,9 @@ class LabelmeWriter:
                        group_id: int) -> list[dict]:
         if not mask.any():
             return []
-        if self._has_hole(mask):
-            return [self._mask_shape(label, mask, description)]
         outlines = mask_outlines(mask)
+        if not self._reproduces(outlines, mask):  # holes, thin or tiny objects
+            return [self._mask_shape(label, mask, description)]
         return [{"label": label, "points": np.reshape(p, (-1, 2)).tolist(),
                  "group_id": group_id if len(outlines) > 1 else None,
                  "description": description, "shape_type": "polygon", "flags": {}}
