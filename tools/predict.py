@@ -193,7 +193,9 @@ def main() -> int:
                   or getattr(predictor.model, "tasks", ()))
     category_ids = _category_ids(inputs, things)
     coco = CocoResultsWriter(output, things, category_ids, args.polygons)
-    writers: list[Any] = [coco, SemSegWriter(output, args.save_probs)]
+    writers: list[Any] = [coco] if "instances" in tasks else []
+    if "sem_seg" in tasks:  # PanopticUNet's own semantic labels are not worth a file
+        writers.append(SemSegWriter(output, args.save_probs))
     if "panoptic_seg" in tasks:
         writers.append(PanopticWriter(output, things, stuff))
     if not args.no_overlay:

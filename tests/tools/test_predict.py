@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from d2seg import DefaultPredictor
+from d2seg import DefaultPredictor, build_model, get_cfg
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.convert.source import SourceOptions
 from d2seg.evaluation.coco_evaluation import (
@@ -356,3 +356,31 @@ def test_tiled_and_whole_image_label_maps_agree(cars, tmp_path):
     whole = np.asarray(Image.open(tmp_path / "whole" / "sem_seg" / "big.png"))
     tiled = np.asarray(Image.open(tmp_path / "tiled" / "sem_seg" / "big.png"))
     assert whole.any() and (whole == tiled).mean() >= 0.995
+
+
+def test_panoptic_model_writes_coco_panoptic_png_and_json(tmp_path):
+    config = REPO_ROOT / "configs" / "tiny" / "panoptic_unet_R_18_tiny.yaml"
+    cfg = get_cfg()
+    cfg.merge_from_file(str(config))
+    torch.manual_seed(0)
+    torch.save(build_model(cfg).state_dict(), tmp_path / "random.pth")  # a bare state dict
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "noise.png")
+    code, _, err = predict("--config-file", config, "--input", tmp_path / "noise.png",
+                           "--output", tmp_path / "out", "MODEL.WEIGHTS", tmp_path / "random.pth",
+                           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                           "DATASETS.THING_CLASSES", "('a', 'b')")
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert not (out / "sem_seg").exists() and (out / "overlays" / "noise.png").is_file()
+    rgb = np.asarray(Image.open(out / "panoptic" / "noise.png")).astype(np.int64)
+    ids = rgb[:, :, 0] + 256 * rgb[:, :, 1] + 256 ** 2 * rgb[:, :, 2]
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    (annotation,) = panoptic["annotations"]
+    segments = annotation["segments_info"]
+    assert segments and annotation["file_name"] == "noise.png"
+    assert sorted(s["id"] for s in segments) == sorted(set(np.unique(ids).tolist()) - {0})
+    for segment in segments:
+        assert segment["area"] == int((ids == segment["id"]).sum())
+    names = {c["id"]: c["name"] for c in panoptic["categories"]}
+    assert {names[s["category_id"]] for s in segments if s["isthing"]} <= {"a", "b"}
