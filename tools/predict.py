@@ -240,9 +240,11 @@ def main() -> int:
     image_seconds = time.perf_counter() - started
 
     videos_done, frames = 0, 0
+    started = time.perf_counter()
     if videos:
         videos_done, frames = _predict_videos(videos, output, predict, predictor, coco, stuff,
                                               tasks, args, skipped)
+    video_seconds = time.perf_counter() - started
     for writer in writers:
         writer.close()
     report = {
@@ -254,6 +256,7 @@ def main() -> int:
         "frames": frames,
         "tiled_images": predict.tiled_images,
         "images_per_s": done / image_seconds if done and image_seconds > 0 else None,
+        "frames_per_s": frames / video_seconds if frames and video_seconds > 0 else None,
         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
     }
     atomic_write_json(output / "report.json", report, indent=2)

@@ -43,7 +43,9 @@ def _axis_starts(size: int, tile: int, stride: int) -> list[int]:
     return sorted({min(i * stride, size - tile) for i in range(count)})
 
 
-def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
+def tile_windows(
+    height: int, width: int, tile: int, overlap: float
+) -> list[tuple[int, int, int, int]]:
     """The tiles covering an H×W image: ``(y0, x0, y1, x1)`` pixel windows of ``tile``×``tile``
     (smaller only where the image is), consecutive tiles sharing ``overlap`` (0 ≤ overlap < 1)
     of their side."""
@@ -126,7 +128,8 @@ class _Detections:
     def concatenate(cls, parts: Sequence["_Detections"]) -> "_Detections":
         if not parts:
             return cls.empty()
-        return cls(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]),
+        return cls(np.concatenate([p.boxes for p in parts]),
+                   np.concatenate([p.scores for p in parts]),
                    np.concatenate([p.classes for p in parts]),
                    [c for p in parts for c in p.crops], [o for p in parts for o in p.origins])
 
@@ -274,7 +277,8 @@ class TiledPredictor:
         if logits is not None:
             result["sem_seg"] = logits / weights
         model = self.predictor.model
-        if "instances" in result and "sem_seg" in result and getattr(model, "combine_enabled", False):
+        if "instances" in result and "sem_seg" in result and getattr(model, "combine_enabled",
+                                                                      False):
             result["panoptic_seg"] = combine_semantic_and_instance_outputs(
                 result["instances"], result["sem_seg"].argmax(dim=0),
                 overlap_threshold=model.combine_overlap_thresh,
