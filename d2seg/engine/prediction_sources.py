@@ -127,14 +127,15 @@ def expand_inputs(values: Sequence[str]) -> ExpandedInputs:
         elif path.is_file():
             files = [(path, path.stem, None)]
         elif _GLOB_CHARS & set(value):
-            files = [(Path(p), Path(p).stem, None)
-                     for p in sorted(glob.glob(value, recursive=True)) if Path(p).is_file()]
+            # As in a folder, what a glob sweeps up besides images and videos is left alone.
+            files = [(Path(p), Path(p).stem, None) for p in sorted(glob.glob(value, recursive=True))
+                     if Path(p).is_file() and _kind(Path(p)) is not None]
         else:
             files = []
         if not files:
             raise ConfigError(
-                f"--input {value} matched no file; fix: give an existing image, video, folder, "
-                f".txt list or a quoted glob such as 'photos/*.jpg'"
+                f"--input {value} matched no image or video; fix: give an existing image, video, "
+                f"folder, .txt list or a quoted glob such as 'photos/*.jpg'"
             )
         candidates.extend(files)
     seen_paths: set[str] = set()
@@ -146,7 +147,8 @@ def expand_inputs(values: Sequence[str]) -> ExpandedInputs:
         seen_paths.add(key)
         kind = _kind(path)
         if not path.is_file():
-            out.skipped.append(Skipped(str(path), "not found; fix: correct the path in the list"))
+            out.skipped.append(Skipped(str(path), "not found; fix: correct the path in the list "
+                                                  "(or the split's file_name)"))
             continue
         if kind is None:
             out.skipped.append(Skipped(str(path), (
@@ -158,7 +160,8 @@ def expand_inputs(values: Sequence[str]) -> ExpandedInputs:
             n += 1
             unique = f"{name}_{n}"
         used_names.add(unique)
-        out.items.append(PredictionInput(path, unique, kind, image_id or len(out.items) + 1))
+        image_id = len(out.items) + 1 if image_id is None else image_id
+        out.items.append(PredictionInput(path, unique, kind, image_id))
     return out
 
 

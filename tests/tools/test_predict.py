@@ -169,7 +169,7 @@ def test_usage_errors_exit_2_with_one_line(balloons, tmp_path):
         (["--run", tmp_path / "nope", "--input", photo, "--output", tmp_path / "o1"],
          "config.yaml not found"),
         (["--run", balloons["run"], "--input", tmp_path / "*.png", "--output", tmp_path / "o2"],
-         "matched no file"),
+         "matched no image or video"),
         (["--run", balloons["run"], "--input", photo, "--output", tmp_path / "full"],
          "--exist-ok"),
         (["--config-file", balloons["run"] / "config.yaml", "--input", photo, "--output",
