@@ -184,6 +184,9 @@ def test_usage_errors_exit_2_with_one_line(balloons, tmp_path):
                            "--output", tmp_path / "o4", "MODEL.WEIGHTS",
                            balloons["run"] / "model_final.pth", "MODEL.DEVICE", "cpu")
     assert code == 0, err
+    code, _, err = predict("--run", balloons["run"], "--input", photo, "--output",
+                           tmp_path / "full", "--exist-ok")
+    assert code == 0 and (tmp_path / "full" / "x").exists(), err
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
