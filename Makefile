@@ -37,6 +37,10 @@ demo: $(STAMP)
 	@echo "      inference/val/report.md with per-class tables and plots)."
 	@echo "Edge: $(DEMO_OUT)/carvana_onnx (ONNX checked in onnxruntime), $(DEMO_OUT)/carvana_cpp"
 	@echo "      (int8 C++ model, report.json, prog; mask.pgm is its output for in.pgm)."
+	$(PY) tools/predict.py --run $(DEMO_OUT)/balloons_run --input $(DEMO_OUT)/balloons_coco/annotations/val.json --output $(DEMO_OUT)/balloons_predict --save-labelme
+	$(PY) tools/predict.py --run $(DEMO_OUT)/carvana_run --input $(DEMO_OUT)/carvana_coco/annotations/val.json --output $(DEMO_OUT)/carvana_predict
+	@echo "Predictions on the held-out val images: $(DEMO_OUT)/balloons_predict/overlays and"
+	@echo "      $(DEMO_OUT)/carvana_predict/overlays (predictions.json, sem_seg/, labelme/, report.json)."
 
 # pytest exits 5 when it collected no test: that is a failure here.
 test: $(STAMP)

@@ -25,6 +25,7 @@ setup(
         "Pillow>=10.1",  # ImageFont.load_default(size=) in the Visualizer
         "PyYAML>=6",
         "matplotlib>=3.7",
+        "tifffile>=2023.1",
     ],
     extras_require={
         "dev": [

@@ -1,0 +1,132 @@
+"""Tiled inference: tiles cover the image, blended logits have no seams, and objects cut by
+tile borders come back whole (nmm) or as their best part (nms).
+
+The "models" here are exact functions of the pixels, so every expected value is known: a
+per-pixel logit map, and a detector that reports each connected bright region of its input.
+"""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from d2seg.engine.tiling import TiledPredictor, blend_window, needs_tiling, tile_windows
+from d2seg.errors import ConfigError
+
+
+class _Model:
+    combine_enabled = False
+
+
+class PixelLogits:
+    """A semantic "model": 2 logits per pixel, (128 - v, v - 128) of the first channel."""
+
+    model = _Model()
+
+    def predict_batch(self, images, format=None):
+        out = []
+        for image in images:
+            v = torch.from_numpy(image[:, :, 0].astype(np.float32)) - 128
+            out.append({"sem_seg": torch.stack([-v, v])})
+        return out
+
+    def __call__(self, image, format=None):
+        return self.predict_batch([image])[0]
+
+
+class BlobDetector:
+    """An instance "model": every 8-connected region of pixels > 0 is one object of class 0,
+    scored by its area (so a bigger part of a cut object scores higher)."""
+
+    model = _Model()
+
+    def predict_batch(self, images, format=None):
+        out = []
+        for image in images:
+            count, labels = cv2.connectedComponents((image[:, :, 0] > 0).astype(np.uint8))
+            masks = torch.from_numpy(np.stack([labels == k for k in range(1, count)])
+                                     if count > 1 else np.zeros((0, *labels.shape), bool))
+            boxes = []
+            for mask in masks.numpy():
+                ys, xs = np.nonzero(mask)
+                boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            out.append({"instances": {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "scores": masks.flatten(1).sum(1).float() / masks[0].numel() if len(masks)
+                else torch.zeros(0),
+                "classes": torch.zeros(len(masks), dtype=torch.long),
+                "masks": masks,
+            }})
+        return out
+
+    def __call__(self, image, format=None):
+        return self.predict_batch([image])[0]
+
+
+def test_tiles_cover_the_image_with_the_requested_overlap():
+    windows = tile_windows(300, 500, 128, 0.25)
+    covered = np.zeros((300, 500), int)
+    for y0, x0, y1, x1 in windows:
+        assert (y1 - y0, x1 - x0) == (128, 128)
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    starts = sorted({x0 for _, x0, _, _ in windows})
+    assert starts[1] - starts[0] == 96  # 128 × (1 - 0.25)
+    assert max(x1 for *_, x1 in windows) == 500  # the last tile is flush with the edge
+    assert tile_windows(50, 60, 128, 0.25) == [(0, 0, 50, 60)]
+    with pytest.raises(ConfigError, match="overlap"):
+        tile_windows(300, 500, 128, 1.0)
+
+
+def test_blend_window_is_highest_in_the_centre_and_never_zero():
+    window = blend_window(64, 64)
+    assert window.min() > 0
+    assert window[32, 32] == window.max()
+    assert window[0, 0] < 0.01 * window[32, 32]
+
+
+def test_tiled_logits_equal_the_whole_image_for_a_per_pixel_model():
+    image = np.random.default_rng(0).integers(0, 255, (200, 330, 1), dtype=np.uint8)
+    model = PixelLogits()
+    tiled = TiledPredictor(model, tile=64, overlap=0.25, batch_size=3)(image)
+    torch.testing.assert_close(tiled["sem_seg"], model(image)["sem_seg"])
+
+
+def _two_objects_image() -> np.ndarray:
+    image = np.zeros((160, 240, 1), np.uint8)
+    cv2.ellipse(image, (120, 80), (50, 30), 0, 0, 360, 255, -1)  # crosses tile borders
+    cv2.circle(image, (20, 20), 8, 255, -1)  # inside the first tile only
+    return image
+
+
+def test_nmm_merges_the_parts_of_an_object_cut_by_tile_borders():
+    image = _two_objects_image()
+    whole = BlobDetector()(image)["instances"]
+    tiled = TiledPredictor(BlobDetector(), tile=96, overlap=0.25, merge="nmm")(image)
+    instances = tiled["instances"]
+    assert len(instances["masks"]) == 2
+    for mask in whole["masks"]:
+        ious = [(mask & m).sum() / (mask | m).sum() for m in instances["masks"]]
+        assert max(ious) == 1.0
+    big = int(torch.argmax(instances["masks"].flatten(1).sum(1)))
+    torch.testing.assert_close(instances["boxes"][big], torch.tensor([70.0, 50.0, 171.0, 111.0]))
+
+
+def test_nms_keeps_one_part_and_full_pass_restores_the_whole_object():
+    image = _two_objects_image()
+    nms = TiledPredictor(BlobDetector(), tile=96, overlap=0.25, merge="nms")(image)["instances"]
+    areas = sorted(nms["masks"].flatten(1).sum(1).tolist())
+    whole_area = int((image[:, :, 0] > 0).sum())
+    # The ellipse's parts that do not overlap much survive NMS: more than 2 detections.
+    assert len(areas) > 2 and sum(areas) < 2 * whole_area
+    full = TiledPredictor(BlobDetector(), tile=96, overlap=0.25, merge="nmm",
+                          full_pass=True)(image)["instances"]
+    assert len(full["masks"]) == 2
+    assert int(full["masks"].any(0).sum()) == whole_area
+
+
+def test_needs_tiling_only_beyond_twice_the_test_size():
+    assert not needs_tiling(1600, 1600, 800, 1333)
+    assert needs_tiling(1700, 1700, 800, 1333)
+    assert needs_tiling(256, 2800, 800, 1333)  # a long strip
+    assert not needs_tiling(5000, 5000, 0, 1333)  # the model does not resize
