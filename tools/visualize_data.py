@@ -23,8 +23,9 @@ from PIL import Image
 
 from d2seg.config import get_cfg
 from d2seg.data.build import build_detection_train_loader, get_detection_dataset_dicts
-from d2seg.data.catalog import MetadataCatalog, resolve_dataset
-from d2seg.data.detection_utils import read_image
+from d2seg.data.catalog import MetadataCatalog
+from d2seg.data.datasets import resolve_dataset
+from d2seg.data.io import read_image
 from d2seg.errors import ConfigError
 from d2seg.utils.cli import run_cli
 from d2seg.utils.visualizer import Visualizer

@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from d2seg.data.coco import read_json
-from d2seg.data.detection_utils import read_image
+from d2seg.data.convert.layout import ConvertedLayout
+from d2seg.data.io import read_image, read_json
 from d2seg.errors import ConfigError, D2SegError, DatasetError
 from d2seg.utils.cli import user_message
 
@@ -95,13 +95,14 @@ def _list_file(path: Path) -> list[Path]:
 def _split_json(path: Path, out: ExpandedInputs) -> list[tuple[Path, str, int]]:
     """The images of a converted split ``OUT/annotations/<split>.json`` (in ``OUT/images``)."""
     coco = read_json(path, "COCO annotation file")
-    images_dir = path.parent.parent / "images"
-    if not isinstance(coco, dict) or "images" not in coco or not images_dir.is_dir():
+    converted = ConvertedLayout.of_split(path)
+    if not isinstance(coco, dict) or "images" not in coco or converted is None:
         raise ConfigError(
             f"--input {path}: a .json input must be a converted split OUT/annotations/<split>."
             f"json beside OUT/images; fix: pass the images themselves (a folder, a glob or a "
             f".txt list)"
         )
+    images_dir = converted[0].images_dir
     out.categories = [{"id": c["id"], "name": c["name"]} for c in coco.get("categories", [])]
     return [(images_dir / im["file_name"], PurePosixPath(im["file_name"]).with_suffix("")
              .as_posix(), im["id"]) for im in coco["images"]]
@@ -167,7 +168,7 @@ def expand_inputs(values: Sequence[str]) -> ExpandedInputs:
 
 def _read_raster(path: Path) -> np.ndarray:
     """A ``.tif``/``.npy`` as uint8 H×W×C (C×H×W with few bands is transposed; 16-bit is
-    scaled onto 0..255 as :func:`~d2seg.data.detection_utils.read_image` does)."""
+    scaled onto 0..255 as :func:`~d2seg.data.io.read_image` does)."""
     try:
         if path.suffix.lower() == ".npy":
             array = np.load(path, allow_pickle=False)
