@@ -323,7 +323,7 @@ def test_semantic_outputs_rasters_and_bad_inputs(cars, tmp_path):
     reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"four.tif", "cut.jpg", "notes.docx"}
     assert "4 band(s) but the model takes 1 channel(s)" in reasons["four.tif"]
-    assert "cannot be read" in reasons["cut.jpg"] and "unsupported" in reasons["notes.docx"]
+    assert "cannot read" in reasons["cut.jpg"] and "unsupported" in reasons["notes.docx"]
     assert all(line.startswith("skipped: ") for line in err.strip().splitlines()
                if "skipped" in line) and err.count("skipped: ") == 3
     assert report["processed_images"] == 3
