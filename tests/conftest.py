@@ -1,9 +1,16 @@
 """Shared fixtures: where the real annotation data written by others lives."""
 
+import contextlib
+import importlib.util
+import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from d2seg.utils.cli import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("D2SEG_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -22,3 +29,46 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def train_run():
+    """``train(config, output_dir, *opts)``: ``tools/train_net.py`` in a subprocess, as a user
+    runs it (this checkout's d2seg first on its path); fails the test with the run's output."""
+
+    def train(config: str, output_dir: Path, *opts: str) -> None:
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file", config,
+             *opts, "OUTPUT_DIR", str(output_dir)],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=900,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+        assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def run_tool():
+    """``run(name, *argv) -> (exit status, stdout, stderr)``: ``tools/<name>.py``'s ``main`` in
+    this process through ``run_cli``, exactly as its command line runs it."""
+    modules = {}
+
+    def run(name: str, *argv) -> tuple[int, str, str]:
+        if name not in modules:
+            path = REPO_ROOT / "tools" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"{name}_tool", path)
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
+        out, err = io.StringIO(), io.StringIO()
+        old_argv, sys.argv = sys.argv, [f"{name}.py", *map(str, argv)]
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                run_cli(modules[name].main)
+        except SystemExit as e:
+            code = e.code
+        finally:
+            sys.argv = old_argv
+        return code, out.getvalue(), err.getvalue()
+
+    return run

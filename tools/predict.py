@@ -46,6 +46,7 @@ from d2seg.engine.prediction_writers import (
     LabelmeWriter,
     OverlayWriter,
     PanopticWriter,
+    PredictionWriter,
     SemSegWriter,
     draw_outputs,
 )
@@ -193,7 +194,7 @@ def main() -> int:
                   or getattr(predictor.model, "tasks", ()))
     category_ids = _category_ids(inputs, things)
     coco = CocoResultsWriter(output, things, category_ids, args.polygons)
-    writers: list[Any] = [coco] if "instances" in tasks else []
+    writers: list[PredictionWriter] = [coco] if "instances" in tasks else []
     if "sem_seg" in tasks:  # PanopticUNet's own semantic labels are not worth a file
         writers.append(SemSegWriter(output, args.save_probs))
     if "panoptic_seg" in tasks:

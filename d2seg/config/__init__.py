@@ -1,6 +1,6 @@
 """Config: Detectron2's key tree (``get_cfg``) with checked merges."""
 
-from d2seg.config.config import CfgNode, load_yaml_with_base, validate_cfg
+from d2seg.config.config import CfgNode, get_key, load_yaml_with_base, set_key, validate_cfg
 from d2seg.config.configurable import configurable
 from d2seg.config.defaults import _C
 
@@ -10,4 +10,12 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-__all__ = ["CfgNode", "configurable", "get_cfg", "load_yaml_with_base", "validate_cfg"]
+__all__ = [
+    "CfgNode",
+    "configurable",
+    "get_cfg",
+    "get_key",
+    "load_yaml_with_base",
+    "set_key",
+    "validate_cfg",
+]

@@ -121,7 +121,7 @@ def load_yaml_with_base(filename: str, _seen: tuple[str, ...] = ()) -> dict[str,
 def validate_cfg(cfg: CfgNode) -> None:
     """Check enumerated values and cross-key rules; raise :class:`ConfigError` on the first."""
     for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -230,8 +230,16 @@ def _merge_dicts(dst: dict[str, Any], src: dict[str, Any]) -> None:
             dst[k] = v
 
 
-def _get(cfg: CfgNode, dotted: str) -> Any:
+def get_key(cfg: CfgNode, dotted: str) -> Any:
+    """The value of a dotted key, e.g. ``get_key(cfg, "MODEL.ROI_HEADS.NUM_CLASSES")``."""
     node: Any = cfg
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+def set_key(cfg: CfgNode, dotted: str, value: Any) -> None:
+    """Set a dotted key of an unfrozen ``cfg`` (no type check: the caller's value is trusted)."""
+    path, _, leaf = dotted.rpartition(".")
+    node = get_key(cfg, path) if path else cfg
+    node[leaf] = value

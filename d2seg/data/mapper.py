@@ -3,6 +3,7 @@
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -98,6 +99,14 @@ class DatasetMapper:
                 f"{self.num_channels} values; fix: give one PIXEL_MEAN/PIXEL_STD value per "
                 f"channel, or convert the image"
             )
+        return self.map_image(image, dataset_dict)
+
+    def map_image(self, image: np.ndarray, dataset_dict: dict | None = None) -> dict:
+        """Map an image already read (H×W×C uint8 in ``image_format``): what :meth:`__call__`
+        does after reading ``dataset_dict["file_name"]``, and what
+        :class:`~d2seg.engine.predictor.DefaultPredictor` does with an image in memory
+        (``dataset_dict`` None: no other keys, no targets)."""
+        dataset_dict = dataset_dict or {}
         height, width = image.shape[:2]
         output = copy.deepcopy({k: v for k, v in dataset_dict.items() if k != "annotations"})
         output.setdefault("height", height)

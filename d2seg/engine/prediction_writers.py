@@ -11,6 +11,7 @@ dict at the image's size, ``image_rgb`` H×W×3 uint8 for display) and ``close()
 - :class:`LabelmeWriter`: ``labelme/<name>.json``, Labelme 5.x pre-annotations.
 """
 
+import abc
 import base64
 import io
 import os
@@ -82,7 +83,18 @@ def mask_outlines(mask: np.ndarray) -> list[list[float]]:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-class OverlayWriter:
+class PredictionWriter(abc.ABC):
+    """One output of ``tools/predict.py``: :meth:`write` per image, :meth:`close` at the end."""
+
+    @abc.abstractmethod
+    def write(self, item: PredictionInput, image_rgb: np.ndarray, outputs: dict) -> None:
+        """Record one image's predictions (``outputs`` at the image's size)."""
+
+    def close(self) -> None:
+        """Finish the output; writers that write each image's file at once have nothing left."""
+
+
+class OverlayWriter(PredictionWriter):
     """``overlays/<name>.png``: the Visualizer's drawing of each image's predictions."""
 
     def __init__(self, output_dir: Path, metadata: Any):
@@ -92,11 +104,8 @@ class OverlayWriter:
     def write(self, item: PredictionInput, image_rgb: np.ndarray, outputs: dict) -> None:
         _save_png(self.folder / f"{item.name}.png", draw_outputs(image_rgb, outputs, self.metadata))
 
-    def close(self) -> None:
-        pass
 
-
-class CocoResultsWriter:
+class CocoResultsWriter(PredictionWriter):
     """``predictions.json``: COCO results of every image's instances, each with
     ``image_id``, ``file_name`` (the input path), ``category_id`` (``category_ids[c]`` for
     contiguous class c), ``category_name``, ``score``, ``bbox`` XYWH and RLE ``segmentation``;
@@ -132,7 +141,7 @@ class CocoResultsWriter:
         atomic_write_json(self.path, self.results)
 
 
-class SemSegWriter:
+class SemSegWriter(PredictionWriter):
     """``sem_seg/<name>.png``: uint8 class ids (:func:`semantic_labels`); with
     ``save_probs`` also ``sem_seg/<name>.npy`` (:func:`semantic_probabilities`)."""
 
@@ -148,11 +157,8 @@ class SemSegWriter:
             with atomic_open(self.folder / f"{item.name}.npy", "wb") as f:
                 np.save(f, semantic_probabilities(outputs["sem_seg"]))
 
-    def close(self) -> None:
-        pass
 
-
-class PanopticWriter:
+class PanopticWriter(PredictionWriter):
     """COCO panoptic output: ``panoptic/<name>.png`` (segment id = R + 256·G + 256²·B, 0 =
     void) and ``panoptic.json`` ``{"annotations": [{"image_id", "file_name", "segments_info":
     [{"id", "category_id", "category_name", "isthing", "area", "bbox", "score"?}]}],
@@ -209,7 +215,7 @@ class PanopticWriter:
         atomic_write_json(self.path, {"annotations": self.annotations, "categories": categories})
 
 
-class LabelmeWriter:
+class LabelmeWriter(PredictionWriter):
     """``labelme/<name>.json``: a Labelme 5.x file per image to correct in Labelme.
 
     Every predicted instance (or every connected region of a semantic class other than
@@ -297,6 +303,3 @@ class LabelmeWriter:
             .as_posix(),
             "imageData": image_data, "imageHeight": height, "imageWidth": width,
         }, indent=2)
-
-    def close(self) -> None:
-        pass

@@ -16,12 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
 
 from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import CfgNode, get_cfg
 from d2seg.data.catalog import Metadata, MetadataCatalog
-from d2seg.data.transforms import build_transforms
+from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import CheckpointError, ConfigError
 from d2seg.modeling import build_model
 
@@ -125,7 +124,8 @@ class DefaultPredictor:
         self.metadata = _metadata(self.cfg, saved, cfg.MODEL.WEIGHTS)
         self.input_format = cfg.INPUT.FORMAT
         self.num_channels = len(cfg.MODEL.PIXEL_MEAN)
-        self.aug = build_transforms(self.cfg, is_train=False)
+        # The test loader's mapper: the same resize, so predictions equal the evaluation's.
+        self.mapper = DatasetMapper(self.cfg, is_train=False)
 
     @classmethod
     def from_run(
@@ -176,14 +176,7 @@ class DefaultPredictor:
             )
         if {format, self.input_format} == {"BGR", "RGB"}:
             image = image[:, :, ::-1]
-        height, width = image.shape[:2]
-        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        resized = self.aug({"image": tv_tensors.Image(chw)})["image"]
-        return {
-            "image": resized.as_subclass(torch.Tensor).contiguous(),
-            "height": height,
-            "width": width,
-        }
+        return self.mapper.map_image(np.ascontiguousarray(image))
 
     def predict_batch(
         self, images: Sequence[np.ndarray], format: str | None = None

@@ -29,11 +29,11 @@ import logging
 from typing import Any
 
 import d2seg
-from d2seg.config import CfgNode
+from d2seg.config import CfgNode, get_key, set_key
 from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
 from d2seg.data.datasets import resolve_dataset
 from d2seg.errors import ConfigError
-from d2seg.modeling.meta_arch.declarations import class_counts, meta_arch_class
+from d2seg.modeling.meta_arch.declarations import meta_arch_class
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +61,6 @@ def _config_metadata(cfg: CfgNode) -> dict[str, Any]:
     }
 
 
-def _get(cfg: CfgNode, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def _set(cfg: CfgNode, dotted: str, value: Any) -> None:
-    *path, leaf = dotted.split(".")
-    node = cfg
-    for part in path:
-        node = node[part]
-    node[leaf] = value
-
-
 def resolve_from_data(cfg: CfgNode) -> CfgNode:
     """A copy of ``cfg`` (frozen if it was) with class names and 0 class counts from the data.
 
@@ -86,8 +71,8 @@ def resolve_from_data(cfg: CfgNode) -> CfgNode:
     """
     data = training_data_metadata(cfg) or _config_metadata(cfg)
     source = f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]!r}" if cfg.DATASETS.TRAIN else "the config"
-    counts = class_counts(cfg, data)
     arch = meta_arch_class(cfg)
+    counts = arch.class_counts(cfg, data)
     cfg = cfg.clone()
     frozen = cfg.is_frozen()
     cfg.defrost()
@@ -95,7 +80,7 @@ def resolve_from_data(cfg: CfgNode) -> CfgNode:
         if key in data:
             cfg.DATASETS[cfg_key] = tuple(data[key])
     for key, needed in counts.items():
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         if needed is None:
             if value == 0:
                 raise ConfigError(
@@ -104,7 +89,7 @@ def resolve_from_data(cfg: CfgNode) -> CfgNode:
                 )
             continue
         if value == 0:
-            _set(cfg, key, needed)
+            set_key(cfg, key, needed)
             logger.info(f"{key} = {needed}, from {source}")
         elif value < needed:
             raise ConfigError(

@@ -6,7 +6,7 @@ import torch
 from fvcore.common.registry import Registry
 from torch import nn
 
-from d2seg.config import CfgNode, validate_cfg
+from d2seg.config import CfgNode, get_key, validate_cfg
 from d2seg.errors import ConfigError
 from d2seg.modeling.registry import META_ARCH_REGISTRY
 
@@ -17,9 +17,7 @@ def build_from_registry(registry: Registry, key: str, cfg: CfgNode, *args: Any) 
     A class is built as ``cls(**cls.from_config(cfg, *args))`` (keyword-only constructors, so
     every component is also usable without a config); a function is called as ``fn(cfg, *args)``.
     """
-    name = cfg
-    for part in key.split("."):
-        name = name[part]
+    name = get_key(cfg, key)
     try:
         entry = registry.get(name)
     except KeyError:
@@ -49,10 +47,7 @@ def _check_class_counts_resolved(cfg: CfgNode) -> None:
         return  # build_from_registry names the fix
     counts = getattr(arch, "class_counts", None)
     for key in counts(cfg, {}) if counts else ():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if node == 0:
+        if get_key(cfg, key) == 0:
             raise ConfigError(
                 f"{key} is 0, which means 'from DATASETS.TRAIN', but nothing resolved it; fix: "
                 f"set it to the number of classes, or call "

@@ -26,27 +26,17 @@ from d2seg.errors import CheckpointError, ConfigError
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN_NET = REPO_ROOT / "tools" / "train_net.py"
-
-
-def _train(config: str, output_dir: Path, *opts: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(TRAIN_NET), "--config-file", config, *opts,
-         "OUTPUT_DIR", str(output_dir)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
 
 
 @pytest.fixture(scope="module")
-def balloon_run(tmp_path_factory) -> dict:
+def balloon_run(tmp_path_factory, train_run) -> dict:
     """A 12-iteration Mask R-CNN on synthetic balloons, evaluated on val at the end."""
     root = tmp_path_factory.mktemp("balloons")
     make_balloons(root / "labelme", 16, size=(96, 128), seed=0)
     convert_dataset(root / "labelme", root / "coco", splits={"val": 0.25}, seed=0,
                     outputs=("instances",))
     val = root / "coco" / "annotations" / "val.json"
-    _train(
+    train_run(
         str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), root / "run",
         "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
         "DATASETS.TEST", f"('{val}',)",
@@ -58,12 +48,12 @@ def balloon_run(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def carvana_run(tmp_path_factory) -> Path:
+def carvana_run(tmp_path_factory, train_run) -> Path:
     """A 6-iteration grayscale binary U-Net on synthetic cars; returns the run folder."""
     root = tmp_path_factory.mktemp("carvana")
     make_carvana(root / "raw", 8, size=(64, 96), seed=0)
     convert_dataset(root / "raw", root / "coco", fmt="masks", splits={"val": 0.25}, seed=0)
-    _train(
+    train_run(
         str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), root / "run",
         "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0",

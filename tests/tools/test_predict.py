@@ -4,13 +4,7 @@ Two tiny models are trained once for this file with ``tools/train_net.py`` on sy
 Mask R-CNN on balloons, a grayscale binary U-Net on cars); the tool runs in-process.
 """
 
-import contextlib
-import importlib.util
-import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -34,68 +28,46 @@ from d2seg.data.labelme import LabelmeShape, rasterize_shape
 from d2seg.engine.prediction_sources import PredictionInput
 from d2seg.engine.prediction_writers import CocoResultsWriter, LabelmeWriter
 from d2seg.data.synthetic import make_balloons, make_carvana, render_sample
-from d2seg.utils.cli import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("predict_tool", REPO_ROOT / "tools" / "predict.py")
-predict_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(predict_tool)
 
 
-def predict(*argv: str) -> tuple[int, str, str]:
-    """Run tools/predict.py with ``argv``; (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    old_argv = sys.argv
-    sys.argv = ["predict.py", *map(str, argv)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            run_cli(predict_tool.main)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old_argv
-    return code, out.getvalue(), err.getvalue()
-
-
-def _train(config: str, output_dir: Path, *opts: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file", config,
-         *opts, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(output_dir)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=900,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+@pytest.fixture
+def predict(run_tool):
+    """``predict(*argv) -> (exit status, stdout, stderr)``: tools/predict.py with ``argv``."""
+    return lambda *argv: run_tool("predict", *argv)
 
 
 @pytest.fixture(scope="module")
-def balloons(tmp_path_factory) -> dict:
+def balloons(tmp_path_factory, train_run) -> dict:
     """A 12-iteration Mask R-CNN on synthetic balloons, evaluated on its val split."""
     root = tmp_path_factory.mktemp("balloons")
     make_balloons(root / "labelme", 16, size=(96, 128), seed=0)
     convert_dataset(root / "labelme", root / "coco", splits={"val": 0.25}, seed=0,
                     outputs=("instances",))
     val = root / "coco" / "annotations" / "val.json"
-    _train(
+    train_run(
         str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), root / "run",
         "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
         "DATASETS.TEST", f"('{val}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "0",
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.MAX_ITER", "12",
+        "DATALOADER.NUM_WORKERS", "0",
     )
     return {"root": root, "run": root / "run", "val": val, "images": root / "coco" / "images"}
 
 
 @pytest.fixture(scope="module")
-def cars(tmp_path_factory) -> dict:
+def cars(tmp_path_factory, train_run) -> dict:
     """A grayscale binary U-Net on synthetic cars, trained long enough to be confident."""
     root = tmp_path_factory.mktemp("cars")
     make_carvana(root / "raw", 8, size=(64, 96), seed=0)
     convert_dataset(root / "raw", root / "coco", fmt="masks", splits={"val": 0.25}, seed=0)
-    _train(
+    train_run(
         str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), root / "run",
         "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.003",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "DATALOADER.NUM_WORKERS", "0",
     )
     return {"root": root, "run": root / "run", "images": root / "coco" / "images"}
 
@@ -105,7 +77,7 @@ def _coco_results(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_predictions_json_equals_the_evaluators_results_and_scores_the_same(balloons, tmp_path):
+def test_predictions_json_equals_the_evaluators_results_and_scores_the_same(balloons, tmp_path, predict):
     code, out, _ = predict("--run", balloons["run"], "--input", balloons["val"], "--output",
                            tmp_path / "out", "--batch-size", "3", "--polygons")
     assert code == 0
@@ -135,7 +107,7 @@ def test_predictions_json_equals_the_evaluators_results_and_scores_the_same(ball
 
 
 @pytest.mark.slow
-def test_every_source_kind_is_found_and_named(balloons, tmp_path):
+def test_every_source_kind_is_found_and_named(balloons, tmp_path, predict):
     photos = sorted(balloons["images"].glob("*.jpg"))[:5]
     (tmp_path / "folder" / "sub").mkdir(parents=True)
     (tmp_path / "globbed").mkdir()
@@ -161,7 +133,7 @@ def test_every_source_kind_is_found_and_named(balloons, tmp_path):
 
 
 @pytest.mark.slow
-def test_usage_errors_exit_2_with_one_line(balloons, tmp_path):
+def test_usage_errors_exit_2_with_one_line(balloons, tmp_path, predict):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     photo = next(balloons["images"].glob("*.jpg"))
@@ -194,7 +166,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_labelme_predictions_convert_back_to_the_same_masks(balloons, tmp_path):
+def test_labelme_predictions_convert_back_to_the_same_masks(balloons, tmp_path, predict):
     code, _, err = predict("--run", balloons["run"], "--input", balloons["val"], "--output",
                            tmp_path / "out", "--save-labelme", "--no-overlay",
                            "--score-threshold", "0.1")
@@ -279,7 +251,7 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
 
 
 @pytest.mark.slow
-def test_video_gives_an_overlay_video_and_one_line_per_frame(balloons, tmp_path):
+def test_video_gives_an_overlay_video_and_one_line_per_frame(balloons, tmp_path, predict):
     frames = [cv2.imread(str(p)) for p in sorted(balloons["images"].glob("*.jpg"))[:6]]
     _write_video(tmp_path / "clip.mp4", frames, 5.0)
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
@@ -303,7 +275,7 @@ def test_video_gives_an_overlay_video_and_one_line_per_frame(balloons, tmp_path)
 
 
 @pytest.mark.slow
-def test_semantic_outputs_rasters_and_bad_inputs(cars, tmp_path):
+def test_semantic_outputs_rasters_and_bad_inputs(cars, tmp_path, predict):
     photo = sorted(cars["images"].glob("*.jpg"))[0]  # an RGB jpg into a grayscale model
     rgb = np.asarray(Image.open(photo).convert("RGB"))
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -342,7 +314,7 @@ def test_semantic_outputs_rasters_and_bad_inputs(cars, tmp_path):
 
 
 @pytest.mark.slow
-def test_tiled_and_whole_image_label_maps_agree(cars, tmp_path):
+def test_tiled_and_whole_image_label_maps_agree(cars, tmp_path, predict):
     big = render_sample("carvana", seed=5, size=(192, 288))["image"]
     Image.fromarray(big).save(tmp_path / "big.png")
     common = ("--run", cars["run"], "--input", tmp_path / "big.png", "--no-overlay")
@@ -361,7 +333,7 @@ def test_tiled_and_whole_image_label_maps_agree(cars, tmp_path):
     assert whole.any() and (whole == tiled).mean() >= 0.995
 
 
-def test_panoptic_model_writes_coco_panoptic_png_and_json(tmp_path):
+def test_panoptic_model_writes_coco_panoptic_png_and_json(tmp_path, predict):
     config = REPO_ROOT / "configs" / "tiny" / "panoptic_unet_R_18_tiny.yaml"
     cfg = get_cfg()
     cfg.merge_from_file(str(config))

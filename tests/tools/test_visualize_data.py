@@ -1,10 +1,6 @@
 """``tools/visualize_data.py``: the ground truth drawn as annotated and as the loader gives it."""
 
-import contextlib
-import importlib.util
-import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,26 +9,14 @@ from PIL import Image
 
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.synthetic import make_balloons, make_carvana
-from d2seg.utils.cli import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("visualize_data_tool",
-                                               REPO_ROOT / "tools" / "visualize_data.py")
-visualize_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(visualize_tool)
 
 
-def visualize(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, sys.argv = sys.argv, ["visualize_data.py", *map(str, argv)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            run_cli(visualize_tool.main)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old_argv
-    return code, out.getvalue(), err.getvalue()
+@pytest.fixture
+def visualize(run_tool):
+    """``visualize(*argv) -> (exit status, stdout, stderr)``: tools/visualize_data.py."""
+    return lambda *argv: run_tool("visualize_data", *argv)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +31,7 @@ def _pictures(folder: Path) -> dict[str, np.ndarray]:
     return {p.stem: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
 
-def test_annotations_are_drawn_over_each_selected_image(balloons, tmp_path):
+def test_annotations_are_drawn_over_each_selected_image(balloons, tmp_path, visualize):
     split = balloons / "annotations" / "all.json"
     code, out, err = visualize("--dataset", split, "--output-dir", tmp_path / "all", "--limit", 4)
     assert code == 0, err
@@ -66,7 +50,7 @@ def test_annotations_are_drawn_over_each_selected_image(balloons, tmp_path):
                                                          for im in wanted)
 
 
-def test_semantic_ground_truth_is_drawn(tmp_path):
+def test_semantic_ground_truth_is_drawn(tmp_path, visualize):
     make_carvana(tmp_path / "raw", 2, size=(64, 96), seed=0)
     convert_dataset(tmp_path / "raw", tmp_path / "coco", fmt="masks", seed=0)
     code, _, err = visualize("--dataset", tmp_path / "coco" / "annotations" / "all.json",
@@ -82,7 +66,7 @@ def test_semantic_ground_truth_is_drawn(tmp_path):
         assert changed[labels == 1].mean() > 0.5  # the car is tinted
 
 
-def test_dataloader_source_draws_the_augmented_training_images(balloons, tmp_path):
+def test_dataloader_source_draws_the_augmented_training_images(balloons, tmp_path, visualize):
     code, out, err = visualize(
         "--config-file", REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml",
         "--source", "dataloader", "--dataset", balloons / "annotations" / "all.json",
@@ -94,7 +78,7 @@ def test_dataloader_source_draws_the_augmented_training_images(balloons, tmp_pat
     assert all(p.shape == (96, 120, 3) for p in pictures.values())
 
 
-def test_dataloader_without_config_and_unknown_ids_are_usage_errors(balloons, tmp_path):
+def test_dataloader_without_config_and_unknown_ids_are_usage_errors(balloons, tmp_path, visualize):
     split = balloons / "annotations" / "all.json"
     code, _, err = visualize("--dataset", split, "--source", "dataloader", "--output-dir",
                              tmp_path / "a")

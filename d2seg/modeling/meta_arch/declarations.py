@@ -23,8 +23,6 @@ Example::
     assert arch.tasks == ("sem_seg",) and arch.headline_metric(cfg) == "sem_seg/mIoU"
 """
 
-from typing import Any
-
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 from d2seg.modeling.registry import META_ARCH_REGISTRY
@@ -74,9 +72,3 @@ def model_tasks(cfg: CfgNode) -> tuple[str, ...]:
 def headline_metric(cfg: CfgNode) -> str:
     """The config's meta-architecture's headline metric key, e.g. ``"sem_seg/mIoU"``."""
     return meta_arch_class(cfg).headline_metric(cfg)
-
-
-def class_counts(cfg: CfgNode, metadata: dict[str, Any]) -> dict[str, int | None]:
-    """``{config key: number of classes}`` the dataset ``metadata`` implies for this model
-    (None for a key the metadata says nothing about)."""
-    return meta_arch_class(cfg).class_counts(cfg, metadata)
