@@ -72,3 +72,40 @@ def run_tool():
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+def _converted_split(root: Path, make, **convert) -> dict[str, Path]:
+    """``make(folder)`` writes a synthetic source set; converted with a 25% val split:
+    ``{"train": json, "val": json, "images": folder}``."""
+    from d2seg.data.convert.pipeline import convert_dataset
+
+    make(root / "raw")
+    convert_dataset(root / "raw", root / "coco", splits={"val": 0.25}, seed=0, **convert)
+    annotations = root / "coco" / "annotations"
+    return {"train": annotations / "train.json", "val": annotations / "val.json",
+            "images": root / "coco" / "images"}
+
+
+@pytest.fixture(scope="session")
+def balloon_split(tmp_path_factory) -> dict[str, Path]:
+    """16 synthetic 96×128 Labelme balloon images as COCO instances, split 12/4."""
+    from d2seg.data.synthetic import make_balloons
+
+    return _converted_split(
+        tmp_path_factory.mktemp("balloon_split"),
+        lambda folder: make_balloons(folder, 16, size=(96, 128), seed=0),
+        outputs=("instances",),
+    )
+
+
+@pytest.fixture(scope="session")
+def car_split(tmp_path_factory) -> dict[str, Path]:
+    """8 synthetic 64×96 Carvana-style cars (image + mask pairs) as COCO with semantic PNGs,
+    split 6/2."""
+    from d2seg.data.synthetic import make_carvana
+
+    return _converted_split(
+        tmp_path_factory.mktemp("car_split"),
+        lambda folder: make_carvana(folder, 8, size=(64, 96), seed=0),
+        fmt="masks",
+    )

@@ -28,6 +28,7 @@ from d2seg.data.labelme import LabelmeShape, rasterize_shape
 from d2seg.data.synthetic import LABELME_VERSION
 from d2seg.engine.prediction_sources import PredictionInput
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
+from d2seg.modeling.postprocess import sem_seg_labels
 from d2seg.utils.io import atomic_open, atomic_write_json
 from d2seg.utils.visualizer import Visualizer
 
@@ -62,9 +63,7 @@ def draw_outputs(image_rgb: np.ndarray, outputs: dict[str, Any], metadata: Any) 
 def semantic_labels(logits: torch.Tensor) -> np.ndarray:
     """H×W uint8 class ids of K×H×W logits: argmax, or for one sigmoid logit 1 where it is > 0
     (the binary model's foreground, ``stuff_classes[1]``) and 0 elsewhere."""
-    logits = logits.detach().float().cpu()
-    labels = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(dim=0)
-    return labels.numpy().astype(np.uint8)
+    return sem_seg_labels(logits.detach().float().cpu()).numpy().astype(np.uint8)
 
 
 def semantic_probabilities(logits: torch.Tensor) -> np.ndarray:

@@ -16,6 +16,7 @@ from d2seg.config import CfgNode
 from d2seg.data.io import read_sem_seg
 from d2seg.errors import DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
+from d2seg.modeling.postprocess import sem_seg_labels
 from d2seg.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -170,13 +171,13 @@ class SemSegEvaluator(DatasetEvaluator):
         channels = logits.shape[0]
         if channels == 1 and self._num_classes == 2:
             self._binary = True
-            return (logits[0] > 0).long().cpu().numpy()
+            return sem_seg_labels(logits).cpu().numpy()
         if channels != self._num_classes:
             raise DatasetError(
                 f"{source}: the model outputs {channels} sem_seg channels but the dataset has "
                 f"{self._num_classes} classes; fix: set MODEL.SEM_SEG_HEAD.NUM_CLASSES to match"
             )
-        return logits.argmax(dim=0).cpu().numpy()
+        return sem_seg_labels(logits).cpu().numpy()
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for inp, out in zip(inputs, outputs):

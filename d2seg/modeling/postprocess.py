@@ -5,6 +5,7 @@
   the image (:func:`paste_masks`) and thresholded, labels made 0-based.
 * :func:`sem_seg_postprocess`: per-pixel logits of one padded image → the input's
   ``height``×``width`` (the one place every semantic head's output is resized, as Detectron2).
+* :func:`sem_seg_labels`: those logits → class ids (argmax; ``logit > 0`` for a binary model).
 * :func:`combine_semantic_and_instance_outputs`: Detectron2's PanopticFPN fusion. Semantic
   class 0 is "things" (every pixel of any thing class); classes 1..K are stuff and keep their
   semantic index as ``category_id``.
@@ -87,6 +88,12 @@ def sem_seg_postprocess(
     return F.interpolate(
         cropped[None], size=(height, width), mode="bilinear", align_corners=False
     )[0]
+
+
+def sem_seg_labels(logits: Tensor) -> Tensor:
+    """K×H×W semantic logits → H×W long class ids: the argmax over K, or for one sigmoid logit
+    (a binary model) 1 where it is > 0 and 0 elsewhere."""
+    return (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(dim=0)
 
 
 def combine_semantic_and_instance_outputs(

@@ -19,8 +19,6 @@ import torch
 
 from d2seg import DefaultPredictor
 from d2seg.checkpoint import load_checkpoint_file
-from d2seg.data.convert.pipeline import convert_dataset
-from d2seg.data.synthetic import make_balloons, make_carvana
 from d2seg.engine.predictor import run_weights
 from d2seg.errors import CheckpointError, ConfigError
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
@@ -29,36 +27,30 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def balloon_run(tmp_path_factory, train_run) -> dict:
+def balloon_run(tmp_path_factory, train_run, balloon_split) -> dict:
     """A 12-iteration Mask R-CNN on synthetic balloons, evaluated on val at the end."""
-    root = tmp_path_factory.mktemp("balloons")
-    make_balloons(root / "labelme", 16, size=(96, 128), seed=0)
-    convert_dataset(root / "labelme", root / "coco", splits={"val": 0.25}, seed=0,
-                    outputs=("instances",))
-    val = root / "coco" / "annotations" / "val.json"
+    run = tmp_path_factory.mktemp("balloon_run") / "run"
     train_run(
-        str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), root / "run",
-        "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
-        "DATASETS.TEST", f"('{val}',)",
+        str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), run,
+        "DATASETS.TRAIN", f"('{balloon_split['train']}',)",
+        "DATASETS.TEST", f"('{balloon_split['val']}',)",
         "MODEL.ROI_HEADS.NUM_CLASSES", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
         "INPUT.MIN_SIZE_TEST", "80", "INPUT.MAX_SIZE_TEST", "120",
         "SOLVER.MAX_ITER", "12", "DATALOADER.NUM_WORKERS", "0",
     )
-    return {"root": root, "run": root / "run", "val": val}
+    return {"run": run, "val": balloon_split["val"], "images": balloon_split["images"]}
 
 
 @pytest.fixture(scope="module")
-def carvana_run(tmp_path_factory, train_run) -> Path:
+def carvana_run(tmp_path_factory, train_run, car_split) -> Path:
     """A 6-iteration grayscale binary U-Net on synthetic cars; returns the run folder."""
-    root = tmp_path_factory.mktemp("carvana")
-    make_carvana(root / "raw", 8, size=(64, 96), seed=0)
-    convert_dataset(root / "raw", root / "coco", fmt="masks", splits={"val": 0.25}, seed=0)
+    run = tmp_path_factory.mktemp("carvana") / "run"
     train_run(
-        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), root / "run",
-        "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
+        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), run,
+        "DATASETS.TRAIN", f"('{car_split['train']}',)",
         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0",
     )
-    return root / "run"
+    return run
 
 
 @pytest.mark.slow
@@ -68,7 +60,7 @@ def test_predictor_reproduces_the_evaluators_predictions_exactly(balloon_run):
     )
     assert evaluated, "the tiny model must predict something for this test to mean anything"
     gt = json.loads(balloon_run["val"].read_text())
-    images_dir = balloon_run["root"] / "coco" / "images"
+    images_dir = balloon_run["images"]
     predictor = DefaultPredictor.from_run(balloon_run["run"], weights="model_final.pth")
     dataset_ids = [c["id"] for c in gt["categories"]]
     for image in gt["images"]:

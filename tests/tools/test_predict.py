@@ -27,7 +27,7 @@ from d2seg.data.detection_utils import segmentation_to_mask
 from d2seg.data.labelme import LabelmeShape, rasterize_shape
 from d2seg.engine.prediction_sources import PredictionInput
 from d2seg.engine.prediction_writers import CocoResultsWriter, LabelmeWriter
-from d2seg.data.synthetic import make_balloons, make_carvana, render_sample
+from d2seg.data.synthetic import render_sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,37 +39,31 @@ def predict(run_tool):
 
 
 @pytest.fixture(scope="module")
-def balloons(tmp_path_factory, train_run) -> dict:
+def balloons(tmp_path_factory, train_run, balloon_split) -> dict:
     """A 12-iteration Mask R-CNN on synthetic balloons, evaluated on its val split."""
-    root = tmp_path_factory.mktemp("balloons")
-    make_balloons(root / "labelme", 16, size=(96, 128), seed=0)
-    convert_dataset(root / "labelme", root / "coco", splits={"val": 0.25}, seed=0,
-                    outputs=("instances",))
-    val = root / "coco" / "annotations" / "val.json"
+    run = tmp_path_factory.mktemp("balloons") / "run"
     train_run(
-        str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), root / "run",
-        "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
-        "DATASETS.TEST", f"('{val}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "0",
+        str(REPO_ROOT / "configs" / "tiny" / "mask_rcnn_R_18_tiny.yaml"), run,
+        "DATASETS.TRAIN", f"('{balloon_split['train']}',)",
+        "DATASETS.TEST", f"('{balloon_split['val']}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "0",
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.MAX_ITER", "12",
         "DATALOADER.NUM_WORKERS", "0",
     )
-    return {"root": root, "run": root / "run", "val": val, "images": root / "coco" / "images"}
+    return {"run": run, **balloon_split}
 
 
 @pytest.fixture(scope="module")
-def cars(tmp_path_factory, train_run) -> dict:
+def cars(tmp_path_factory, train_run, car_split) -> dict:
     """A grayscale binary U-Net on synthetic cars, trained long enough to be confident."""
-    root = tmp_path_factory.mktemp("cars")
-    make_carvana(root / "raw", 8, size=(64, 96), seed=0)
-    convert_dataset(root / "raw", root / "coco", fmt="masks", splits={"val": 0.25}, seed=0)
+    run = tmp_path_factory.mktemp("cars") / "run"
     train_run(
-        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), root / "run",
-        "DATASETS.TRAIN", f"('{root / 'coco' / 'annotations' / 'train.json'}',)",
+        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), run,
+        "DATASETS.TRAIN", f"('{car_split['train']}',)",
         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.003",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "DATALOADER.NUM_WORKERS", "0",
     )
-    return {"root": root, "run": root / "run", "images": root / "coco" / "images"}
+    return {"run": run, "images": car_split["images"]}
 
 
 def _coco_results(path: Path) -> list[dict]:
