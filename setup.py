@@ -34,9 +34,12 @@ setup(
             "labelme==6.3.1",  # rasterisation oracle in tests
             "labelme2coco==0.2.6",  # reference converter in bench/convert.py
             "segmentation-models-pytorch==0.6.0",  # reference U-Net in bench/models.py
+            "httpx>=0.27",  # HTTP client of the serving tests and bench/serve.py
+            "selenium>=4.20",  # drives Debian's headless chromium in the web-page test
+            "psutil>=5.9",  # server memory in the serving soak test
         ],
         "annotate": ["labelme"],
-        "tune": ["optuna"],
-        "serve": ["fastapi", "uvicorn"],
+        "tune": ["optuna>=4.0"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
     },
 )
