@@ -8,6 +8,8 @@
 paths, videos (.mp4 .avi .mov .mkv), multi-band rasters (.tif/.tiff, .npy) for N-channel
 models, or a converted split's ``OUT/annotations/<split>.json`` (its images, with its image and
 category ids, so ``tools/evaluate_coco.py --gt`` that json scores ``predictions.json``).
+``--webcam N`` predicts on camera N live (there is no window: OpenCV is the headless build)
+until ``--max-frames`` or Ctrl-C.
 
 Writes under ``--output`` (refused when not empty, unless ``--exist-ok``): ``overlays/``
 (``--no-overlay`` skips), ``predictions.json`` (COCO results, RLE; ``--polygons`` adds
@@ -16,12 +18,18 @@ polygons), ``sem_seg/`` label PNGs (``--save-probs``: float16 probabilities), ``
 ``predictions.jsonl`` for videos, and ``report.json``. Images more than twice the model's test
 size go through tiled inference (``--tile``, ``--overlap``, ``--no-tile``).
 
+Under ``torchrun --nproc-per-node N tools/predict.py --run-dir RUN ...`` (torchrun's own parser
+would take ``--run`` for its ``--run-path``) each process predicts its share of
+the inputs (on its own GPU when there are several) and the first writes the merged
+``predictions.json``, ``panoptic.json``, ``predictions.jsonl`` and ``report.json``.
+
 Exit status: 0 when every input was processed, 1 when some were skipped (each is one line on
 stderr and an entry of report.json), 2 for a usage error (no such run, no weights, nothing
 matched ``--input``).
 """
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from d2seg.config import get_cfg
+from d2seg.engine.launch import torchrun_process_group, under_torchrun
 from d2seg.engine.prediction_sources import (
     ExpandedInputs,
     PredictionInput,
@@ -53,8 +62,9 @@ from d2seg.engine.prediction_writers import (
 from d2seg.engine.predictor import DefaultPredictor
 from d2seg.engine.tiling import MERGE_MODES, TiledPredictor, needs_tiling
 from d2seg.errors import ConfigError, D2SegError
+from d2seg.utils import comm
 from d2seg.utils.cli import run_cli, user_message
-from d2seg.utils.io import atomic_write_json
+from d2seg.utils.io import atomic_open, atomic_write_json
 
 PARTIAL_EXIT_CODE = 1
 
@@ -65,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 2)[2],
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--run", help="a training run's OUTPUT_DIR (config.yaml + checkpoints)")
+    model.add_argument("--run", "--run-dir", dest="run",
+                       help="a training run's OUTPUT_DIR (config.yaml + checkpoints); "
+                       "--run-dir under torchrun, whose own parser takes --run for --run-path")
     model.add_argument("--weights", help="with --run: a checkpoint other than the run's best")
     model.add_argument("--config-file", help="a config file (then MODEL.WEIGHTS in opts)")
     model.add_argument("opts", nargs=argparse.REMAINDER, default=[],
@@ -75,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image, folder, glob, .txt list, video or split .json (repeatable)")
     io.add_argument("--video-input", action="append", default=[], metavar="VIDEO",
                     help="a video file (repeatable; same as --input)")
+    io.add_argument("--webcam", type=int, default=None, metavar="N",
+                    help="predict on camera N live (overlays/webcamN.mp4 + predictions.jsonl) "
+                    "until --max-frames or Ctrl-C; there is no window: OpenCV is headless")
+    io.add_argument("--max-frames", type=int, default=None,
+                    help="stop each video and the webcam after this many frames")
     io.add_argument("--output", required=True, help="folder for the outputs (created)")
     io.add_argument("--exist-ok", action="store_true", help="write into a non-empty --output")
     io.add_argument("--no-overlay", action="store_true", help="skip overlays/ and overlay videos")
@@ -178,13 +195,31 @@ def main() -> int:
     args = build_parser().parse_args()
     if args.opts[:1] == ["--"]:
         args.opts = args.opts[1:]
+    if under_torchrun():
+        with torchrun_process_group():
+            return predict_inputs(args)
+    return predict_inputs(args)
+
+
+def predict_inputs(args: argparse.Namespace) -> int:
+    """The tool in one process; under torchrun each process takes its share of the inputs
+    (:func:`~d2seg.utils.comm.shard`) and the main one writes the merged files."""
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}; fix: at least 1")
-    if not args.input and not args.video_input:
-        raise ConfigError("nothing to predict on; fix: pass --input PATH (or --video-input)")
-    inputs: ExpandedInputs = expand_inputs(args.input + args.video_input)
+    if not args.input and not args.video_input and args.webcam is None:
+        raise ConfigError("nothing to predict on; fix: pass --input PATH (or --video-input, "
+                          "--webcam N)")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames {args.max_frames}; fix: at least 1")
+    if args.input or args.video_input:
+        inputs: ExpandedInputs = expand_inputs(args.input + args.video_input)
+    else:
+        inputs = ExpandedInputs()
+    if args.webcam is not None:
+        inputs.items.append(PredictionInput.webcam(args.webcam))
     output = Path(args.output)
     check_output(output, args.exist_ok)
+    comm.synchronize()  # every rank has checked before the main one creates the folder
     predictor = load_predictor(args)
     output.mkdir(parents=True, exist_ok=True)
     metadata = predictor.metadata
@@ -204,16 +239,46 @@ def main() -> int:
     if args.save_labelme:
         writers.append(LabelmeWriter(output, things, stuff, args.labelme_embed))
     predict = Predict(predictor, args)
-    fmt, channels = predictor.input_format, predictor.num_channels
-    skipped: list[Skipped] = list(inputs.skipped)
+    skipped: list[Skipped] = list(inputs.skipped) if comm.is_main_process() else []
     for entry in skipped:
         print(f"skipped: {entry.path}: {entry.reason}", file=sys.stderr)
 
-    images = [i for i in inputs.items if i.kind == "image"]
-    videos = [i for i in inputs.items if i.kind == "video"]
+    images = comm.shard([i for i in inputs.items if i.kind == "image"])
+    videos = comm.shard([i for i in inputs.items if i.kind == "video"])
     started = time.perf_counter()
+    done = _predict_images(images, predict, predictor, writers, args, skipped)
+    image_seconds = time.perf_counter() - started
+    videos_done, frames = 0, 0
+    started = time.perf_counter()
+    jsonl = output / ("predictions.jsonl" if comm.get_world_size() == 1
+                      else f"predictions.rank{comm.get_rank()}.jsonl")
+    if videos:
+        videos_done, frames = _predict_videos(videos, jsonl, output, predict, predictor, coco,
+                                              stuff, tasks, args, skipped)
+    video_seconds = time.perf_counter() - started
+    shards = comm.all_gather({
+        "writers": [writer.shard_state() for writer in writers],
+        "done": done, "videos_done": videos_done, "frames": frames,
+        "tiled": predict.tiled_images, "image_seconds": image_seconds,
+        "video_seconds": video_seconds, "skipped": skipped,
+    })
+    skipped = [s for shard in shards for s in shard["skipped"]]
+    if comm.is_main_process():
+        _write_merged(output, writers, shards, len(inputs.items) + len(inputs.skipped),
+                      str(predictor.cfg.MODEL.WEIGHTS), tasks, args)
+    comm.synchronize()
+    return PARTIAL_EXIT_CODE if skipped else 0
+
+
+def _predict_images(images: list[PredictionInput], predict: "Predict",
+                    predictor: DefaultPredictor, writers: list[PredictionWriter],
+                    args: argparse.Namespace, skipped: list[Skipped]) -> int:
+    """Decode (in threads, ahead of the model), predict in batches, write; returns the number
+    of images processed. Unreadable ones are added to ``skipped``."""
+    fmt, channels = predictor.input_format, predictor.num_channels
     done = 0
-    bar = tqdm(total=len(images), unit="img", desc="predicting", disable=not images)
+    bar = tqdm(total=len(images), unit="img", desc="predicting",
+               disable=not images or not comm.is_main_process())
     decoded = read_ahead(images, lambda item: read_input(item.path, fmt, channels),
                          args.workers, 2 * args.batch_size + args.workers)
     batch: list[tuple[PredictionInput, np.ndarray]] = []
@@ -238,34 +303,51 @@ def main() -> int:
             flush()
     flush()
     bar.close()
-    image_seconds = time.perf_counter() - started
+    return done
 
-    videos_done, frames = 0, 0
-    started = time.perf_counter()
-    if videos:
-        videos_done, frames = _predict_videos(videos, output, predict, predictor, coco, stuff,
-                                              tasks, args, skipped)
-    video_seconds = time.perf_counter() - started
-    for writer in writers:
+
+def _write_merged(output: Path, writers: list[PredictionWriter], shards: list[dict],
+                  inputs: int, weights: str, tasks: tuple[str, ...],
+                  args: argparse.Namespace) -> None:
+    """The main process: every rank's shared outputs merged in rank order (= input order),
+    ``predictions.jsonl`` joined from the ranks' files, ``report.json``, the summary lines."""
+    for k, writer in enumerate(writers):
+        writer.merge_shards([shard["writers"][k] for shard in shards])
         writer.close()
+    if len(shards) > 1:
+        parts = [p for r in range(len(shards))
+                 if (p := output / f"predictions.rank{r}.jsonl").is_file()]
+        if parts:
+            with atomic_open(output / "predictions.jsonl", "w", encoding="utf-8") as joined:
+                for part in parts:
+                    with open(part, encoding="utf-8") as lines:
+                        shutil.copyfileobj(lines, joined)
+        for part in parts:
+            part.unlink()
+    total = {key: sum(shard[key] for shard in shards)
+             for key in ("done", "videos_done", "frames", "tiled")}
+    image_seconds = max(shard["image_seconds"] for shard in shards)
+    video_seconds = max(shard["video_seconds"] for shard in shards)
+    skipped = [s for shard in shards for s in shard["skipped"]]
+    done, frames = total["done"], total["frames"]
     report = {
-        "model": str(predictor.cfg.MODEL.WEIGHTS),
+        "model": weights,
         "tasks": list(tasks),
-        "inputs": len(inputs.items) + len(inputs.skipped),
+        "processes": len(shards),
+        "inputs": inputs,
         "processed_images": done,
-        "processed_videos": videos_done,
+        "processed_videos": total["videos_done"],
         "frames": frames,
-        "tiled_images": predict.tiled_images,
+        "tiled_images": total["tiled"],
         "images_per_s": done / image_seconds if done and image_seconds > 0 else None,
         "frames_per_s": frames / video_seconds if frames and video_seconds > 0 else None,
         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
     }
     atomic_write_json(output / "report.json", report, indent=2)
-    print(f"{done} image(s), {videos_done} video(s) ({frames} frames) -> {output}"
+    print(f"{done} image(s), {total['videos_done']} video(s) ({frames} frames) -> {output}"
           + (f"; {len(skipped)} skipped (see {output / 'report.json'})" if skipped else ""))
     if not args.no_overlay and (done or frames):
         print(f"overlays: {output / 'overlays'}")
-    return PARTIAL_EXIT_CODE if skipped else 0
 
 
 def _category_ids(inputs: ExpandedInputs, things: list[str]) -> list[int]:
@@ -279,9 +361,9 @@ def _category_ids(inputs: ExpandedInputs, things: list[str]) -> list[int]:
     return sorted(c["id"] for c in inputs.categories)
 
 
-def _predict_videos(videos, output, predict, predictor, coco, stuff, tasks, args,
+def _predict_videos(videos, jsonl_path, output, predict, predictor, coco, stuff, tasks, args,
                     skipped) -> tuple[int, int]:
-    """Each video → ``overlays/<name>.mp4`` and its lines of ``predictions.jsonl``; returns
+    """Each video → ``overlays/<name>.mp4`` and its lines of ``jsonl_path``; returns
     (videos processed, frames). A video that will not open is added to ``skipped``."""
     fmt, channels = predictor.input_format, predictor.num_channels
     metadata = predictor.metadata
@@ -293,7 +375,7 @@ def _predict_videos(videos, output, predict, predictor, coco, stuff, tasks, args
         return frame if fmt == "BGR" else np.ascontiguousarray(frame[:, :, ::-1])
 
     frames, done = 0, 0
-    with open(output / "predictions.jsonl", "a", encoding="utf-8") as jsonl:
+    with open(jsonl_path, "a", encoding="utf-8") as jsonl:
         for item in videos:
             def record(index: int, seconds: float, outputs: dict) -> dict:
                 line: dict[str, Any] = {"file_name": str(item.path), "frame": index,
@@ -308,11 +390,12 @@ def _predict_videos(videos, output, predict, predictor, coco, stuff, tasks, args
 
             try:
                 frames += predict_video(
-                    item.path, to_model=to_model, predict=predict,
+                    item.path if item.camera is None else item.camera,
+                    to_model=to_model, predict=predict,
                     draw=None if args.no_overlay else
                     (lambda rgb, outputs: draw_outputs(rgb, outputs, metadata)),
                     frame_record=record, overlay_path=output / "overlays" / f"{item.name}.mp4",
-                    jsonl=jsonl, batch_size=args.batch_size,
+                    jsonl=jsonl, batch_size=args.batch_size, max_frames=args.max_frames,
                 )
                 done += 1
             except D2SegError as e:

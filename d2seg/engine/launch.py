@@ -49,7 +49,7 @@ def launch(
     args: tuple = (),
 ) -> None:
     """Run ``main_func(*args)`` in every process of the job."""
-    if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    if under_torchrun():
         _run_under_torchrun(main_func, args)
         return
     world_size = num_machines * num_gpus_per_machine
@@ -152,12 +152,25 @@ def _distributed_worker(
         dist.destroy_process_group()
 
 
-def _run_under_torchrun(main_func: Callable[..., Any], args: tuple) -> None:
+def under_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (its environment describes a group)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+@contextlib.contextmanager
+def torchrun_process_group():
+    """Join the process group ``torchrun`` describes for the duration of the block (each
+    process on its own GPU when CUDA is available; gloo on CPU)."""
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=_backend(), timeout=DEFAULT_TIMEOUT)
     try:
-        main_func(*args)
+        yield
     finally:
         dist.destroy_process_group()
+
+
+def _run_under_torchrun(main_func: Callable[..., Any], args: tuple) -> None:
+    with torchrun_process_group():
+        main_func(*args)

@@ -43,12 +43,21 @@ class PredictionInput:
         kind: ``"image"`` or ``"video"``.
         image_id: the COCO ``image_id`` of ``predictions.json`` (the split's id when the input
             is a converted split's json, else its position from 1).
+        camera: for ``--webcam N``: the OpenCV camera index (``path`` is then only a name).
     """
 
     path: Path
     name: str
     kind: str
     image_id: int = 0
+    camera: int | None = None
+
+    @classmethod
+    def webcam(cls, index: int) -> "PredictionInput":
+        """A live camera (a ``"video"`` without an end: it runs until ``max_frames`` or
+        Ctrl-C)."""
+        return cls(path=Path(f"webcam{index}"), name=f"webcam{index}", kind="video",
+                   camera=index)
 
 
 @dataclass

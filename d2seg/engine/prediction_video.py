@@ -10,16 +10,22 @@ from tqdm import tqdm
 
 from d2seg.engine.prediction_writers import semantic_labels
 from d2seg.errors import DatasetError
+from d2seg.utils import comm
 
 
-def open_video(path: Path) -> tuple[cv2.VideoCapture, float, int]:
-    """An opened ``cv2.VideoCapture`` with its fps (25 when the file has none) and frame
-    count (0 when unknown); :class:`DatasetError` when it will not open."""
-    capture = cv2.VideoCapture(str(path))
+def open_video(source: Path | int) -> tuple[cv2.VideoCapture, float, int]:
+    """An opened ``cv2.VideoCapture`` of a file or a camera index, with its fps (25 when the
+    source has none) and frame count (0 when unknown); :class:`DatasetError` when it will not
+    open."""
+    capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
     if not capture.isOpened():
         capture.release()
+        if isinstance(source, int):
+            raise DatasetError(f"webcam {source} cannot be opened; fix: check the camera is "
+                               f"connected (ls /dev/video*) and not in use, or pick another "
+                               f"index")
         raise DatasetError(
-            f"video {path} cannot be opened; fix: check the file plays, or re-encode it "
+            f"video {source} cannot be opened; fix: check the file plays, or re-encode it "
             f"(e.g. ffmpeg -i in -c:v libx264 out.mp4)"
         )
     fps = capture.get(cv2.CAP_PROP_FPS)
@@ -27,7 +33,7 @@ def open_video(path: Path) -> tuple[cv2.VideoCapture, float, int]:
 
 
 def predict_video(
-    path: Path,
+    source: Path | int,
     *,
     to_model: Callable[[np.ndarray], np.ndarray],
     predict: Callable[[list[np.ndarray]], list[dict]],
@@ -36,8 +42,11 @@ def predict_video(
     overlay_path: Path,
     jsonl: IO[str],
     batch_size: int,
+    max_frames: int | None = None,
 ) -> int:
-    """Predict on every frame of ``path``; returns the number of frames.
+    """Predict on every frame of ``source`` (a video file or a camera index) or its first
+    ``max_frames``; returns the number of frames. Ctrl-C on a camera stops it, keeping what
+    was written (a camera has no last frame).
 
     Args:
         to_model: a BGR frame → the model's input image.
@@ -47,16 +56,22 @@ def predict_video(
         overlay_path: the overlay video (``mp4v``, the input's fps and size).
         jsonl: where one JSON line per frame is written.
         batch_size: frames per forward pass.
+        max_frames: stop after this many frames (None: at the end of the video).
     """
-    capture, fps, count = open_video(path)
+    capture, fps, count = open_video(source)
+    if max_frames is not None:
+        count = min(count, max_frames) if count else max_frames
     writer = None
     frames = 0
-    progress = tqdm(total=count or None, desc=path.name, unit="frame", leave=False)
+    name = f"webcam {source}" if isinstance(source, int) else source.name
+    progress = tqdm(total=count or None, desc=name, unit="frame", leave=False,
+                    disable=not comm.is_main_process())
     try:
         done = False
         while not done:
             batch = []
-            while len(batch) < batch_size:
+            while len(batch) < batch_size and (max_frames is None
+                                               or frames + len(batch) < max_frames):
                 ok, frame = capture.read()
                 if not ok:
                     done = True
@@ -77,6 +92,9 @@ def predict_video(
                 jsonl.write(json.dumps(frame_record(frames, frames / fps, outputs)) + "\n")
                 frames += 1
                 progress.update(1)
+    except KeyboardInterrupt:
+        if not isinstance(source, int):
+            raise
     finally:
         progress.close()
         capture.release()

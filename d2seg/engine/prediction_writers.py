@@ -92,6 +92,14 @@ class PredictionWriter(abc.ABC):
     def close(self) -> None:
         """Finish the output; writers that write each image's file at once have nothing left."""
 
+    def shard_state(self) -> Any:
+        """What this process holds for the shared output file (None for per-image files);
+        under torchrun the main process merges every rank's with :meth:`merge_shards`."""
+        return None
+
+    def merge_shards(self, states: list[Any]) -> None:
+        """Take the :meth:`shard_state` of every rank, in rank order (this one's included)."""
+
 
 class OverlayWriter(PredictionWriter):
     """``overlays/<name>.png``: the Visualizer's drawing of each image's predictions."""
@@ -138,6 +146,12 @@ class CocoResultsWriter(PredictionWriter):
 
     def close(self) -> None:
         atomic_write_json(self.path, self.results)
+
+    def shard_state(self) -> list[dict]:
+        return self.results
+
+    def merge_shards(self, states: list[list[dict]]) -> None:
+        self.results = [result for state in states for result in state]
 
 
 class SemSegWriter(PredictionWriter):
@@ -212,6 +226,13 @@ class PanopticWriter(PredictionWriter):
         categories += [{"id": len(self.things) + label, "name": self._stuff_name(label),
                         "isthing": 0} for label in sorted(self.used_stuff)]
         atomic_write_json(self.path, {"annotations": self.annotations, "categories": categories})
+
+    def shard_state(self) -> tuple[list[dict], set[int]]:
+        return self.annotations, self.used_stuff
+
+    def merge_shards(self, states: list[tuple[list[dict], set[int]]]) -> None:
+        self.annotations = [a for annotations, _ in states for a in annotations]
+        self.used_stuff = set().union(*(used for _, used in states))
 
 
 class LabelmeWriter(PredictionWriter):

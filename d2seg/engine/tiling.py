@@ -105,20 +105,24 @@ class _Detections:
         """A tile's instances (at the tile's size) shifted by the tile's origin (y0, x0)."""
         boxes = instances["boxes"].detach().cpu().double().numpy().reshape(-1, 4)
         masks = instances.get("masks")
-        masks = None if masks is None else masks.detach().cpu().numpy().astype(bool)
         crops, origins = [], []
-        for i, box in enumerate(boxes):
-            if masks is None:
-                crops.append(np.zeros((0, 0), bool))
-                origins.append((y0 + int(box[1]), x0 + int(box[0])))
-                continue
-            ys, xs = np.nonzero(masks[i])
-            if len(ys) == 0:
-                crops.append(np.zeros((0, 0), bool))
-                origins.append((y0, x0))
-                continue
-            crops.append(masks[i][ys.min():ys.max() + 1, xs.min():xs.max() + 1])
-            origins.append((y0 + int(ys.min()), x0 + int(xs.min())))
+        if masks is None:
+            crops = [np.zeros((0, 0), bool) for _ in boxes]
+            origins = [(y0 + int(box[1]), x0 + int(box[0])) for box in boxes]
+        else:
+            masks = masks.detach().cpu().bool()
+            # Each mask's row and column extents in two vectorised reductions, not a full
+            # nonzero() per mask: a tile holds up to 100 masks of the tile's size.
+            rows, cols = masks.any(dim=2).numpy(), masks.any(dim=1).numpy()
+            masks = masks.numpy()
+            for mask, row, col in zip(masks, rows, cols):
+                ys, xs = np.flatnonzero(row), np.flatnonzero(col)
+                if len(ys) == 0:
+                    crops.append(np.zeros((0, 0), bool))
+                    origins.append((y0, x0))
+                    continue
+                crops.append(mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1])
+                origins.append((y0 + int(ys[0]), x0 + int(xs[0])))
         return cls(boxes + np.array([x0, y0, x0, y0], dtype=np.float64),
                    instances["scores"].detach().cpu().double().numpy().reshape(-1),
                    instances["classes"].detach().cpu().numpy().astype(np.int64).reshape(-1),
@@ -168,18 +172,27 @@ class _Detections:
         if mode not in MERGE_MODES:
             raise ConfigError(f"--tile-merge {mode!r}: fix: one of {', '.join(MERGE_MODES)}")
         areas = np.array([c.sum() for c in self.crops], dtype=np.float64)
-        order = list(np.argsort(-self.scores, kind="stable"))
+        order = np.argsort(-self.scores, kind="stable")
+        alive = np.ones(len(order), bool)
         kept = []
-        while order:
-            i, rest = order[0], order[1:]
-            matches = [j for j in rest if self.classes[j] == self.classes[i]
-                       and self._match(i, j, areas, mode) >= threshold]
+        for rank, i in enumerate(order):
+            if not alive[rank]:
+                continue
+            alive[rank] = False
+            # Only same-class detections whose boxes touch box i can match it: a vectorised
+            # box test first, the mask intersection for those few.
+            rest = order[alive]
+            box = self.boxes[i]
+            touching = ((self.classes[rest] == self.classes[i])
+                        & (self.boxes[rest, 0] <= box[2]) & (self.boxes[rest, 2] >= box[0])
+                        & (self.boxes[rest, 1] <= box[3]) & (self.boxes[rest, 3] >= box[1]))
+            matches = [int(j) for j in rest[touching]
+                       if self._match(i, j, areas, mode) >= threshold]
             if mode == "nmm" and matches:
                 self._merge_into(i, matches)
                 areas[i] = self.crops[i].sum()
             kept.append(i)
-            matched = set(matches)
-            order = [j for j in rest if j not in matched]
+            alive[np.isin(order, matches)] = False
         return _Detections(self.boxes[kept], self.scores[kept], self.classes[kept],
                            [self.crops[k] for k in kept], [self.origins[k] for k in kept])
 

@@ -34,3 +34,10 @@ def all_gather(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def shard(items: list[Any]) -> list[Any]:
+    """This process's contiguous share of ``items`` (all of them in a single process); the
+    shards of ranks 0, 1, ... concatenated are ``items`` in order."""
+    world, rank = get_world_size(), get_rank()
+    return items[rank * len(items) // world:(rank + 1) * len(items) // world]

@@ -269,6 +269,62 @@ def test_video_gives_an_overlay_video_and_one_line_per_frame(balloons, tmp_path,
 
 
 @pytest.mark.slow
+def test_max_frames_stops_a_video_and_a_missing_webcam_is_one_skip(balloons, tmp_path, predict):
+    frames = [cv2.imread(str(p)) for p in sorted(balloons["images"].glob("*.jpg"))[:5]]
+    _write_video(tmp_path / "clip.mp4", frames, 5.0)
+    code, _, err = predict("--run", balloons["run"], "--video-input", tmp_path / "clip.mp4",
+                           "--max-frames", "2", "--webcam", "97", "--output", tmp_path / "out")
+    assert code == 1
+    assert "webcam 97 cannot be opened; fix:" in err
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == [0, 1]
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "overlays" / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    capture.release()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["path"] for s in report["skipped"]] == ["webcam97"]
+
+
+@pytest.mark.slow
+def test_torchrun_shards_the_inputs_and_merges_the_same_outputs(balloons, tmp_path, predict):
+    """Two CPU processes under torchrun (gloo) write what one process writes: the same
+    predictions.json in input order, one predictions.jsonl, one report with every skip."""
+    import subprocess
+    import sys
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for path in sorted(balloons["images"].glob("*.jpg"))[:5]:
+        (inputs / path.name).write_bytes(path.read_bytes())
+    (inputs / "truncated.jpg").write_bytes((inputs / path.name).read_bytes()[:300])
+    frames = [cv2.imread(str(p)) for p in sorted(balloons["images"].glob("*.jpg"))[:3]]
+    _write_video(tmp_path / "a.mp4", frames, 5.0)
+    _write_video(tmp_path / "b.mp4", frames[::-1], 5.0)
+    argv = ["--run-dir", balloons["run"], "--input", inputs, "--video-input", tmp_path / "a.mp4",
+            "--video-input", tmp_path / "b.mp4", "--no-overlay"]  # batch 1: padding alike
+    code, _, _ = predict(*argv, "--output", tmp_path / "one")
+    assert code == 1
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--standalone", str(REPO_ROOT / "tools" / "predict.py"), *map(str, argv),
+         "--output", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode != 0, "a skipped input makes every process exit 1"
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _coco_results(two / "predictions.json") == _coco_results(one / "predictions.json")
+    assert (two / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
+    assert not list(two.glob("predictions.rank*.jsonl"))
+    report_one = json.loads((one / "report.json").read_text())
+    report_two = json.loads((two / "report.json").read_text())
+    assert report_two["processes"] == 2 and report_one["processes"] == 1
+    for key in ("processed_images", "processed_videos", "frames", "skipped"):
+        assert report_two[key] == report_one[key], key
+    assert report_two["processed_images"] == 5 and report_two["frames"] == 6
+
+
+@pytest.mark.slow
 def test_semantic_outputs_rasters_and_bad_inputs(cars, tmp_path, predict):
     photo = sorted(cars["images"].glob("*.jpg"))[0]  # an RGB jpg into a grayscale model
     rgb = np.asarray(Image.open(photo).convert("RGB"))
