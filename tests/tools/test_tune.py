@@ -41,9 +41,14 @@ def tune_command(space: Path, output: Path, opts: list[str], *flags: str) -> lis
             "--space", str(space), "--output", str(output), *flags, *opts]
 
 
+# This checkout's d2seg first on the tool's path.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                 os.environ.get("PYTHONPATH")]))}
+
+
 def run(command: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                            env=ENV)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return result
 
@@ -94,8 +99,7 @@ def test_study_killed_in_trial_3_resumes_to_4_trials_and_best_yaml_trains(tmp_pa
     command = tune_command(space, output, opts, "--trials", "4", "--pruner", "none")
     url = f"sqlite:///{output / 'study.db'}"
     first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ,
-                                                             "PYTHONPATH": str(REPO_ROOT)})
+                             stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.monotonic() + 600
     while len(finished(url)) < 2 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -7,7 +7,7 @@ from d2seg.config import get_cfg
 from d2seg.errors import ConfigError
 from d2seg.tuning.space import SearchSpace
 
-from .conftest import UNET
+from .conftest import REPO_ROOT, UNET
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,17 @@ def test_file_that_is_not_yaml_or_not_a_mapping(cfg, space_file):
         SearchSpace.from_file(space_file("- SOLVER.BASE_LR\n"), cfg)
     with pytest.raises(ConfigError, match=r"the search space is empty"):
         SearchSpace.from_file(space_file("# nothing yet\n"), cfg)
+
+
+@pytest.mark.parametrize("space, config", [
+    ("unet.yaml", "carvana/unet_R_50_gray_512.yaml"),
+    ("unet.yaml", "tiny/unet_R_18_tiny.yaml"),
+    ("mask_rcnn.yaml", "balloon/mask_rcnn_R_50_FPN.yaml"),
+    ("mask_rcnn.yaml", "tiny/mask_rcnn_R_18_tiny.yaml"),
+])
+def test_shipped_spaces_fit_their_configs(space, config):
+    configs = REPO_ROOT / "configs"
+    cfg = get_cfg()
+    cfg.merge_from_file(str(configs / config))
+    loaded = SearchSpace.from_file(configs / "tune" / space, cfg)
+    assert len(loaded.dimensions) >= 4
