@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,7 +33,12 @@ from d2seg.engine.trainer import DefaultTrainer  # noqa: E402
 from d2seg.errors import ConfigError  # noqa: E402
 from d2seg.tuning.job import DIRECTIONS, TuneJob, build_job  # noqa: E402
 from d2seg.tuning.launch import StudySpec, run_workers  # noqa: E402
-from d2seg.tuning.outputs import best_trial, top_trials_table, trial_line, write_outputs  # noqa: E402,E501
+from d2seg.tuning.outputs import (  # noqa: E402
+    best_trial,
+    top_trials_table,
+    trial_line,
+    write_outputs,
+)
 from d2seg.tuning.storage import default_storage_url, open_storage  # noqa: E402
 from d2seg.tuning.study import PRUNERS, open_study  # noqa: E402
 from d2seg.tuning.worker import census, retry_lost_trials, retry_trial, work  # noqa: E402
@@ -83,12 +87,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    started = time.perf_counter()
     for flag, value, low in (("--trials", args.trials, 1), ("--workers", args.workers, 1),
                              ("--keep-best", args.keep_best, 0),
                              ("--trial-iters", args.trial_iters, 0)):
         if value < low:
-            raise ConfigError(f"{flag} {value}: must be at least {low}")
+            raise ConfigError(f"{flag} {value}: must be at least {low}; fix: give {flag} {low} "
+                              f"or more")
     output = Path(args.output).resolve()
     marker = _read_marker(output)
     url = args.storage or (marker or {}).get("storage") or default_storage_url(output)
@@ -110,8 +114,6 @@ def main() -> int:
     except Interrupted as stop:
         write_outputs(job, study)
         raise Interrupted(stop.signum, f"{stop}; the study continues with the same command")
-    finally:
-        print(f"study: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     written = write_outputs(job, study)
     print(top_trials_table(job, study))
     print("wrote " + ", ".join(str(p.relative_to(output)) for p in written) + f" in {output}")

@@ -1,8 +1,10 @@
 """Where a study lives: an SQLite file, a journal file, or a database server.
 
-* ``sqlite:////abs/path`` (SQLAlchemy's form; default ``OUTPUT/study.db``): one machine, a few processes.
-* ``journal:///abs/path`` (or ``journal://relative/path``): Optuna's :class:`~optuna.storages.JournalStorage` on an append-only
-  file; many processes on one machine or on NFS.
+* ``sqlite:////abs/path`` (SQLAlchemy's form; default ``OUTPUT/study.db``): one machine, a
+  few processes.
+* ``journal:///abs/path`` (or ``journal://relative/path``): Optuna's
+  :class:`~optuna.storages.JournalStorage` on an append-only file; many processes on one
+  machine or on NFS.
 * ``postgresql://user:pass@host/db``, ``mysql+pymysql://...``: several machines (needs the
   database's Python driver, e.g. ``psycopg2-binary``).
 
