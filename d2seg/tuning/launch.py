@@ -83,7 +83,8 @@ def _worker_main(job: TuneJob, spec: StudySpec, index: int, n_trials: int, keep_
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(spec.storage_url, on_stale=retry_trial)
-    study = open_study(job, storage, name=spec.name, pruner=spec.pruner, seed=spec.seed + index)
+    study = open_study(job, storage, name=spec.name, pruner=spec.pruner, seed=spec.seed,
+                       worker=index)
     try:
         work(job, study, n_trials, keep_best=keep_best)
     except Interrupted as stop:  # Ctrl-C reaches every process of the terminal's group

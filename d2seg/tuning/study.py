@@ -11,6 +11,7 @@ Example::
 
 import warnings
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage
 
@@ -34,20 +35,22 @@ def build_pruner(name: str, job: TuneJob) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(job: TuneJob, storage: BaseStorage, *, name: str, pruner: str, seed: int
-               ) -> optuna.Study:
-    """The study ``name`` in ``storage``, created when new; TPE sampling seeded with ``seed``
-    (give each worker its own, or they would sample the same parameters)."""
+def open_study(job: TuneJob, storage: BaseStorage, *, name: str, pruner: str, seed: int,
+               worker: int = 0) -> optuna.Study:
+    """The study ``name`` in ``storage``, created when new. TPE sampling is seeded from
+    (``seed``, ``worker``, trials already in the study): reproducible for a new study, and
+    neither two workers nor a resumed run repeat the parameters another one sampled."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
             storage=storage,
             study_name=name,
             direction=job.direction,
-            sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=build_pruner(pruner, job),
             load_if_exists=True,
         )
+        sequence = np.random.SeedSequence([seed, worker, len(study.trials)])
+        study.sampler = optuna.samplers.TPESampler(seed=int(sequence.generate_state(1)[0]))
     signature = job.signature()
     stored = study.user_attrs.get(_SIGNATURE)
     if stored is None:

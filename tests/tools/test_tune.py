@@ -123,6 +123,9 @@ def test_study_killed_in_trial_3_resumes_to_4_trials_and_best_yaml_trains(tmp_pa
     assert killed.state == TrialState.FAIL
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == 2]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    # The resumed run samples anew: no parameters of the first run come back.
+    sampled = [t.params["SOLVER.BASE_LR"] for t in trials if "retry_of" not in t.user_attrs]
+    assert len(set(sampled)) == len(sampled)
     csv = (output / "trials.csv").read_text()
     assert f"stopped without finishing (interrupted, or its process was killed); retried as " \
            f"trial {retry.number}" in csv
