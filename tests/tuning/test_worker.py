@@ -1,14 +1,19 @@
 """Trials run by a worker: real training runs of a tiny U-Net, reported to an Optuna study."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import optuna
+import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from d2seg.tuning.job import build_job
-from d2seg.tuning.worker import census, work
+from d2seg.tuning.worker import Census, census, fail_orphans, retry_lost_trials, work
 
 from .conftest import UNET
 
@@ -63,3 +68,42 @@ def test_a_config_that_cannot_train_fails_with_its_reason_and_the_study_goes_on(
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     for trial in study.trials:
         assert "loss became non-finite at iteration" in trial.user_attrs["fail_reason"]
+
+
+def _add(study, state, params=None, **user_attrs):
+    distributions = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(
+        state=state, value=0.5 if state == TrialState.COMPLETE else None,
+        params=params or {"x": 0.5}, distributions=distributions, user_attrs=user_attrs))
+
+
+def test_lost_trials_are_retried_with_their_parameters_and_not_counted():
+    study = optuna.create_study()
+    _add(study, TrialState.COMPLETE)
+    _add(study, TrialState.FAIL, fail_reason="loss became non-finite")  # a result: counted
+    _add(study, TrialState.FAIL, {"x": 0.25})  # lost (Ctrl-C, killed): retried
+    _add(study, TrialState.FAIL, attempt=3)  # lost a third time: counted as failed
+    assert census(study) == Census(counted=3, running=0, waiting=0)
+    retry_lost_trials(study)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].user_attrs == {"retry_of": 2, "attempt": 2}
+    assert waiting[0].system_attrs["fixed_params"] == {"x": 0.25}
+    assert census(study) == Census(counted=3, running=0, waiting=1)
+    retry_lost_trials(study)  # a trial is retried once
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_a_running_trial_whose_process_is_gone_fails_and_is_queued_again():
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(gone.stdout)
+    study = optuna.create_study()
+    worker = {"host": socket.gethostname(), "pid": pid, "started": 0.0, "trial": 0}
+    _add(study, TrialState.RUNNING, {"x": 0.75}, worker=worker)
+    alive = {**worker, "pid": os.getpid(), "started": psutil.Process().create_time(), "trial": 1}
+    _add(study, TrialState.RUNNING, worker=alive)
+    fail_orphans(study)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert study.trials[2].system_attrs["fixed_params"] == {"x": 0.75}
