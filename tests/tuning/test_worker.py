@@ -12,7 +12,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from d2seg.errors import ConfigError
 from d2seg.tuning.job import build_job
+from d2seg.tuning.study import open_study
 from d2seg.tuning.worker import Census, census, fail_orphans, retry_lost_trials, work
 
 from .conftest import UNET
@@ -107,3 +109,24 @@ def test_a_running_trial_whose_process_is_gone_fails_and_is_queued_again():
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     assert study.trials[2].system_attrs["fixed_params"] == {"x": 0.75}
+
+
+def test_a_study_refuses_to_continue_with_another_search(job, tmp_path, unet_opts, space_file):
+    storage = optuna.storages.InMemoryStorage()
+    open_study(job, storage, name="s", pruner="median", seed=0)
+    assert open_study(job, storage, name="s", pruner="median", seed=0).user_attrs
+    other = build_job(UNET, str(space_file("SOLVER.BASE_LR: {uniform: [0.001, 0.01]}\n")),
+                      opts=unet_opts, output=tmp_path / "study")
+    with pytest.raises(ConfigError, match=r"study 's' in this storage searches something else "
+                                          r"\(space differs\); fix: rerun with the same"):
+        open_study(other, storage, name="s", pruner="median", seed=0)
+
+
+@pytest.mark.slow
+def test_hyperband_reports_every_evaluation_and_ends_each_trial_complete_or_pruned(job):
+    study = open_study(job, optuna.storages.InMemoryStorage(), name="s", pruner="hyperband",
+                       seed=0)
+    work(job, study, n_trials=2)
+    for trial in study.trials:
+        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert 2 in trial.intermediate_values
