@@ -90,13 +90,13 @@ class SearchSpace:
     """The dimensions of a search, each checked against a base config."""
 
     def __init__(self, dimensions: list[Dimension], source: str = "search space"):
+        """``source`` names the space in the error for an empty one."""
         if not dimensions:
             raise ConfigError(
                 f"{source}: the search space is empty; fix: add at least one KEY: "
                 f"{{kind: [...]}} entry, {_EXAMPLE}"
             )
         self.dimensions = dimensions
-        self.source = source
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, cfg: CfgNode) -> "SearchSpace":
@@ -162,6 +162,8 @@ def _parse(key: str, spec: Any, cfg: CfgNode, source: str) -> Dimension:
     kind, args = next(iter(spec.items()))
     if not isinstance(args, list) or not args:
         raise ConfigError(f"{where}: {kind} takes a list, got {args!r}; fix: {_EXAMPLE}")
+    if kind in ("uniform", "loguniform"):
+        args = [_yaml11_float(a) for a in args]
     if key not in cfg.all_keys():
         # The config's merge raises its unknown-key (or key-group) error with the closest keys.
         apply_values(cfg, {key: None}, source)
@@ -200,6 +202,17 @@ def _parse(key: str, spec: Any, cfg: CfgNode, source: str) -> Dimension:
     bounds = [(cast(b),) if as_list else cast(b) for b in (low, high)]
     _check_values(cfg, key, bounds, source)
     return Dimension(key, kind, low=low, high=high, log=log, as_list=as_list)
+
+
+def _yaml11_float(value: Any) -> Any:
+    """``1e-4`` as a number: PyYAML follows YAML 1.1, which reads exponents without a dot
+    (``1e-4``, unlike ``1.0e-4``) as strings."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _check_values(cfg: CfgNode, key: str, values: list[Any], source: str) -> None:

@@ -71,6 +71,13 @@ def test_mistakes_name_the_key_and_the_fix(cfg, raw, message):
     assert "fix" in str(error.value) or "did you mean" in str(error.value)
 
 
+def test_exponents_without_a_dot_are_numbers_as_in_the_issue(cfg, space_file):
+    # PyYAML reads 1e-4 as a string (YAML 1.1); users write it so.
+    space = SearchSpace.from_file(space_file("SOLVER.BASE_LR: {loguniform: [1e-4, 1e-2]}\n"), cfg)
+    (dimension,) = space.dimensions
+    assert (dimension.low, dimension.high) == (1e-4, 1e-2)
+
+
 def test_file_that_is_not_yaml_or_not_a_mapping(cfg, space_file):
     with pytest.raises(ConfigError, match=r"space.yaml line 2: not valid YAML"):
         SearchSpace.from_file(space_file("SOLVER.BASE_LR: {uniform: [0.1, 0.2]\n"), cfg)
