@@ -58,11 +58,12 @@ class CfgNode(_FvcoreCfgNode):
     def merge_from_other_cfg(self, cfg_other: "CfgNode") -> None:
         _merge_checked(self, dict(cfg_other), source="another config")
 
-    def merge_from_list(self, cfg_list: list[str]) -> None:
-        """Merge ``KEY VALUE`` pairs from the command line; values are Python literals."""
+    def merge_from_list(self, cfg_list: list[Any], source: str = "command line") -> None:
+        """Merge ``KEY VALUE`` pairs from the command line; values are Python literals (or
+        already values, e.g. a search space's samples). ``source`` names them in errors."""
         if len(cfg_list) % 2 != 0:
             raise ConfigError(
-                f"command-line overrides must be KEY VALUE pairs, got an odd number of items "
+                f"{source}: overrides must be KEY VALUE pairs, got an odd number of items "
                 f"{list(cfg_list)}; fix: give a value after every key"
             )
         for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
@@ -72,7 +73,7 @@ class CfgNode(_FvcoreCfgNode):
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = raw
-            _merge_checked(self, nested, source="command line")
+            _merge_checked(self, nested, source=source)
 
     def all_keys(self, prefix: str = "") -> list[str]:
         """Every leaf key of the tree as a dotted name, e.g. ``MODEL.ROI_HEADS.NUM_CLASSES``."""

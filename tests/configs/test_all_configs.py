@@ -13,7 +13,8 @@ from d2seg.config import get_cfg
 from d2seg.modeling import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-CONFIG_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
+# configs/tune/ holds search spaces for tools/tune.py, not configs.
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "tune")
 # Outputs of each meta-architecture at inference (DESIGN §3.5).
 OUTPUT_KEYS = {
     "GeneralizedRCNN": {"instances"},

@@ -1,0 +1,66 @@
+"""Create or continue the Optuna study of a :class:`~d2seg.tuning.job.TuneJob`.
+
+A study is named (``--study-name``) inside its storage and remembers what it searches
+(:meth:`TuneJob.signature`): rerunning the same command continues it, and a rerun with another
+config, space or metric under the same name is refused instead of mixing two searches.
+
+Example::
+
+    study = open_study(job, open_storage(url), name="tune", pruner="median", seed=0)
+"""
+
+import warnings
+
+import numpy as np
+import optuna
+from optuna.storages import BaseStorage
+
+from d2seg.errors import ConfigError
+from d2seg.tuning.job import TuneJob
+
+PRUNERS = ("median", "hyperband", "none")
+_SIGNATURE = "d2seg_search"
+
+
+def build_pruner(name: str, job: TuneJob) -> optuna.pruners.BasePruner:
+    """``median``: stop a trial whose best value so far is worse than the median of the
+    earlier trials at the same iteration (after 5 trials); ``hyperband``: successive halving
+    over iterations, from one evaluation period to the whole schedule; ``none``."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, job.cfg.TEST.EVAL_PERIOD), max_resource=job.cfg.SOLVER.MAX_ITER
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(job: TuneJob, storage: BaseStorage, *, name: str, pruner: str, seed: int,
+               worker: int = 0) -> optuna.Study:
+    """The study ``name`` in ``storage``, created when new. TPE sampling is seeded from
+    (``seed``, ``worker``, trials already in the study): reproducible for a new study, and
+    neither two workers nor a resumed run repeat the parameters another one sampled."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=job.direction,
+            pruner=build_pruner(pruner, job),
+            load_if_exists=True,
+        )
+        sequence = np.random.SeedSequence([seed, worker, len(study.trials)])
+        study.sampler = optuna.samplers.TPESampler(seed=int(sequence.generate_state(1)[0]))
+    signature = job.signature()
+    stored = study.user_attrs.get(_SIGNATURE)
+    if stored is None:
+        study.set_user_attr(_SIGNATURE, signature)
+    elif stored != signature:
+        differ = [k for k in signature if stored.get(k) != signature[k]]
+        raise ConfigError(
+            f"study {name!r} in this storage searches something else ({', '.join(differ)} "
+            f"differ{'s' if len(differ) == 1 else ''}); fix: rerun with the same config, "
+            f"space, KEY VALUE opts and metric to continue it, or use a new --output / "
+            f"--study-name"
+        )
+    return study

@@ -1,0 +1,132 @@
+"""Trials run by a worker: real training runs of a tiny U-Net, reported to an Optuna study."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from d2seg.errors import ConfigError
+from d2seg.tuning.job import build_job
+from d2seg.tuning.study import open_study
+from d2seg.tuning.worker import Census, census, fail_orphans, retry_lost_trials, work
+
+from .conftest import UNET
+
+
+@pytest.fixture
+def job(tmp_path, unet_opts, space_file):
+    space = space_file("SOLVER.BASE_LR: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    return build_job(UNET, str(space), opts=unet_opts, output=tmp_path / "study")
+
+
+def test_a_trial_the_pruner_stops_is_recorded_as_pruned_at_its_first_evaluation(job):
+    # A threshold no mIoU reaches: the pruner stops every trial at its first report.
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.ThresholdPruner(lower=101.0))
+    work(job, study, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [2]  # TEST.EVAL_PERIOD 2 of SOLVER.MAX_ITER 4
+    assert trial.user_attrs["iterations"] == 2
+    folder = job.trial_dir(0)
+    rows = [json.loads(line) for line in (folder / "metrics.json").read_text().splitlines()]
+    assert max(r["iteration"] for r in rows) == 1  # the run stopped after its second step
+    assert not list(folder.glob("*.pth"))  # a pruned trial keeps no checkpoint
+    assert census(study).counted == 1
+
+
+def test_a_complete_trial_is_a_training_run_valued_by_its_best_evaluation(job):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    work(job, study, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [2, 4]
+    assert trial.value == max(trial.intermediate_values.values())
+    folder = job.trial_dir(0)
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    assert cfg["SOLVER"]["BASE_LR"] == pytest.approx(trial.params["SOLVER.BASE_LR"])
+    assert cfg["SOLVER"]["EARLY_STOP"]["METRIC"] == "sem_seg/mIoU"
+    rows = [json.loads(line) for line in (folder / "metrics.json").read_text().splitlines()]
+    evaluated = {r["iteration"] + 1: r["sem_seg/mIoU"] for r in rows if "sem_seg/mIoU" in r}
+    assert evaluated == pytest.approx(trial.intermediate_values)
+    assert (folder / "model_best.pth").is_file()  # the best trial keeps its checkpoints
+
+
+def test_a_config_that_cannot_train_fails_with_its_reason_and_the_study_goes_on(
+        tmp_path, unet_opts, space_file):
+    # A learning rate this large makes the loss non-finite within the first steps.
+    space = space_file("SOLVER.BASE_LR: {loguniform: [1.0e+20, 1.0e+30]}\n")
+    job = build_job(UNET, str(space), opts=unet_opts + ["SOLVER.OPTIMIZER", "SGD"],
+                    output=tmp_path / "study")
+    study = optuna.create_study(direction="maximize")
+    work(job, study, n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    for trial in study.trials:
+        assert "loss became non-finite at iteration" in trial.user_attrs["fail_reason"]
+
+
+def _add(study, state, params=None, **user_attrs):
+    distributions = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(
+        state=state, value=0.5 if state == TrialState.COMPLETE else None,
+        params=params or {"x": 0.5}, distributions=distributions, user_attrs=user_attrs))
+
+
+def test_lost_trials_are_retried_with_their_parameters_and_not_counted():
+    study = optuna.create_study()
+    _add(study, TrialState.COMPLETE)
+    _add(study, TrialState.FAIL, fail_reason="loss became non-finite")  # a result: counted
+    _add(study, TrialState.FAIL, {"x": 0.25})  # lost (Ctrl-C, killed): retried
+    _add(study, TrialState.FAIL, attempt=3)  # lost a third time: counted as failed
+    assert census(study) == Census(counted=3, running=0, waiting=0)
+    retry_lost_trials(study)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].user_attrs == {"retry_of": 2, "attempt": 2}
+    assert waiting[0].system_attrs["fixed_params"] == {"x": 0.25}
+    assert census(study) == Census(counted=3, running=0, waiting=1)
+    retry_lost_trials(study)  # a trial is retried once
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_a_running_trial_whose_process_is_gone_fails_and_is_queued_again():
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(gone.stdout)
+    study = optuna.create_study()
+    worker = {"host": socket.gethostname(), "pid": pid, "started": 0.0, "trial": 0}
+    _add(study, TrialState.RUNNING, {"x": 0.75}, worker=worker)
+    alive = {**worker, "pid": os.getpid(), "started": psutil.Process().create_time(), "trial": 1}
+    _add(study, TrialState.RUNNING, worker=alive)
+    fail_orphans(study)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert study.trials[2].system_attrs["fixed_params"] == {"x": 0.75}
+
+
+def test_a_study_refuses_to_continue_with_another_search(job, tmp_path, unet_opts, space_file):
+    storage = optuna.storages.InMemoryStorage()
+    open_study(job, storage, name="s", pruner="median", seed=0)
+    assert open_study(job, storage, name="s", pruner="median", seed=0).user_attrs
+    other = build_job(UNET, str(space_file("SOLVER.BASE_LR: {uniform: [0.001, 0.01]}\n")),
+                      opts=unet_opts, output=tmp_path / "study")
+    with pytest.raises(ConfigError, match=r"study 's' in this storage searches something else "
+                                          r"\(space differs\); fix: rerun with the same"):
+        open_study(other, storage, name="s", pruner="median", seed=0)
+
+
+@pytest.mark.slow
+def test_hyperband_reports_every_evaluation_and_ends_each_trial_complete_or_pruned(job):
+    study = open_study(job, optuna.storages.InMemoryStorage(), name="s", pruner="hyperband",
+                       seed=0)
+    work(job, study, n_trials=2)
+    for trial in study.trials:
+        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert 2 in trial.intermediate_values
