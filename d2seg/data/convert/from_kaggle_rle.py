@@ -83,7 +83,9 @@ def parse_runs(text: str, height: int, width: int) -> tuple[np.ndarray, np.ndarr
     try:
         values = np.array(text.split(), dtype=np.int64)
     except (ValueError, OverflowError):
-        bad = next(v for v in text.split() if not v.isdigit())
+        bad = next((v for v in text.split() if not v.lstrip("-").isdigit()), None)
+        if bad is None:
+            raise ValueError("a number is too large for a pixel index") from None
         raise ValueError(f"{bad!r} is not a whole number") from None
     if values.size % 2:
         raise ValueError(f"{values.size} numbers: runs are 'start length' pairs (an even count)")

@@ -29,6 +29,7 @@ single pixels): those are written as RLE.
 ``area`` and ``bbox`` always come from the mask itself.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,12 @@ from d2seg.data.convert.label_images import (
     PairedLabelSource,
     ValueClasses,
     component_instances,
+    ignore_region,
+    label_map_instances,
 )
 from d2seg.data.convert.record import ConversionReport, ImageRecord
 from d2seg.data.convert.source import SourceOptions
 from d2seg.data.io import decode_image, open_image
-from d2seg.data.labelme import BACKGROUND_LABEL
 from d2seg.errors import AnnotationError, DatasetError
 
 MASK_SUFFIXES = frozenset({".gif", ".png"})
@@ -73,8 +75,11 @@ class MaskImageSource(PairedLabelSource):
     def __init__(self, input_dir: str | Path, options: SourceOptions = SourceOptions()):
         super().__init__(input_dir, options)
         self.label = DEFAULT_LABEL if options.mask_label is None else options.mask_label
-        multi_class = options.class_names is not None or self.palette is not None
-        self.classes = ValueClasses.from_options(options, 1, self.palette) if multi_class else None
+        self.classes = None
+        if options.class_names is not None:  # --mask-classes: values 1, 2, ...
+            self.classes = ValueClasses.from_options(options, 1, None)
+        elif self.palette is not None:  # the palette's rows: 0, 1, ...
+            self.classes = ValueClasses.from_options(options, 0, self.palette)
 
     def pairs(self, report: ConversionReport | None = None) -> dict[str, Path]:
         if self.labels_dir is not None:
@@ -166,14 +171,11 @@ class MaskImageSource(PairedLabelSource):
             )
             return record
         self.classes.check(values, mask_name)
-        for value in np.unique(values).tolist():
-            name = self.classes.names.get(value)
-            if name is not None and name != BACKGROUND_LABEL:
-                record.instances += component_instances(
-                    name, values == value, f"{mask_name}: {name}", item, self.options, report
-                )
-        if self.classes.ignore is not None and (values == self.classes.ignore).any():
-            record.ignore_mask = values == self.classes.ignore
+        every_class_a_thing = replace(self.options, thing_classes=tuple(self.classes.categories))
+        record.instances = label_map_instances(
+            values, self.classes, mask_name, item, every_class_a_thing, report
+        )
+        record.ignore_mask = ignore_region(values, self.classes)
         return record
 
 

@@ -13,12 +13,14 @@ reported), each a COCO instance and a panoptic segment, so Mask R-CNN and the pa
 train on the same folder.
 """
 
-import numpy as np
-
-from d2seg.data.convert.label_images import PairedLabelSource, ValueClasses, component_instances
-from d2seg.data.convert.record import ConversionReport, ImageRecord, InstanceRecord
+from d2seg.data.convert.label_images import (
+    PairedLabelSource,
+    ValueClasses,
+    ignore_region,
+    label_map_instances,
+)
+from d2seg.data.convert.record import ConversionReport, ImageRecord
 from d2seg.data.convert.source import SourceOptions
-from d2seg.data.labelme import BACKGROUND_LABEL
 from d2seg.errors import ConfigError
 
 
@@ -52,22 +54,10 @@ class SemanticLabelSource(PairedLabelSource):
             source=item, file_name=item, height=height, width=width,
             image_path=self.input_dir / item,
         )
-        for value in np.unique(values).tolist():
-            name = self.classes.names.get(value)
-            if name is None or name == BACKGROUND_LABEL:
-                continue
-            region = values == value
-            if name in self.options.thing_classes:
-                record.instances += component_instances(
-                    name, region, f"{label_name}: {name}", item, self.options, report
-                )
-            else:
-                record.instances.append(
-                    InstanceRecord(name, region, None, f"{label_name}: {name}", isthing=False)
-                )
-        if self.classes.ignore is not None:
-            ignore = values == self.classes.ignore
-            record.ignore_mask = ignore if ignore.any() else None
+        record.instances = label_map_instances(
+            values, self.classes, label_name, item, self.options, report
+        )
+        record.ignore_mask = ignore_region(values, self.classes)
         return record
 
 

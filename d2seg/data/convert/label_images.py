@@ -286,6 +286,39 @@ def component_instances(
     ]
 
 
+def label_map_instances(
+    values: np.ndarray,
+    classes: ValueClasses,
+    label_name: str,
+    item: str,
+    options: SourceOptions,
+    report: ConversionReport,
+) -> list[InstanceRecord]:
+    """The instances of a label map (int H×W of label values): one stuff region per class
+    present, or, for ``options.thing_classes``, one instance per connected component (see
+    :func:`component_instances`). Background and ignore values give none."""
+    instances: list[InstanceRecord] = []
+    for value in np.unique(values).tolist():
+        name = classes.names.get(value)
+        if name is None or name == BACKGROUND_LABEL:
+            continue
+        region = values == value
+        where = f"{label_name}: {name}"
+        if name in options.thing_classes:
+            instances += component_instances(name, region, where, item, options, report)
+        else:
+            instances.append(InstanceRecord(name, region, None, where, isthing=False))
+    return instances
+
+
+def ignore_region(values: np.ndarray, classes: ValueClasses) -> np.ndarray | None:
+    """Bool H×W of the ignore value's pixels, or None when there are none."""
+    if classes.ignore is None:
+        return None
+    ignore = values == classes.ignore
+    return ignore if ignore.any() else None
+
+
 class PairedLabelSource(AnnotationSource):
     """Images under ``input_dir`` paired with label images under ``options.labels_dir`` (see
     the module docstring); subclasses turn the label values into instances."""
