@@ -76,10 +76,13 @@ class CocoFileSource(AnnotationSource):
         name = self.coco_path.name
         coco = read_json(self.coco_path, "COCO json", error=AnnotationError,
                          missing_fix="correct the --coco path")
+        dropped = set()
         if isinstance(coco, dict) and isinstance(coco.get("annotations"), list):
             for i, annotation in enumerate(coco["annotations"]):
-                self._drop_short_polygons(annotation, f"{name}: annotations[{i}]", report)
-            coco["annotations"] = [a for a in coco["annotations"] if a.get("segmentation") != []]
+                if self._drop_short_polygons(annotation, f"{name}: annotations[{i}]", report):
+                    dropped.add(i)
+                    # a valid stand-in, so the validator's indices stay those of the file
+                    annotation["segmentation"] = [[0.0] * 6]
         validate(coco, name)
         names, _ = contiguous_categories(coco)
         if len(set(names)) != len(names):
@@ -88,14 +91,15 @@ class CocoFileSource(AnnotationSource):
                 f"{name}: two categories are named {duplicate!r}; fix: merge or rename them"
             )
         self._names = {c["id"]: c["name"] for c in coco["categories"]}
-        used = {a["category_id"] for a in coco["annotations"]}
+        used = {a["category_id"] for i, a in enumerate(coco["annotations"]) if i not in dropped}
         self._categories = [
             n for i, n in sorted(self._names.items())
             if i in used or not self.options.prune_categories
         ]
         by_image: dict[int, list[tuple[int, dict]]] = {im["id"]: [] for im in coco["images"]}
         for i, annotation in enumerate(coco["annotations"]):
-            by_image[annotation["image_id"]].append((i, annotation))
+            if i not in dropped:
+                by_image[annotation["image_id"]].append((i, annotation))
         index = {}
         for image in coco["images"]:
             file_name = image["file_name"]
@@ -116,16 +120,18 @@ class CocoFileSource(AnnotationSource):
         return index
 
     @staticmethod
-    def _drop_short_polygons(annotation: dict, where: str, report: ConversionReport) -> None:
+    def _drop_short_polygons(annotation: dict, where: str, report: ConversionReport) -> bool:
+        """Drop (and report) the polygons of fewer than 3 points; True when none is left."""
         segmentation = annotation.get("segmentation") if isinstance(annotation, dict) else None
         if not isinstance(segmentation, list) or not all(isinstance(p, list) for p in segmentation):
-            return
+            return False
         kept = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
         if len(kept) < len(segmentation):
             dropped = len(segmentation) - len(kept)
             whole = " (its only polygon(s): the annotation is dropped)" if not kept else ""
             report.add(where, "skipped", f"{dropped} polygon(s) of fewer than 3 points{whole}")
             annotation["segmentation"] = kept
+        return bool(segmentation) and not kept
 
     def items(self, report: ConversionReport) -> list[str]:
         return sorted(self._read(report))

@@ -34,7 +34,7 @@ from d2seg.data.convert.label_images import (
 )
 from d2seg.data.convert.record import ConversionReport, ImageRecord
 from d2seg.data.convert.source import SourceOptions
-from d2seg.errors import AnnotationError, ConfigError
+from d2seg.errors import AnnotationError, ConfigError, DatasetError
 
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".npy"})
 
@@ -142,6 +142,12 @@ class RasterPatchSource(PairedLabelSource):
             sums = band_sums if sums is None else sums + band_sums
             squares = band_squares if squares is None else squares + band_squares
         self._scene = None  # workers read their own scenes; keep the pickled source light
+        if not self._patches:
+            why = "; ".join(str(e) for e in report.entries[:3]) or "every patch is all ignore"
+            raise DatasetError(
+                f"{self.input_dir}: no patch to write ({why}); fix: check the scenes' sizes "
+                f"against --patch {self.patch} and --ignore-value"
+            )
         if count:
             mean = sums / count
             std = np.sqrt(np.maximum(squares / count - mean**2, 0))
