@@ -85,8 +85,12 @@ def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation 1..8 of an opened image; 1 (upright) without a valid one.
 
     A broken EXIF block or a value outside 1..8 counts as upright, as viewers (and Pillow's
-    ``exif_transpose``) show such images.
+    ``exif_transpose``) show such images. A PNG's ``eXIf`` chunk counts when it precedes the
+    pixel data (where the PNG extensions put it): looking for a later one makes Pillow decode
+    the whole image, which made reading a PNG's size as slow as reading its pixels.
     """
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
     except Exception:  # a corrupt EXIF block: Pillow raises anything from it

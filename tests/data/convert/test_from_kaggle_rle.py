@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from d2seg.data.convert.from_kaggle_rle import parse_runs, runs_to_rle
+from d2seg.data.convert.from_kaggle_rle import kaggle_rle_to_coco
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.convert.source import SourceOptions
 from d2seg.errors import AnnotationError
@@ -34,20 +34,23 @@ def test_rle_decodes_to_the_mask_it_was_encoded_from(order):
     for _ in range(50):
         height, width = rng.integers(1, 30, 2)
         mask = rng.random((height, width)) < rng.random()
-        starts, lengths = parse_runs(kaggle_rle(mask, order), height, width)
-        decoded = mask_util.decode(runs_to_rle(starts, lengths, height, width, order))
-        np.testing.assert_array_equal(decoded.astype(bool), mask)
+        rle = kaggle_rle_to_coco(kaggle_rle(mask, order), height, width, order)
+        np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), mask)
+        # the very string pycocotools writes for the mask: touching runs merged
+        assert rle["counts"] == mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
 
 
 def test_orders_differ_and_touching_runs_merge():
-    starts, lengths = parse_runs("1 3 4 2", 3, 2)  # runs 1-3 and 4-5 touch
-    column = mask_util.decode(runs_to_rle(starts, lengths, 3, 2, "column"))
-    row = mask_util.decode(runs_to_rle(starts, lengths, 3, 2, "row"))
-    assert column.tolist() == [[1, 1], [1, 1], [1, 0]]
-    assert row.tolist() == [[1, 1], [1, 1], [1, 0]]
-    starts, lengths = parse_runs("2 1", 3, 2)
-    assert mask_util.decode(runs_to_rle(starts, lengths, 3, 2, "column")).tolist() == [[0, 0], [1, 0], [0, 0]]
-    assert mask_util.decode(runs_to_rle(starts, lengths, 3, 2, "row")).tolist() == [[0, 1], [0, 0], [0, 0]]
+    def decode(text, order):
+        return mask_util.decode(kaggle_rle_to_coco(text, 3, 2, order)).tolist()
+
+    # runs 1-2, 3 and 4-5 touch: one run of 5 pixels
+    assert decode("1 2 3 1 4 2", "column") == [[1, 1], [1, 1], [1, 0]]
+    assert decode("1 2 3 1 4 2", "row") == [[1, 1], [1, 1], [1, 0]]
+    assert kaggle_rle_to_coco("1 2 3 1 4 2", 3, 2, "column")["counts"] == \
+        kaggle_rle_to_coco("1 5", 3, 2, "column")["counts"]
+    assert decode("2 1", "column") == [[0, 0], [1, 0], [0, 0]]
+    assert decode("2 1", "row") == [[0, 1], [0, 0], [0, 0]]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -61,7 +64,7 @@ def test_orders_differ_and_touching_runs_merge():
 ])
 def test_broken_runs_say_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
-        parse_runs(text, 3, 2)
+        kaggle_rle_to_coco(text, 3, 2, "column")
 
 
 def _ships() -> list[np.ndarray]:
