@@ -264,9 +264,11 @@ def _draw_splits(
     assignment = split_items(kept, splits, seed, [groups[i] for i in kept] if groups else None)
     split_of = {item: name for name, names in assignment.items() for item in names}
     collected = {name: _SplitEntries() for name in assignment}
+    label_maps_written = tmp.sem_seg_dir(_STAGING).is_dir() or tmp.panoptic_dir(_STAGING).is_dir()
     for result in converted:
         collected[split_of[result.item]].add(result)
-        _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
+        if label_maps_written:
+            _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
     for folder in (tmp.sem_seg_dir(_STAGING), tmp.panoptic_dir(_STAGING)):
         shutil.rmtree(folder, ignore_errors=True)
     return collected

@@ -43,6 +43,17 @@ def encode_mask(mask: np.ndarray) -> tuple[dict, float, list[float]]:
     return rle, area, bbox
 
 
+def mask_area_bbox(mask: np.ndarray) -> tuple[float, list[float]]:
+    """:func:`encode_mask`'s area and bbox without the RLE (for instances written as
+    polygons): the pixel count and the tight XYWH box, as pycocotools' ``area``/``toBbox``."""
+    area = np.count_nonzero(mask)
+    if not area:
+        return 0.0, [0.0, 0.0, 0.0, 0.0]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x, y = float(cols[0]), float(rows[0])
+    return float(area), [x, y, cols[-1] + 1.0 - x, rows[-1] + 1.0 - y]
+
+
 def encoded_rle(rle: dict) -> tuple[dict, float, list[float]]:
     """:func:`encode_mask`'s triple for a compressed pycocotools RLE (never decoded)."""
     area, bbox = float(mask_util.area(rle)), mask_util.toBbox(rle).tolist()
@@ -62,6 +73,8 @@ def instance_annotations(record: ImageRecord, category_ids: dict[str, int]) -> l
     for instance in record.instances:
         if instance.mask is None:
             rle, area, bbox = encoded_rle(instance.rle)
+        elif instance.polygons is not None:
+            rle, (area, bbox) = None, mask_area_bbox(instance.mask)
         else:
             rle, area, bbox = encode_mask(instance.mask)
         annotations.append(
