@@ -50,8 +50,8 @@ def mask_area_bbox(mask: np.ndarray) -> tuple[float, list[float]]:
     if not area:
         return 0.0, [0.0, 0.0, 0.0, 0.0]
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    x, y = float(cols[0]), float(rows[0])
-    return float(area), [x, y, cols[-1] + 1.0 - x, rows[-1] + 1.0 - y]
+    x, y = int(cols[0]), int(rows[0])
+    return float(area), [float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)]
 
 
 def encoded_rle(rle: dict) -> tuple[dict, float, list[float]]:
