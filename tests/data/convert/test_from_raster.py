@@ -77,3 +77,48 @@ def test_scene_smaller_than_the_patch_is_reported(tmp_path):
     with pytest.raises(DatasetError, match="no patch to write.*--patch 48"):
         convert_dataset(tmp_path / "scenes", tmp_path / "out", fmt="raster", options=options)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_60_band_crop_scene_converts_and_trains_a_tiny_unet(tmp_path, train_run):
+    """The agricultural crop-type case: 12 months × 5 bands = 60 uint16 bands, 1800×1135
+    pixels, 8 classes (0 = unlabelled), GDAL's bands-first layout."""
+    rng = np.random.default_rng(0)
+    height, width, bands = 1800, 1135, 60
+    labels = np.zeros((height, width), np.uint8)
+    for crop in range(1, 9):  # 8 fields of one crop each, the rest unlabelled
+        y, x = rng.integers(0, height - 300), rng.integers(0, width - 300)
+        labels[y:y + 300, x:x + 300] = crop
+    signature = rng.integers(500, 4000, (9, bands)).astype(np.uint16)
+    scene = signature[labels] + rng.integers(0, 200, (height, width, bands), dtype=np.uint16)
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "scenes" / "field.tif", np.moveaxis(scene, -1, 0))
+    tifffile.imwrite(tmp_path / "labels" / "field.tif", labels)
+    del scene
+    names = ("__ignore__", "wheat", "maize", "rice", "barley", "soy", "cotton", "fallow", "orchard")
+    options = SourceOptions(labels_dir=str(tmp_path / "labels"), class_names=names, patch=256)
+    summary = convert_dataset(tmp_path / "scenes", tmp_path / "data", fmt="raster",
+                              options=options, splits={"val": 0.2})
+    assert summary["bands"] == 60 and len(summary["pixel_mean"]) == 60
+    assert summary["categories"] == list(names[1:])
+    patches = sum(s["images"] for s in summary["splits"].values())
+    assert patches + summary["patches_all_ignore"] == 8 * 5  # 8 rows × 5 columns of patches
+    first = json.loads((tmp_path / "data/annotations/train.json").read_text())["images"][0]
+    assert read_image(tmp_path / "data/images" / first["file_name"], "N").shape == (256, 256, 60)
+
+    train_run(
+        "configs/satellite/unet_R_18_patches.yaml", tmp_path / "run",
+        "DATASETS.TRAIN", f"('{tmp_path / 'data/annotations/train.json'}',)",
+        "DATASETS.TEST", "()",
+        "MODEL.PIXEL_MEAN", str(summary["pixel_mean"]), "MODEL.PIXEL_STD", str(summary["pixel_std"]),
+        "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.DECODER_CHANNELS", "[32, 16, 16, 8, 8]",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.EARLY_STOP.PATIENCE", "0",
+        "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
+    )
+    metrics = [json.loads(line) for line in (tmp_path / "run/metrics.json").read_text().splitlines()]
+    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
+    assert losses and all(np.isfinite(losses))
+    assert (tmp_path / "run/model_final.pth").is_file()
