@@ -46,7 +46,7 @@ def test_raster_prints_the_pixel_statistics_to_paste(run_tool, tmp_path):
     (tmp_path / "labels").mkdir()
     scene = np.stack([np.full((32, 32), 10, np.uint16), np.full((32, 32), 30, np.uint16)])
     scene[1, :16] = 50
-    tifffile.imwrite(tmp_path / "scenes" / "s.tif", scene)
+    tifffile.imwrite(tmp_path / "scenes" / "s.tif", scene, photometric="minisblack")
     tifffile.imwrite(tmp_path / "labels" / "s.tif", np.ones((32, 32), np.uint8))
     code, out, err = run_tool("convert", "--format", "raster", "--images", tmp_path / "scenes",
                               "--labels-dir", tmp_path / "labels", "--class-names", "bg,crop",

@@ -29,7 +29,7 @@ def _scene(root: Path, height: int, width: int, bands: int, dtype, planar: bool,
     if suffix == ".npy":
         np.save(root / "scenes" / "field.npy", stored)
     else:
-        tifffile.imwrite(root / "scenes" / "field.tif", stored)
+        tifffile.imwrite(root / "scenes" / "field.tif", stored, photometric="minisblack")
     tifffile.imwrite(root / "labels" / "field.tif", labels)
     return scene, labels
 
@@ -93,7 +93,9 @@ def test_a_60_band_crop_scene_converts_and_trains_a_tiny_unet(tmp_path, train_ru
     scene = signature[labels] + rng.integers(0, 200, (height, width, bands), dtype=np.uint16)
     (tmp_path / "scenes").mkdir()
     (tmp_path / "labels").mkdir()
-    tifffile.imwrite(tmp_path / "scenes" / "field.tif", np.moveaxis(scene, -1, 0))
+    tifffile.imwrite(
+        tmp_path / "scenes" / "field.tif", np.moveaxis(scene, -1, 0), photometric="minisblack"
+    )
     tifffile.imwrite(tmp_path / "labels" / "field.tif", labels)
     del scene
     names = ("__ignore__", "wheat", "maize", "rice", "barley", "soy", "cotton", "fallow", "orchard")
@@ -122,3 +124,16 @@ def test_a_60_band_crop_scene_converts_and_trains_a_tiny_unet(tmp_path, train_ru
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]
     assert losses and all(np.isfinite(losses))
     assert (tmp_path / "run/model_final.pth").is_file()
+
+
+def test_workers_write_the_same_dataset(tmp_path):
+    _scene(tmp_path, 150, 100, 3, np.uint16, True)
+    options = SourceOptions(labels_dir=str(tmp_path / "labels"), class_names=CLASSES,
+                            ignore_value=9, patch=48)
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        convert_dataset(tmp_path / "scenes", out, fmt="raster", options=options, workers=workers)
+        outputs.append(((out / "annotations/all.json").read_bytes(),
+                        sorted(p.read_bytes() for p in (out / "images").glob("*.npy"))))
+    assert outputs[0] == outputs[1]
