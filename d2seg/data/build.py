@@ -206,7 +206,9 @@ def _train_loader_from_config(
         # that learn instances.
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
-            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and "instances" in model_tasks(cfg),
+            filter_empty=(
+                cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and "instances" in model_tasks(cfg)
+            ),
         )
     if seed is None and cfg.SEED >= 0:
         seed = cfg.SEED

@@ -103,8 +103,8 @@ class DatasetMapper:
         return self.map_image(image, dataset_dict)
 
     def map_image(self, image: np.ndarray, dataset_dict: dict | None = None) -> dict:
-        """Map an image already read (H×W×C uint8, or float32 raster, in ``image_format``): what :meth:`__call__`
-        does after reading ``dataset_dict["file_name"]``, and what
+        """Map an image already read (H×W×C uint8, or a float32 raster, in ``image_format``):
+        what :meth:`__call__` does after reading ``dataset_dict["file_name"]``, and what
         :class:`~d2seg.engine.predictor.DefaultPredictor` does with an image in memory
         (``dataset_dict`` None: no other keys, no targets)."""
         dataset_dict = dataset_dict or {}

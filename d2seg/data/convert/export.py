@@ -96,7 +96,9 @@ def _mask_shape(label: str, mask: np.ndarray, group_id: int | None) -> dict:
     }
 
 
-def _labelme_shapes(annotation: dict, label: str, height: int, width: int, group: int) -> list[dict]:
+def _labelme_shapes(
+    annotation: dict, label: str, height: int, width: int, group: int
+) -> list[dict]:
     segmentation = annotation["segmentation"]
     if isinstance(segmentation, dict):
         return [_mask_shape(label, _mask(segmentation, height, width), None)]
@@ -132,7 +134,8 @@ def export_dataset(converted_dir: str | Path, output_dir: str | Path, *, to: str
             validate(coco, str(json_file))
             names, _ = contiguous_categories(coco)
             label_of = {c["id"]: c["name"] for c in coco["categories"]}
-            class_of = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+            ids = sorted(c["id"] for c in coco["categories"])
+            class_of = {category_id: i for i, category_id in enumerate(ids)}
             by_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
             for annotation in coco["annotations"]:
                 by_image[annotation["image_id"]].append(annotation)

@@ -51,7 +51,8 @@ def disagreement(annotation: dict, area: float, bbox: list[float]) -> str | None
     if old_bbox is None or np.abs(np.subtract(old_bbox, bbox)).max() > BBOX_TOLERANCE:
         problems.append(f"bbox {old_bbox} → {[round(v, 2) for v in bbox]}")
     old_area = annotation.get("area")
-    if not isinstance(old_area, (int, float)) or abs(old_area - area) > AREA_TOLERANCE * max(area, 1):
+    tolerance = AREA_TOLERANCE * max(area, 1)
+    if not isinstance(old_area, (int, float)) or abs(old_area - area) > tolerance:
         problems.append(f"area {old_area} → {area:g}")
     return ", ".join(problems) or None
 
@@ -141,7 +142,8 @@ class CocoFileSource(AnnotationSource):
         return self._categories
 
     def labels(self, item: str) -> list[str]:
-        return sorted({self._names[a["category_id"]] for _, a in self._read(ConversionReport())[item][1]})
+        annotations = self._read(ConversionReport())[item][1]
+        return sorted({self._names[a["category_id"]] for _, a in annotations})
 
     def load(self, item: str, report: ConversionReport) -> ImageRecord | None:
         image, annotations = self._read(report)[item]

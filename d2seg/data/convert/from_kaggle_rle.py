@@ -100,7 +100,7 @@ def rle_counts(text: str, height: int, width: int) -> np.ndarray:
     try:
         # all numbers at once, 10x faster than np.array(text.split()); a token that is not an
         # integer is a ValueError
-        values = np.fromstring(text, dtype=np.int64, sep=" ") if text.strip() else np.zeros(0, np.int64)
+        values = np.fromstring(text, dtype=np.int64, sep=" ") if text.strip() else np.zeros(0, int)
     except ValueError:
         bad = next((v for v in text.split() if not v.lstrip("-").isdigit()), text)
         raise ValueError(f"{bad!r} is not a whole number") from None

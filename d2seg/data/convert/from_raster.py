@@ -82,7 +82,9 @@ class RasterPatchSource(PairedLabelSource):
         self._summary: dict = {}
         self._scene: tuple[str, np.ndarray, np.ndarray] | None = None
 
-    def _read_scene(self, scene_item: str, report: ConversionReport) -> tuple[np.ndarray, np.ndarray] | None:
+    def _read_scene(
+        self, scene_item: str, report: ConversionReport
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(H×W×B scene, int64 H×W label values)`` of a pair, or None (reported skip)."""
         if self._scene is not None and self._scene[0] == scene_item:
             return self._scene[1], self._scene[2]
@@ -94,8 +96,12 @@ class RasterPatchSource(PairedLabelSource):
         except ValueError as e:
             raise AnnotationError(f"{path}: {e}; fix: save the scene as H×W×bands") from e
         if not (np.issubdtype(scene.dtype, np.integer) or np.issubdtype(scene.dtype, np.floating)):
-            raise AnnotationError(f"{path}: {scene.dtype} bands; fix: save uint8, uint16 or float32")
-        values = fit_to_image(values, *scene.shape[:2], self.options, scene_item, label_name, report)
+            raise AnnotationError(
+                f"{path}: {scene.dtype} bands; fix: save uint8, uint16 or float32"
+            )
+        values = fit_to_image(
+            values, *scene.shape[:2], self.options, scene_item, label_name, report
+        )
         if values is None:
             return None
         self.classes.check(values, label_name)

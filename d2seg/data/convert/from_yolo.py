@@ -69,7 +69,9 @@ def _is_float(text: str) -> bool:
 
 def read_names(root: Path) -> list[str]:
     """The class names of a YOLO dataset's ``data.yaml`` (see the module docstring)."""
-    candidates = [root / "data.yaml"] if (root / "data.yaml").is_file() else sorted(root.glob("*.yaml"))
+    candidates = [root / "data.yaml"]
+    if not candidates[0].is_file():
+        candidates = sorted(root.glob("*.yaml"))
     if len(candidates) != 1:
         raise DatasetError(
             f"{root}: no data.yaml with the class names; fix: add one with 'names: [a, b, ...]'"
@@ -160,7 +162,9 @@ class YoloSegSource(AnnotationSource):
         try:
             lines = label_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise AnnotationError(f"{name}: cannot read it ({e}); fix: save it as UTF-8 text") from e
+            raise AnnotationError(
+                f"{name}: cannot read it ({e}); fix: save it as UTF-8 text"
+            ) from e
         for number, line in enumerate(lines, start=1):
             where = f"{name}: line {number}"
             try:

@@ -51,7 +51,10 @@ class Palette:
             text = path.read_text(encoding="utf-8-sig")
             if path.suffix.lower() == ".json":
                 raw = json.loads(text)
-                rows = raw.items() if isinstance(raw, dict) else [(r["name"], r["color"]) for r in raw]
+                if isinstance(raw, dict):
+                    rows = raw.items()
+                else:
+                    rows = [(r["name"], r["color"]) for r in raw]
                 rows = [(str(name), [int(v) for v in rgb]) for name, rgb in rows]
             else:
                 rows = []
@@ -71,13 +74,16 @@ class Palette:
                 f"'Sky,128,128,128'"
             )
         if len({tuple(c) for c in colors.tolist()}) != len(rows):
-            raise ConfigError(f"--palette {path}: two classes share a colour; fix: make them unique")
+            raise ConfigError(
+                f"--palette {path}: two classes share a colour; fix: make them unique"
+            )
         return cls(tuple(name for name, _ in rows), colors)
 
     def values(self, rgb: np.ndarray, where: str) -> np.ndarray:
         """int64 H×W class values of a uint8 H×W×3 colour image; an unknown colour is an
         AnnotationError naming ``where``, the colour and a pixel with it."""
-        keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+        wide = rgb.astype(np.int64)
+        keys = (wide[..., 0] << 16) | (wide[..., 1] << 8) | wide[..., 2]
         table = (self.colors[:, 0] << 16) | (self.colors[:, 1] << 8) | self.colors[:, 2]
         order = np.argsort(table)
         position = np.searchsorted(table[order], keys).clip(0, len(table) - 1)
@@ -104,7 +110,9 @@ class ValueClasses:
     ignore: int | None = None
 
     @classmethod
-    def from_options(cls, options: SourceOptions, first: int, palette: Palette | None) -> "ValueClasses":
+    def from_options(
+        cls, options: SourceOptions, first: int, palette: Palette | None
+    ) -> "ValueClasses":
         names = options.class_names
         if names is None and palette is not None:
             names = palette.names
@@ -152,7 +160,7 @@ def read_label_values(path: Path, palette: Palette | None, where: str) -> np.nda
         )
         if image.mode in ("P", "PA") and palette is None:
             array = np.asarray(image.convert("P") if image.mode == "PA" else image)
-        elif image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L") :
+        elif image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L"):
             array = np.asarray(image)
         else:
             array = np.asarray(image.convert("RGB"))
@@ -210,10 +218,15 @@ def fit_to_image(
         return None
     report.add(item, "fixed", f"{size}: resized (nearest)")
     # cv2 resizes int32 with nearest exactly; int64 it does not support.
-    return cv2.resize(values.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    resized = cv2.resize(
+        values.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST
+    )
+    return resized.astype(np.int64)
 
 
-def image_size(image_path: Path, item: str, label_name: str, report: ConversionReport) -> tuple[int, int] | None:
+def image_size(
+    image_path: Path, item: str, label_name: str, report: ConversionReport
+) -> tuple[int, int] | None:
     """``(height, width)`` of an image whose labels follow its stored pixels; an image with an
     EXIF rotation is reported and skipped (None): unclear which pixels the labels follow."""
     image = open_image(image_path, str(image_path), error=AnnotationError)
@@ -359,7 +372,8 @@ class PairedLabelSource(AnnotationSource):
                 path = Path(folder, name)
                 stem = path.stem
                 if path.suffix.lower() in LABEL_SUFFIXES and stem.endswith(suffix):
-                    key = path.relative_to(self.labels_dir).with_name(stem[: len(stem) - len(suffix)] if suffix else stem)
+                    image_stem = stem[: len(stem) - len(suffix)] if suffix else stem
+                    key = path.relative_to(self.labels_dir).with_name(image_stem)
                     labels.setdefault(key.as_posix(), []).append(path)
         pairs: dict[str, Path] = {}
         used: set[str] = set()
@@ -399,7 +413,9 @@ class PairedLabelSource(AnnotationSource):
         """The item's label values (int64 or bool H×W), see :func:`read_label_values`."""
         return read_label_values(self.pairs()[item], self.palette, self.label_name(item))
 
-    def label_values(self, item: str, report: ConversionReport) -> tuple[np.ndarray, int, int] | None:
+    def label_values(
+        self, item: str, report: ConversionReport
+    ) -> tuple[np.ndarray, int, int] | None:
         """``(values, height, width)`` of an item's label image fitted to its image, or None
         when the item is skipped (reported)."""
         label_name = self.label_name(item)
