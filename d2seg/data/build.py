@@ -30,6 +30,7 @@ from d2seg.data.samplers import (
     TrainingSampler,
 )
 from d2seg.errors import ConfigError, DatasetError
+from d2seg.modeling.meta_arch.declarations import model_tasks
 from d2seg.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,14 @@ def _train_loader_from_config(
     ``seed``; random and shared by all processes when < 0)."""
     _check_batch_size(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
     if dataset is None:
+        # Images without instances train a semantic model (label maps of stuff classes, e.g.
+        # a converted CamVid or raster set, have no COCO annotations): filter only for models
+        # that learn instances.
         dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            cfg.DATASETS.TRAIN,
+            filter_empty=(
+                cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and "instances" in model_tasks(cfg)
+            ),
         )
     if seed is None and cfg.SEED >= 0:
         seed = cfg.SEED

@@ -9,6 +9,7 @@ loader reads. Reading files and registering datasets is :mod:`d2seg.data.dataset
 """
 
 import difflib
+import logging
 import os
 from collections import defaultdict
 from enum import IntEnum
@@ -19,6 +20,7 @@ from pycocotools import mask as mask_util
 
 from d2seg.errors import DatasetError
 
+logger = logging.getLogger(__name__)
 _NUMBER_TYPES = frozenset({int, float})
 _REQUIRED_LISTS = ("images", "annotations", "categories")
 
@@ -262,23 +264,33 @@ def validate(coco: dict, source: str) -> None:
     _check_unique_ids(coco["annotations"], "annotations", source)
 
 
-def _annotation_to_dict(ann: dict, height: int, width: int, category_map: dict) -> dict:
+# An annotation's bbox further than this (pixels, any side) from its segmentation's is wrong.
+BBOX_TOLERANCE = 1.0
+
+
+def _annotation_to_dict(
+    ann: dict, height: int, width: int, category_map: dict
+) -> tuple[dict, bool]:
+    """The dataset-dict annotation, and whether its ``bbox`` was recomputed from the
+    segmentation because it was missing or disagreed (exports from other tools)."""
     segm = ann["segmentation"]
     if isinstance(segm, dict) and isinstance(segm["counts"], list):
         # Uncompressed RLE (COCO crowd regions) → compressed, as Detectron2 does.
         segm = mask_util.frPyObjects(segm, *segm["size"])
         segm = {"size": segm["size"], "counts": segm["counts"].decode("ascii")}
+    rles = mask_util.frPyObjects(segm, height, width) if isinstance(segm, list) else [segm]
+    mask_bbox = mask_util.toBbox(mask_util.merge(rles)).tolist()
     bbox = ann.get("bbox")
-    if bbox is None:
-        rles = mask_util.frPyObjects(segm, height, width) if isinstance(segm, list) else [segm]
-        bbox = mask_util.toBbox(mask_util.merge(rles)).tolist()
+    fixed = bbox is not None and max(abs(a - b) for a, b in zip(bbox, mask_bbox)) > BBOX_TOLERANCE
+    if bbox is None or fixed:
+        bbox = mask_bbox
     return {
         "bbox": [float(v) for v in bbox],
         "bbox_mode": BoxMode.XYWH_ABS,
         "category_id": category_map[ann["category_id"]],
         "segmentation": segm,
         "iscrowd": ann.get("iscrowd", 0),
-    }
+    }, fixed
 
 
 def contiguous_categories(coco: dict) -> tuple[list[str], dict[int, int]]:
@@ -296,7 +308,10 @@ def coco_dataset_dicts(
     Returns one dict per image: ``file_name`` (absolute, under ``image_root``), ``height``,
     ``width`` (pixels), ``image_id`` and ``annotations`` = ``[{bbox (XYWH pixels), bbox_mode
     (BoxMode.XYWH_ABS), category_id (contiguous 0..C-1, see :func:`contiguous_categories`),
-    segmentation (polygons or compressed RLE), iscrowd}]``.
+    segmentation (polygons or compressed RLE), iscrowd}]``. A ``bbox`` that disagrees with its
+    segmentation by more than 1 px (CVAT and Roboflow exports) is replaced by the segmentation's,
+    with one warning that counts them (``tools/convert.py --format coco`` rewrites such a file
+    with every fix listed).
     """
     category_map = contiguous_categories(coco)[1]
     annotations_by_image = defaultdict(list)
@@ -304,6 +319,7 @@ def coco_dataset_dicts(
         annotations_by_image[ann["image_id"]].append(ann)
     image_root = Path(image_root).resolve()
     dataset_dicts = []
+    fixed = 0
     for i, image in enumerate(coco["images"]):
         height, width = image.get("height"), image.get("width")
         if not (_is_int(height) and _is_int(width)):
@@ -311,16 +327,25 @@ def coco_dataset_dicts(
                 f"{json_file}: images[{i}] has no integer height/width; fix: add the image size "
                 f"in pixels (tools/convert_labelme.py writes it)"
             )
+        annotations = []
+        for ann in annotations_by_image[image["id"]]:
+            annotation, bbox_fixed = _annotation_to_dict(ann, height, width, category_map)
+            annotations.append(annotation)
+            fixed += bbox_fixed
         dataset_dicts.append(
             {
                 "file_name": str(image_root / image["file_name"]),
                 "height": height,
                 "width": width,
                 "image_id": image["id"],
-                "annotations": [
-                    _annotation_to_dict(ann, height, width, category_map)
-                    for ann in annotations_by_image[image["id"]]
-                ],
+                "annotations": annotations,
             }
+        )
+    if fixed:
+        logger.warning(
+            "%s: %d of %d annotation bbox(es) disagree with their segmentation by more than "
+            "%g px and were recomputed from it; fix: convert the file with tools/convert.py "
+            "--format coco, which rewrites bbox and area and lists each fix in report.json",
+            json_file, fixed, len(coco["annotations"]), BBOX_TOLERANCE,
         )
     return dataset_dicts

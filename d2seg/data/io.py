@@ -8,8 +8,8 @@ says how to fix it; ``error`` picks its class (an annotation being converted is 
 :class:`DatasetError`).
 
 ``INPUT.FORMAT`` layouts of :func:`read_image`: ``"RGB"``/``"BGR"`` (H×W×3), ``"L"`` (H×W×1
-grayscale) or ``"N"`` (the file's own channels: a ``.npy`` H×W×C array or any image Pillow reads,
-untouched). 16-bit images are scaled to 8 bits.
+grayscale) or ``"N"`` (the file's own channels: a raster, see :func:`read_raster`, or any image
+Pillow reads, untouched). 16-bit photos are scaled to 8 bits; rasters keep their values.
 """
 
 import io
@@ -25,6 +25,8 @@ from d2seg.errors import D2SegError, DatasetError
 
 EXIF_ORIENTATION_TAG = 0x0112
 IMAGE_FORMATS = ("BGR", "RGB", "L", "N")
+# Multi-band arrays: read with numpy / tifffile, values kept as stored (see read_raster).
+RASTER_SUFFIXES = (".npy", ".tif", ".tiff")
 
 # Pillow modes of single-channel images with more than 8 bits per pixel.
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -83,8 +85,12 @@ def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation 1..8 of an opened image; 1 (upright) without a valid one.
 
     A broken EXIF block or a value outside 1..8 counts as upright, as viewers (and Pillow's
-    ``exif_transpose``) show such images.
+    ``exif_transpose``) show such images. A PNG's ``eXIf`` chunk counts when it precedes the
+    pixel data (where the PNG extensions put it): looking for a later one makes Pillow decode
+    the whole image, which made reading a PNG's size as slow as reading its pixels.
     """
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
     except Exception:  # a corrupt EXIF block: Pillow raises anything from it
@@ -145,17 +151,18 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 def read_image(file_name: str | os.PathLike, format: str = "BGR") -> np.ndarray:
     """Read an image as a uint8 H×W×C array in ``format`` with EXIF orientation applied.
 
-    ``format``: ``"BGR"``/``"RGB"`` → C = 3, ``"L"`` → C = 1, ``"N"`` → the file's channels
-    (``.npy`` files hold H×W×C or H×W uint8 arrays). A missing or unreadable file is a
-    :class:`DatasetError` naming it.
+    ``format``: ``"BGR"``/``"RGB"`` → C = 3, ``"L"`` → C = 1, ``"N"`` → the file's channels;
+    ``.npy``/``.tif`` files are then :func:`read_raster` arrays (uint8, or float32 for any other
+    dtype: e.g. the raster converter's patches of uint16 or float scenes). A missing or
+    unreadable file is a :class:`DatasetError` naming it.
     """
     if format not in IMAGE_FORMATS:
         raise DatasetError(
             f"image format {format!r} is not one of {list(IMAGE_FORMATS)}; fix: set INPUT.FORMAT"
         )
     path = Path(file_name)
-    if format == "N" and path.suffix.lower() == ".npy":
-        return _read_npy(path)
+    if format == "N" and path.suffix.lower() in RASTER_SUFFIXES:
+        return read_raster(path)
     image = _to_8bit(_open_dataset_file(path, "image", exif=True))
     if format == "N":
         array = np.asarray(image)
@@ -168,21 +175,41 @@ def read_image(file_name: str | os.PathLike, format: str = "BGR") -> np.ndarray:
     return np.array(array, dtype=np.uint8, order="C")  # a writable copy: torch shares it
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_raster(file_name: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` (numpy) or ``.tif`` (tifffile) multi-band array as H×W×C: uint8 as stored,
+    every other dtype as float32 values (uint16 reflectances stay 0..65535: the model's
+    ``PIXEL_MEAN``/``PIXEL_STD`` are in the file's units). A 2-D array is one band; a
+    C×H×W array (bands first, as GDAL writes GeoTIFFs: the first axis is the smallest) is
+    transposed. A missing or unreadable file is a :class:`DatasetError` naming it.
+    """
+    path = Path(file_name)
     if not path.is_file():
         raise DatasetError(f"image {path} not found; fix: check the dataset's image root")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            import tifffile  # only rasters need it
+
+            array = tifffile.imread(path)
+    except Exception as e:  # numpy and tifffile raise many types on corrupt files
         raise DatasetError(
-            f"image {path} is not a readable .npy array ({e}); fix: re-save it with numpy.save"
+            f"image {path} is not a readable array ({e}); fix: re-save it with numpy.save or "
+            f"tifffile.imwrite"
         ) from e
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim == 3 and array.shape[0] < min(array.shape[1:]):
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise DatasetError(
-            f"image {path} is a {array.dtype} array of shape {array.shape}; fix: save it as a "
-            f"uint8 H×W×C array (INPUT.FORMAT 'N' images are 0-255 pixels)"
+            f"image {path} is a {array.dtype} array of shape {array.shape}; fix: save H×W×bands "
+            f"of uint8, uint16 or float32"
         )
-    return array if array.ndim == 3 else array[:, :, None]
+    dtype = np.uint8 if array.dtype == np.uint8 else np.float32
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def read_sem_seg(file_name: str | os.PathLike) -> np.ndarray:

@@ -25,7 +25,8 @@ class DatasetMapper:
     Output (a new dict; the dataset dict is never modified): the input's keys except
     ``annotations``, plus
 
-    * ``"image"``: uint8 C×H×W tensor in ``image_format`` after augmentation;
+    * ``"image"``: uint8 C×H×W tensor in ``image_format`` after augmentation (float32 for
+      ``"N"`` rasters of other dtypes, see :func:`~d2seg.data.io.read_raster`);
     * ``"height"``, ``"width"``: the ORIGINAL image size (models resize their outputs to it);
     * training only: ``"instances"`` = ``{"boxes": float32 N×4 XYXY in the augmented image's
       pixels, "classes": int64 N, "masks": uint8 N×H×W}`` (from ``annotations`` or from a panoptic
@@ -102,8 +103,8 @@ class DatasetMapper:
         return self.map_image(image, dataset_dict)
 
     def map_image(self, image: np.ndarray, dataset_dict: dict | None = None) -> dict:
-        """Map an image already read (H×W×C uint8 in ``image_format``): what :meth:`__call__`
-        does after reading ``dataset_dict["file_name"]``, and what
+        """Map an image already read (H×W×C uint8, or a float32 raster, in ``image_format``):
+        what :meth:`__call__` does after reading ``dataset_dict["file_name"]``, and what
         :class:`~d2seg.engine.predictor.DefaultPredictor` does with an image in memory
         (``dataset_dict`` None: no other keys, no targets)."""
         dataset_dict = dataset_dict or {}

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from d2seg.data.io import (
@@ -13,6 +14,7 @@ from d2seg.data.io import (
     open_image,
     read_image,
     read_json,
+    read_raster,
     read_sem_seg,
 )
 from d2seg.errors import AnnotationError, DatasetError
@@ -68,3 +70,17 @@ def test_unreadable_images_name_the_file_and_the_fix(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:80])
     with pytest.raises(DatasetError, match=r"truncated\.png: cannot decode the image .*fix:"):
         read_image(truncated)
+
+
+def test_read_raster_keeps_values_and_puts_bands_last(tmp_path):
+    planar = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30) * 20
+    tifffile.imwrite(tmp_path / "scene.tif", planar, photometric="minisblack")
+    array = read_raster(tmp_path / "scene.tif")
+    assert array.dtype == np.float32 and array.shape == (20, 30, 3)
+    np.testing.assert_array_equal(array, np.moveaxis(planar, 0, -1).astype(np.float32))
+    np.save(tmp_path / "gray.npy", np.full((4, 5), 7, np.uint8))
+    gray = read_image(tmp_path / "gray.npy", "N")
+    assert gray.dtype == np.uint8 and gray.shape == (4, 5, 1)
+    np.save(tmp_path / "text.npy", np.array([["a"]]))
+    with pytest.raises(DatasetError, match=r"text\.npy is a <U1 array.*fix: save H×W×bands"):
+        read_raster(tmp_path / "text.npy")

@@ -1,18 +1,27 @@
-"""Binary mask images as an annotation source (``--format masks``), Carvana's layout.
+"""Mask images as an annotation source (``--format masks``).
 
-An image ``<id>.<jpg|jpeg|png|bmp|tif|tiff|webp>`` is paired with the mask ``<id>_mask.gif`` or
-``<id>_mask.png`` anywhere under the input folder (Carvana keeps them in ``train/`` and
-``train_masks/``); when an id occurs in several folders, the mask in the image's own folder
-wins. Images without a mask, masks without an image, ambiguous pairs and masks whose size
-differs from the image's are reported and skipped.
+Two layouts:
 
-Foreground is every non-zero pixel of the mask: the palette index for palette images (GIF,
-palette PNG), the value for grayscale (0/255 or 0/1 PNG), any colour channel for RGB(A).
+- ``--masks DIR [--mask-suffix S]``: images under ``--images`` and masks under ``DIR`` paired
+  by stem (any image suffix; see :mod:`d2seg.data.convert.label_images`), the person
+  segmentation layout (``images/`` + ``masks/``);
+- without ``--masks``, Carvana's: an image ``<id>.<jpg|jpeg|png|bmp|tif|tiff|webp>`` and the
+  mask ``<id>_mask.gif`` or ``<id>_mask.png`` anywhere under the input folder (Carvana keeps
+  them in ``train/`` and ``train_masks/``); when an id occurs in several folders, the mask in
+  the image's own folder wins.
+
+Images without a mask, masks without an image, ambiguous pairs and masks whose size differs
+from the image's are reported and skipped (resized with ``--resize-masks``).
+
+Binary masks (the default): foreground is every non-zero pixel, the palette index for palette
+images (GIF, palette PNG), the value for grayscale (0/255 or 0/1 PNG), any colour channel for
+RGB(A); one category, ``SourceOptions.mask_label`` (``--mask-label``; ``"object"`` when unset).
+Multi-class masks: with ``--mask-classes a,b`` value ``k`` is class ``k`` (1-based, 0 is
+background), with ``--palette`` the colour's row (a row named ``_background_`` is background).
 Mask pixels are taken to match the image's stored pixels, so an image with an EXIF rotation is
 reported and skipped rather than silently misaligned.
 
-There is one category, ``SourceOptions.mask_label`` (``--mask-label``; ``"object"`` when
-unset). Connected components (8-connected) smaller than ``mask_min_area`` pixels are dropped and
+Connected components (8-connected) smaller than ``mask_min_area`` pixels are dropped and
 reported; the rest are one instance each (``mask_instances="components"``) or one instance
 together (``"single"``). Instances get COCO polygons from their outer contours
 (``cv2.findContours``), unless the mask has holes or a contour encloses no area (thin lines,
@@ -20,17 +29,24 @@ single pixels): those are written as RLE.
 ``area`` and ``bbox`` always come from the mask itself.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from d2seg.data.convert.record import ConversionReport, ImageRecord, InstanceRecord
-from d2seg.data.convert.source import AnnotationSource, SourceOptions
-from d2seg.data.io import decode_image, exif_orientation, open_image
+from d2seg.data.convert.label_images import (
+    IMAGE_SUFFIXES,
+    PairedLabelSource,
+    ValueClasses,
+    component_instances,
+    ignore_region,
+    label_map_instances,
+)
+from d2seg.data.convert.record import ConversionReport, ImageRecord
+from d2seg.data.convert.source import SourceOptions
+from d2seg.data.io import decode_image, open_image
 from d2seg.errors import AnnotationError, DatasetError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_SUFFIXES = frozenset({".gif", ".png"})
 MASK_TAG = "_mask"
 DEFAULT_LABEL = "object"
@@ -51,29 +67,37 @@ def read_mask(path: Path) -> np.ndarray:
     return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
 
 
-def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
-    """COCO polygons of the outer contours of a bool mask, or None when RLE is needed.
+class MaskImageSource(PairedLabelSource):
+    """Images with binary or multi-class masks; see the module docstring for the layouts."""
 
-    None when the mask has a hole (a polygon list cannot express one) or a contour with fewer
-    than 3 points or no enclosed area.
-    """
-    contours, hierarchy = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
-    )
-    if hierarchy is None or (hierarchy[0][:, 3] >= 0).any():
-        return None
-    if any(len(c) < 3 or cv2.contourArea(c) == 0 for c in contours):
-        return None
-    return [c.reshape(-1).astype(float).tolist() for c in contours]
-
-
-class MaskImageSource(AnnotationSource):
-    """Images with ``<id>_mask.gif|png`` binary masks; one class, ``options.mask_label``."""
+    format_name = "masks"
 
     def __init__(self, input_dir: str | Path, options: SourceOptions = SourceOptions()):
         super().__init__(input_dir, options)
         self.label = DEFAULT_LABEL if options.mask_label is None else options.mask_label
-        self._pairs: dict[str, Path] | None = None
+        self.classes = None
+        if options.class_names is not None:  # --mask-classes: values 1, 2, ...
+            self.classes = ValueClasses.from_options(options, 1, None)
+        elif self.palette is not None:  # the palette's rows: 0, 1, ...
+            self.classes = ValueClasses.from_options(options, 0, self.palette)
+
+    def pairs(self, report: ConversionReport | None = None) -> dict[str, Path]:
+        if self.labels_dir is not None:
+            return super().pairs(report)
+        return self._index(report)
+
+    def label_name(self, item: str) -> str:
+        if self.labels_dir is not None:
+            return super().label_name(item)
+        return self._relative(self._index()[item])
+
+    def read_values(self, item: str) -> np.ndarray:
+        if self.classes is None:
+            return read_mask(self.pairs()[item])
+        return super().read_values(item)
+
+    def categories(self) -> list[str]:
+        return [self.label] if self.classes is None else self.classes.categories
 
     def _index(self, report: ConversionReport | None = None) -> dict[str, Path]:
         """Item (image path relative to the input folder) → its mask file."""
@@ -128,76 +152,31 @@ class MaskImageSource(AnnotationSource):
             return masks[0]
         return None
 
-    def items(self, report: ConversionReport) -> list[str]:
-        return sorted(self._index(report))
-
     def labels(self, item: str) -> list[str]:
-        return [self.label]
+        return self.categories()
 
     def load(self, item: str, report: ConversionReport) -> ImageRecord | None:
-        image_path = self.input_dir / item
-        mask_path = self._index()[item]
-        mask_name = self._relative(mask_path)
-        image = open_image(image_path, str(image_path), error=AnnotationError)
-        orientation = exif_orientation(image)
-        if orientation != 1:
-            report.add(
-                item,
-                "skipped",
-                f"EXIF orientation {orientation}: unclear whether {mask_name} follows the stored "
-                f"or the rotated pixels; re-save the image without EXIF rotation",
-            )
+        fitted = self.label_values(item, report)
+        if fitted is None:
             return None
-        width, height = image.size
-        foreground = read_mask(mask_path)
-        if foreground.shape != (height, width):
-            report.add(
-                item,
-                "skipped",
-                f"mask {mask_name} is {foreground.shape[1]}×{foreground.shape[0]}, the image "
-                f"{width}×{height}",
-            )
-            return None
+        values, height, width = fitted
+        mask_name = self.label_name(item)
         record = ImageRecord(
-            source=item, file_name=item, height=height, width=width, image_path=image_path
+            source=item, file_name=item, height=height, width=width,
+            image_path=self.input_dir / item,
         )
-        record.instances = self._instances(item, mask_name, foreground, report)
-        return record
-
-    def _instances(
-        self, item: str, mask_name: str, foreground: np.ndarray, report: ConversionReport
-    ) -> list[InstanceRecord]:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(
-            foreground.astype(np.uint8), connectivity=8
-        )
-        kept = []
-        for component in range(1, count):
-            area = int(stats[component, cv2.CC_STAT_AREA])
-            if area < self.options.mask_min_area:
-                x, y = stats[component, cv2.CC_STAT_LEFT], stats[component, cv2.CC_STAT_TOP]
-                report.add(
-                    item,
-                    "skipped",
-                    f"{mask_name}: a component of {area} px at x={x}, y={y} is smaller than "
-                    f"mask_min_area={self.options.mask_min_area}",
-                )
-                continue
-            kept.append(component)
-        if not kept:
-            return []
-        if self.options.mask_instances == "single":
-            groups = [(np.isin(labels, kept), mask_name)]
-        else:
-            groups = [(labels == c, f"{mask_name}: component {i}") for i, c in enumerate(kept)]
-        return [
-            InstanceRecord(
-                label=self.label,
-                mask=mask,
-                polygons=mask_polygons(mask),
-                source=source,
+        if self.classes is None:
+            record.instances = component_instances(
+                self.label, values.astype(bool), mask_name, item, self.options, report
             )
-            for mask, source in groups
-        ]
+            return record
+        self.classes.check(values, mask_name)
+        every_class_a_thing = replace(self.options, thing_classes=tuple(self.classes.categories))
+        record.instances = label_map_instances(
+            values, self.classes, mask_name, item, every_class_a_thing, report
+        )
+        record.ignore_mask = ignore_region(values, self.classes)
+        return record
 
 
 SOURCE = MaskImageSource

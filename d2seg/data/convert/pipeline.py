@@ -48,16 +48,16 @@ from d2seg.errors import ConfigError, DatasetError
 from d2seg.utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
-_FORMAT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_FORMAT_NAME = re.compile(r"[a-z][a-z0-9-]*")
 OUTPUTS = ("instances", "sem_seg", "panoptic")
 # Label PNGs wait here until the split is drawn; the dot keeps it apart from every split name.
 _STAGING = ".unsplit"
 
 
 def available_formats() -> list[str]:
-    """The ``--format`` names: modules ``d2seg.data.convert.from_<name>``."""
+    """The ``--format`` names: modules ``d2seg.data.convert.from_<name>`` ("-" for "_")."""
     return sorted(
-        m.name[len("from_") :]
+        m.name[len("from_") :].replace("_", "-")
         for m in pkgutil.iter_modules(d2seg.data.convert.__path__)
         if m.name.startswith("from_")
     )
@@ -68,7 +68,7 @@ def source_class(fmt: str) -> type[AnnotationSource]:
     formats = available_formats()
     if not _FORMAT_NAME.fullmatch(fmt) or fmt not in formats:
         raise ConfigError(f"--format {fmt!r} is unknown; fix: choose one of {', '.join(formats)}")
-    return importlib.import_module(f"d2seg.data.convert.from_{fmt}").SOURCE
+    return importlib.import_module(f"d2seg.data.convert.from_{fmt.replace('-', '_')}").SOURCE
 
 
 @dataclass
@@ -117,7 +117,7 @@ class _ItemConverter:
                     f"or relabel the shape",
                 )
         record.instances = kept
-        write_image(record, self.layout.images_dir)
+        write_image(record, self.layout.images_dir, copy=self.source.options.copy_images)
         annotations = instance_annotations(record, self.category_ids)
         segments: list[dict] = []
         if "sem_seg" in self.outputs or "panoptic" in self.outputs:
@@ -127,8 +127,9 @@ class _ItemConverter:
                 write_png(self.layout.sem_seg_dir(_STAGING) / png_name, semantic)
             if "panoptic" in self.outputs:
                 write_png(self.layout.panoptic_dir(_STAGING) / png_name, panoptic)
+        things = [a for a, i in zip(annotations, record.instances) if i.isthing]
         image = {"file_name": record.file_name, "height": record.height, "width": record.width}
-        return _ItemResult(item, image, annotations, segments, report.entries)
+        return _ItemResult(item, image, things, segments, report.entries)
 
 
 def _move_label_maps(layout: ConvertedLayout, file_name: str, split: str) -> None:
@@ -168,11 +169,14 @@ def _map(call, jobs: list, workers: int, desc: str):
 def collect_categories(
     source: AnnotationSource, items: list[str], labels_file: str | Path | None, workers: int
 ) -> list[str]:
-    """Category names in id order: the labels file's, or every label used, sorted."""
+    """Category names in id order: the labels file's, the source's own (class names, a COCO
+    file's categories), or every label used, sorted."""
     if labels_file is not None:
         if not Path(labels_file).is_file():
             raise ConfigError(f"--labels {labels_file}: file not found; fix: correct the path")
         categories = read_labels_file(labels_file)
+    elif source.categories() is not None:
+        categories = source.categories()
     else:
         used: set[str] = set()
         for labels in _map(source.labels, items, workers, "collecting labels"):
@@ -260,9 +264,11 @@ def _draw_splits(
     assignment = split_items(kept, splits, seed, [groups[i] for i in kept] if groups else None)
     split_of = {item: name for name, names in assignment.items() for item in names}
     collected = {name: _SplitEntries() for name in assignment}
+    label_maps_written = tmp.sem_seg_dir(_STAGING).is_dir() or tmp.panoptic_dir(_STAGING).is_dir()
     for result in converted:
         collected[split_of[result.item]].add(result)
-        _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
+        if label_maps_written:
+            _move_label_maps(tmp, result.image["file_name"], split_of[result.item])
     for folder in (tmp.sem_seg_dir(_STAGING), tmp.panoptic_dir(_STAGING)):
         shutil.rmtree(folder, ignore_errors=True)
     return collected
@@ -335,6 +341,7 @@ def convert_dataset(
         report_json = report.to_json()
         summary = {
             "format": fmt,
+            **source.summary(),
             "outputs": list(outputs),
             "categories": categories,
             "splits": summary_splits,

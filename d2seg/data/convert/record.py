@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pycocotools import mask as mask_util
 
 from d2seg.errors import AnnotationError
 
@@ -27,16 +28,31 @@ class InstanceRecord:
     Attributes:
         label: category name, exactly as annotated.
         mask: bool array H×W, the rasterised instance; COCO ``area``/``bbox`` come from it.
+            ``None`` when ``rle`` holds it instead (see :meth:`pixels`).
         polygons: COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels (each with at least
             3 points, i.e. 6 numbers), or ``None`` when the instance must be written as RLE
             (mask shapes, lines/points, merged groups that include a non-polygon).
         source: where it came from, for reports, e.g. ``"a.json: shapes[3,5]"``.
+        rle: the mask as a compressed COCO RLE (pycocotools' ``{"size", "counts": bytes}``),
+            for sources that read run lengths (Kaggle CSVs): the COCO writer then never
+            decodes it, only the semantic and panoptic maps do.
+        isthing: False for a "stuff" region (a label-map class without instances): it is drawn
+            in the semantic map but is neither a COCO annotation nor a panoptic segment.
     """
 
     label: str
-    mask: np.ndarray
+    mask: np.ndarray | None
     polygons: list[list[float]] | None
     source: str
+    rle: dict | None = None
+    isthing: bool = True
+
+    def pixels(self) -> np.ndarray:
+        """The instance as bool H×W (decoded from ``rle`` when there is no ``mask``)."""
+        if self.mask is None:
+            assert self.rle is not None, "an InstanceRecord needs mask or rle"
+            return mask_util.decode(self.rle).astype(bool)
+        return self.mask
 
 
 @dataclass
@@ -48,8 +64,9 @@ class ImageRecord:
         file_name: output image path relative to ``OUT/images`` (POSIX separators).
         height, width: image size in pixels after EXIF orientation.
         image: the decoded image (H×W×3 uint8 RGB, or H×W for grayscale) when the output image
-            must be written from memory (embedded ``imageData``, EXIF-rotated pixels);
-            ``None`` when ``image_path`` can be copied unchanged.
+            must be written from memory (embedded ``imageData``, EXIF-rotated pixels), or an
+            H×W×B array of any dtype when ``file_name`` ends in ``.npy`` (raster patches);
+            ``None`` when ``image_path`` can be copied (or hard-linked) unchanged.
         image_path: original image file to copy, when ``image`` is ``None``.
         instances: the instances, in annotation order (later ones are drawn on top in the
             semantic and panoptic maps, as Labelme's own converters do).

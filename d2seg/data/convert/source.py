@@ -28,12 +28,48 @@ class SourceOptions:
         mask_instances: "components" = one instance per connected component of a mask,
             "single" = one instance per mask file.
         mask_min_area: connected components smaller than this (pixels) are dropped and reported.
+        labels_dir: the folder of label images paired with the images by stem (``--labels-dir``
+            of ``semantic`` and ``raster``, ``--masks`` of ``masks``); None = ``masks``' own
+            ``<id>_mask.gif`` layout.
+        label_suffix: what follows the image's stem in its label image's name (``_L``,
+            ``_gtFine_labelIds``, ``_mask``), before the suffix.
+        class_names: the class of each label value 0, 1, 2, ... (``semantic``, ``raster``:
+            ``--class-names``; ``masks``: ``--mask-classes``, values 1.. with 0 background;
+            ``kaggle-rle``: the names of ClassId 1, 2, ...). A name in ``RESERVED_LABELS``
+            (``_background_``) marks background.
+        palette: a ``.csv``/``.json`` table class → RGB for colour-coded label images.
+        ignore_value: the label value (or, with a palette, the palette row's value) that means
+            "ignore" (CamVid 11, Cityscapes 255); written as 255.
+        thing_classes: classes whose connected components are also instances (``semantic``);
+            the other classes are stuff (semantic map only).
+        resize_masks: label images of another size than their image are resized (nearest)
+            instead of reported and skipped.
+        copy_images: copy images instead of hard-linking them.
+        csv: the ``kaggle-rle`` CSV; rle_order: ``"column"``/``"row"``, or None = from the
+            CSV's header.
+        coco_file: the COCO json of ``--format coco``; prune_categories: drop categories no
+            annotation uses.
+        patch, stride: ``raster`` patch side and step in pixels (stride None = patch).
     """
 
     allow_outside_root: bool = False
     mask_label: str | None = None
     mask_instances: Literal["components", "single"] = "components"
     mask_min_area: int = 16
+    labels_dir: str | None = None
+    label_suffix: str = ""
+    class_names: tuple[str, ...] | None = None
+    palette: str | None = None
+    ignore_value: int | None = None
+    thing_classes: tuple[str, ...] = ()
+    resize_masks: bool = False
+    copy_images: bool = False
+    csv: str | None = None
+    rle_order: Literal["column", "row"] | None = None
+    coco_file: str | None = None
+    prune_categories: bool = False
+    patch: int = 256
+    stride: int | None = None
 
 
 class AnnotationSource(ABC):
@@ -72,6 +108,15 @@ class AnnotationSource(ABC):
         Problems that concern the whole input (e.g. an entry whose image is missing) are added
         to ``report``; a folder with nothing to convert raises ``DatasetError``.
         """
+
+    def categories(self) -> list[str] | None:
+        """The category names in id order when the input defines them (class names, a COCO
+        file's categories, ``data.yaml``), else None (collected from :meth:`labels`)."""
+        return None
+
+    def summary(self) -> dict:
+        """Facts about the input to add to the conversion summary (e.g. the RLE order used)."""
+        return {}
 
     @abstractmethod
     def labels(self, item: str) -> list[str]:

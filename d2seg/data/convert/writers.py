@@ -18,6 +18,7 @@ Conventions:
   visible part. Every category is a thing (``isthing: 1``).
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -42,14 +43,40 @@ def encode_mask(mask: np.ndarray) -> tuple[dict, float, list[float]]:
     return rle, area, bbox
 
 
+def mask_area_bbox(mask: np.ndarray) -> tuple[float, list[float]]:
+    """:func:`encode_mask`'s area and bbox without the RLE (for instances written as
+    polygons): the pixel count and the tight XYWH box, as pycocotools' ``area``/``toBbox``."""
+    area = np.count_nonzero(mask)
+    if not area:
+        return 0.0, [0.0, 0.0, 0.0, 0.0]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x, y = int(cols[0]), int(rows[0])
+    return float(area), [float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)]
+
+
+def encoded_rle(rle: dict) -> tuple[dict, float, list[float]]:
+    """:func:`encode_mask`'s triple for a compressed pycocotools RLE (never decoded)."""
+    area, bbox = float(mask_util.area(rle)), mask_util.toBbox(rle).tolist()
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.decode("ascii") if isinstance(
+        counts, bytes) else counts}, area, bbox
+
+
 def instance_annotations(record: ImageRecord, category_ids: dict[str, int]) -> list[dict]:
-    """COCO annotation entries (without ``id``/``image_id``) of the record's instances.
+    """COCO annotation entries (without ``id``/``image_id``) of the record's instances, stuff
+    regions included (the caller keeps only things in the COCO json, see
+    :func:`label_maps`).
 
     Every instance label must be in ``category_ids``.
     """
     annotations = []
     for instance in record.instances:
-        rle, area, bbox = encode_mask(instance.mask)
+        if instance.mask is None:
+            rle, area, bbox = encoded_rle(instance.rle)
+        elif instance.polygons is not None:
+            rle, (area, bbox) = None, mask_area_bbox(instance.mask)
+        else:
+            rle, area, bbox = encode_mask(instance.mask)
         annotations.append(
             {
                 "category_id": category_ids[instance.label],
@@ -69,17 +96,23 @@ def label_maps(
 
     ``annotations`` are :func:`instance_annotations` of ``record`` (same order). Returns
     (uint8 H×W semantic map, uint8 H×W×3 panoptic RGB, segments). Instances hidden entirely by
-    later ones (or by the ignore region) get no segment.
+    later ones (or by the ignore region) get no segment; stuff regions (``isthing`` False) are
+    drawn in the semantic map only (void in the panoptic PNG).
     """
     # One painting pass: segment k = instance k-1; the semantic map is a lookup of it.
     segment_ids = np.zeros((record.height, record.width), dtype=np.int32)
     for segment_id, instance in enumerate(record.instances, start=1):
-        segment_ids[instance.mask] = segment_id
+        segment_ids[instance.pixels()] = segment_id
     lookup = np.array([0] + [a["category_id"] for a in annotations], dtype=np.uint8)
     semantic = lookup[segment_ids]
     if record.ignore_mask is not None:
         semantic[record.ignore_mask] = IGNORE_VALUE
         segment_ids[record.ignore_mask] = 0
+    stuff = [i for i, instance in enumerate(record.instances, start=1) if not instance.isthing]
+    if stuff:
+        keep = np.ones(len(annotations) + 1, dtype=bool)
+        keep[stuff] = False
+        segment_ids = np.where(keep[segment_ids], segment_ids, 0)
     visible_areas = np.bincount(segment_ids.ravel(), minlength=len(annotations) + 1)
     segments = []
     for segment_id, annotation in enumerate(annotations, start=1):
@@ -122,14 +155,26 @@ def write_png(path: Path, array: np.ndarray) -> None:
     _imwrite(path, array, _PNG_FAST)
 
 
-def write_image(record: ImageRecord, images_dir: Path) -> None:
-    """Copy the record's image file to ``images_dir/file_name``, or encode its pixels there."""
+def write_image(record: ImageRecord, images_dir: Path, *, copy: bool = False) -> None:
+    """Put the record's image at ``images_dir/file_name``: its pixels encoded (``numpy.save``
+    for a ``.npy`` name), or its file hard-linked (copied with ``copy``, or when the link fails,
+    e.g. across file systems)."""
     dest = images_dir / record.file_name
     if record.image is not None:
-        _imwrite(dest, record.image, [])
+        if dest.suffix.lower() == ".npy":
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            np.save(dest, record.image, allow_pickle=False)
+        else:
+            _imwrite(dest, record.image, [])
         return
     assert record.image_path is not None, "an ImageRecord needs image or image_path"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if not copy:
+        try:
+            os.link(record.image_path, dest)
+            return
+        except OSError:  # another file system, or links not allowed: copy instead
+            pass
     shutil.copyfile(record.image_path, dest)
 
 
@@ -140,6 +185,7 @@ def coco_json(
 
     ``images`` and ``annotations`` carry their ids already; panoptic ``annotations`` are per
     image ``{image_id, file_name, segments_info}``. Category ids are 1..N in ``categories`` order.
+    Panoptic categories are all things: stuff regions are void there (see :func:`label_maps`).
     """
     thing = {"isthing": 1} if panoptic else {}
     return {

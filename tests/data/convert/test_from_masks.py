@@ -167,3 +167,59 @@ def test_folder_without_pairs_is_a_dataset_error(tmp_path):
     _save_image(tmp_path / "a.jpg")
     with pytest.raises(DatasetError, match=r"no image has a mask named <id>_mask\.gif.*fix:"):
         MaskImageSource(tmp_path).items(ConversionReport())
+
+
+def _person_folders(root: Path, mask_values: np.ndarray, suffix: str = "") -> None:
+    """The person-segmentation layout: images/<stem>.jpg + masks/<stem><suffix>.png."""
+    for stem in ("p1", "p2"):
+        _save_image(root / "images" / f"{stem}.jpg")
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask_values).save(root / "masks" / f"{stem}{suffix}.png")
+
+
+@pytest.mark.parametrize("scale", [1, 255], ids=["0_1", "0_255"])
+def test_images_and_masks_folders_paired_by_stem(tmp_path, scale):
+    _person_folders(tmp_path, _two_blobs().astype(np.uint8) * scale, suffix="_mask")
+    options = SourceOptions(labels_dir=str(tmp_path / "masks"), label_suffix="_mask",
+                            mask_label="person")
+    summary = convert_dataset(tmp_path / "images", tmp_path / "out", fmt="masks", options=options)
+    assert summary["categories"] == ["person"]
+    assert summary["splits"]["all"]["annotations"] == 4
+    semantic = np.asarray(Image.open(tmp_path / "out/sem_seg/all/p1.png"))
+    np.testing.assert_array_equal(semantic, _two_blobs().astype(np.uint8))
+
+
+def test_multi_class_masks_value_is_the_class(tmp_path):
+    values = np.zeros((HEIGHT, WIDTH), np.uint8)
+    values[5:20, 5:30] = 1
+    values[30:60, 50:90] = 2
+    _person_folders(tmp_path, values)
+    options = SourceOptions(labels_dir=str(tmp_path / "masks"), class_names=("scratch", "dent"))
+    summary = convert_dataset(tmp_path / "images", tmp_path / "out", fmt="masks", options=options)
+    assert summary["categories"] == ["scratch", "dent"]
+    coco = json.loads((tmp_path / "out/annotations/all.json").read_text())
+    first = sorted((a["category_id"], a["bbox"], a["area"]) for a in coco["annotations"]
+                   if a["image_id"] == 1)
+    assert first == [(1, [5.0, 5.0, 25.0, 15.0], 375.0), (2, [50.0, 30.0, 40.0, 30.0], 1200.0)]
+    semantic = np.asarray(Image.open(tmp_path / "out/sem_seg/all/p1.png"))
+    np.testing.assert_array_equal(semantic, values)
+
+
+def test_colour_palette_masks(tmp_path):
+    values = np.zeros((HEIGHT, WIDTH), np.uint8)
+    values[10:40, 10:40] = 1
+    colours = np.array([[0, 0, 0], [192, 128, 128]], np.uint8)  # VOC background, person
+    _person_folders(tmp_path, colours[values])
+    palette = tmp_path / "palette.json"
+    palette.write_text(json.dumps({"_background_": [0, 0, 0], "person": [192, 128, 128]}))
+    options = SourceOptions(labels_dir=str(tmp_path / "masks"), palette=str(palette))
+    summary = convert_dataset(tmp_path / "images", tmp_path / "out", fmt="masks", options=options)
+    assert summary["categories"] == ["person"]
+    semantic = np.asarray(Image.open(tmp_path / "out/sem_seg/all/p2.png"))
+    np.testing.assert_array_equal(semantic, values)
+    bad = colours[values].copy()
+    bad[0, 1] = (1, 2, 3)
+    Image.fromarray(bad).save(tmp_path / "masks" / "p2.png")
+    with pytest.raises(AnnotationError, match=r"p2\.png: colour \(1, 2, 3\) at x=1, y=0 is not in"):
+        convert_dataset(tmp_path / "images", tmp_path / "bad", fmt="masks", options=options)
+    assert not (tmp_path / "bad").exists()
