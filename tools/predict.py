@@ -187,8 +187,17 @@ class Predict:
 
 
 def display_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
-    """A model-format image as the Visualizer takes it (RGB; gray and bands as they are)."""
-    return np.ascontiguousarray(image[:, :, ::-1]) if input_format == "BGR" else image
+    """A model-format image as the Visualizer takes it: RGB; gray and uint8 bands as they
+    are; a float raster's shown bands (the first 3, or band 0) stretched from their 2nd to
+    98th percentile onto 0..255, since its values are in the file's units."""
+    if input_format == "BGR":
+        return np.ascontiguousarray(image[:, :, ::-1])
+    if image.dtype == np.uint8:
+        return image
+    shown = image[:, :, :3] if image.shape[2] >= 3 else image[:, :, :1]
+    low, high = np.percentile(shown, [2, 98], axis=(0, 1))
+    stretched = (shown - low) / np.maximum(high - low, 1e-6) * 255
+    return np.clip(stretched, 0, 255).astype(np.uint8)
 
 
 def main() -> int:

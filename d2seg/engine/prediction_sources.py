@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from d2seg.data.convert.layout import ConvertedLayout
-from d2seg.data.io import read_image, read_json
+from d2seg.data.io import read_image, read_json, read_raster
 from d2seg.errors import ConfigError, D2SegError, DatasetError
 from d2seg.utils.cli import user_message
 
@@ -175,33 +175,6 @@ def expand_inputs(values: Sequence[str]) -> ExpandedInputs:
     return out
 
 
-def _read_raster(path: Path) -> np.ndarray:
-    """A ``.tif``/``.npy`` as uint8 H×W×C (C×H×W with few bands is transposed; 16-bit is
-    scaled onto 0..255 as :func:`~d2seg.data.io.read_image` does)."""
-    try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            import tifffile  # only rasters need it
-
-            array = tifffile.imread(path)
-    except Exception as e:  # every decoder error is a bad file here
-        raise DatasetError(f"{path} cannot be read ({e}); fix: re-save it") from e
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim == 3 and array.shape[0] < min(array.shape[1:]) and array.shape[0] <= 16:
-        array = array.transpose(1, 2, 0)  # planar (bands first), as GDAL writes GeoTIFFs
-    if array.ndim != 3:
-        raise DatasetError(f"{path} is an array of shape {array.shape}; fix: save H×W×bands")
-    if array.dtype == np.uint16:
-        array = np.rint(array / 257.0)
-    elif array.dtype != np.uint8:
-        raise DatasetError(
-            f"{path} holds {array.dtype} values; fix: save 0-255 uint8 (or uint16) bands"
-        )
-    return np.ascontiguousarray(array, dtype=np.uint8)
-
-
 def _match_bands(array: np.ndarray, path: Path, input_format: str, num_channels: int) -> np.ndarray:
     """``array`` (H×W×bands, RGB order for 3 bands) in the model's channels: 3 bands into a
     grayscale model are converted, 1 band into a colour model is repeated, other mismatches are
@@ -221,15 +194,22 @@ def _match_bands(array: np.ndarray, path: Path, input_format: str, num_channels:
 
 
 def read_input(path: Path, input_format: str, num_channels: int) -> np.ndarray:
-    """One image as uint8 H×W×C in ``input_format`` (the model's ``INPUT.FORMAT``).
+    """One image as H×W×C in ``input_format`` (the model's ``INPUT.FORMAT``): uint8, or
+    float32 for a raster of another dtype (its stored values, as training read it).
 
     Photos are converted to the model's colour space (a colour photo into a grayscale model
-    becomes gray); rasters (``.tif``, ``.npy``) and the photos of an ``"N"`` model keep their
-    bands, which must match ``num_channels`` (see :func:`_match_bands`). Unreadable files are a
-    :class:`DatasetError` naming them.
+    becomes gray); rasters (``.tif``, ``.npy``, read by :func:`~d2seg.data.io.read_raster`) and
+    the photos of an ``"N"`` model keep their bands, which must match ``num_channels`` (see
+    :func:`_match_bands`). Unreadable files are a :class:`DatasetError` naming them.
     """
     if path.suffix.lower() in RASTER_EXTENSIONS:
-        array = _read_raster(path)
+        array = read_raster(path)
+        if array.dtype != np.uint8 and input_format != "N":
+            raise DatasetError(
+                f"{path} holds {array.dtype} values but the model takes 0-255 pixels "
+                f"(INPUT.FORMAT {input_format!r}); fix: save uint8 bands, or train an "
+                f"INPUT.FORMAT 'N' model on these rasters (it reads their values as they are)"
+            )
     elif input_format == "N":
         array = read_image(path, "N")
     else:

@@ -160,11 +160,12 @@ class DefaultPredictor:
 
     def _model_input(self, image: np.ndarray, format: str | None) -> dict[str, Any]:
         """One H×W×C image → the model input the test loader would give for it."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raster = self.input_format == "N" and getattr(image, "dtype", None) == np.float32
+        if not isinstance(image, np.ndarray) or not (image.dtype == np.uint8 or raster):
             raise ConfigError(
-                f"the predictor takes uint8 numpy images, got "
-                f"{getattr(image, 'dtype', type(image).__name__)}; fix: pass e.g. cv2.imread(...) "
-                f"or np.asarray(PIL.Image.open(...))"
+                f"the predictor takes uint8 numpy images (float32 rasters for INPUT.FORMAT "
+                f"'N'), got {getattr(image, 'dtype', type(image).__name__)}; fix: pass e.g. "
+                f"cv2.imread(...) or np.asarray(PIL.Image.open(...))"
             )
         if image.ndim == 2:
             image = image[:, :, None]
