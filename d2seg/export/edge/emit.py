@@ -174,6 +174,30 @@ def _s8_scratch_bytes(graph: Graph, node: Node) -> int:
     return _col_elements(graph, node) + (depth + 3) // 4 * 4 * COL_BLOCK
 
 
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _float(value: float) -> str:
+    """A C++ float literal; ±inf becomes ±FLT_MAX (a clamp to it is the identity)."""
+    return f"{float(np.float32(min(max(value, -FLT_MAX), FLT_MAX)))!r}f"
+
+
+def _quantized_clip(node: Node, scale: float, zero: int) -> tuple[int, int]:
+    """The int8 output clamp of a Conv's fused activation."""
+    lo, hi = node.attrs["clip"]
+    q_lo = -128 if lo == -math.inf else int(np.clip(round(lo / scale) + zero, -128, 127))
+    q_hi = 127 if hi == math.inf else int(np.clip(round(hi / scale) + zero, -128, 127))
+    return q_lo, q_hi
+
+
+def is_depthwise(graph: Graph, node: Node) -> bool:
+    """One input channel per group and one output per channel: the direct depthwise kernel."""
+    channels = graph.shapes[node.inputs[0]][1]
+    weight = graph.constants[node.inputs[1]]
+    return node.attrs["group"] == channels == weight.shape[0] and weight.shape[1] == 1 \
+        and channels > 1 and not node.attrs.get("residual")
+
+
 def _emit_conv(p: _Program, node: Node, step: int) -> None:
     g = p.graph
     weight = g.constants[node.inputs[1]]
@@ -183,32 +207,50 @@ def _emit_conv(p: _Program, node: Node, step: int) -> None:
     groups = node.attrs["group"]
     out = g.shapes[node.outputs[0]]
     p.macs += _size(out) * _size(weight.shape[1:])
-    col = _col_elements(g, node)
     x, y = node.inputs[0], node.outputs[0]
-    relu = "true" if node.attrs["activation"] == "relu" else "false"
-    if g.dtype(y) == "float32":
+    depthwise = is_depthwise(g, node)
+    int8 = g.dtype(y) == "int8"
+    if depthwise:
+        acc_type = "int32_t" if int8 else "float"
+        scratch = p.add_scratch(node, 4 * out[3], step)  # one output row of accumulators
+        scratch = f"arena<{acc_type}>({p.offset_constant(scratch)})"
+    if not int8:
+        lo, hi = (_float(v) for v in node.attrs["clip"])
+        if depthwise:
+            p.statements.append(
+                f"depthwise_conv2d_f32({p.ref(x)}, {_conv_shape(g, node)}, "
+                f"{p.const(weight, 'float32')}, {p.const(bias, 'float32')}, {lo}, {hi}, "
+                f"{p.ref(y)}, {scratch});")
+            return
+        col = _col_elements(g, node)
         scratch = f"arena<float>({p.offset_constant(p.add_scratch(node, 4 * col, step))})" \
             if col else "nullptr"
         residual = p.ref(node.inputs[3]) if node.attrs.get("residual") else "nullptr"
         p.statements.append(
             f"conv2d_f32({p.ref(x)}, {_conv_shape(g, node)}, "
             f"{p.const(pack_conv_weights(weight, groups), 'float32')}, "
-            f"{p.const(bias, 'float32')}, {residual}, {relu}, {p.ref(y)}, {scratch});")
+            f"{p.const(bias, 'float32')}, {residual}, {lo}, {hi}, {p.ref(y)}, {scratch});")
         return
     (s_in, z_in), (s_out, z_out) = g.quant[x], g.quant[y]
     wq, w_scale = quantize_weights(weight)
     bias_q = np.round(bias / (s_in * w_scale)).astype(np.int64)
     bias_q -= z_in * wq.reshape(m, -1).astype(np.int64).sum(axis=1)
     multipliers = [quantize_multiplier(s_in * ws / s_out) for ws in w_scale]
+    act_min, act_max = _quantized_clip(node, s_out, z_out)
+    quant = (f"ConvQuant{{{z_in}, {z_out}, {act_min}, {act_max}, "
+             f"{p.const([q for q, _ in multipliers], 'int32')}, "
+             f"{p.const([s for _, s in multipliers], 'int32')}}}")
+    if depthwise:
+        p.statements.append(
+            f"depthwise_conv2d_s8({p.ref(x)}, {_conv_shape(g, node)}, {p.const(wq, 'int8')}, "
+            f"{p.const(bias_q, 'int32')}, {quant}, {p.ref(y)}, {scratch});")
+        return
     scratch = "arena<int8_t>(" \
         f"{p.offset_constant(p.add_scratch(node, _s8_scratch_bytes(g, node), step))})"
-    act_min = z_out if relu == "true" else -128
     p.statements.append(
         f"conv2d_s8({p.ref(x)}, {_conv_shape(g, node)}, "
         f"{p.const(pack_conv_weights(wq, groups), 'int8')}, {p.const(bias_q, 'int32')}, "
-        f"ConvQuant{{{z_in}, {z_out}, {act_min}, 127, "
-        f"{p.const([q for q, _ in multipliers], 'int32')}, "
-        f"{p.const([s for _, s in multipliers], 'int32')}}}, {p.ref(y)}, {scratch});")
+        f"{quant}, {p.ref(y)}, {scratch});")
 
 
 def _emit_conv_transpose(p: _Program, node: Node, step: int) -> None:
@@ -286,7 +328,15 @@ def _emit_binary(p: _Program, node: Node, step: int) -> None:
     op = {"Add": "kAdd", "Sub": "kSub", "Mul": "kMul", "Div": "kDiv"}[node.op]
     relu = "true" if node.attrs.get("activation") == "relu" else "false"
     a, b = node.inputs
-    if g.dtype(y) == "int8":
+    channel = node.attrs.get("broadcast") == "channel"
+    channels, pixels = g.shapes[y][1], _size(g.shapes[y][2:])
+    if g.dtype(y) == "int8" and node.op == "Mul":
+        (sa, za), (sb, zb), (so, zo) = g.quant[a], g.quant[b], g.quant[y]
+        m, shift = quantize_multiplier(sa * sb / so)
+        p.statements.append(
+            f"mul_s8({p.ref(a)}, {p.ref(b)}, {n}, {pixels if channel else 1}, "
+            f"MulQuant{{{za}, {zb}, {zo}, {m}, {shift}}}, {p.ref(y)});")
+    elif g.dtype(y) == "int8":
         (sa, za), (sb, zb), (so, zo) = g.quant[a], g.quant[b], g.quant[y]
         twice_max = 2 * max(sa, sb)
         ma, sha = quantize_multiplier(sa / twice_max)
@@ -296,6 +346,9 @@ def _emit_binary(p: _Program, node: Node, step: int) -> None:
         p.statements.append(
             f"add_s8({p.ref(a)}, {p.ref(b)}, {n}, AddQuant{{{za}, {zb}, {zo}, {ma}, {sha}, "
             f"{mb}, {shb}, {mo}, {sho}, {ADD_LEFT_SHIFT}, {act_min}, 127}}, {p.ref(y)});")
+    elif channel:
+        p.statements.append(f"mul_channel_f32({p.ref(a)}, {p.ref(b)}, {channels}, {pixels}, "
+                            f"{p.ref(y)});")
     elif b in g.constants:
         values = g.constants[b]
         first = "true" if node.attrs["constant_first"] else "false"
@@ -338,8 +391,30 @@ def _emit_unary(p: _Program, node: Node, step: int) -> None:
             p.statements.append(f"relu_s8({p.ref(x)}, {n}, {g.quant[y][1]}, {p.ref(y)});")
         else:
             p.statements.append(f"relu_f32({p.ref(x)}, {n}, {p.ref(y)});")
+    elif node.op in ELEMENTWISE and g.dtype(y) == "int8":
+        table = lookup_table(ELEMENTWISE[node.op](node), g.quant[x], g.quant[y])
+        p.statements.append(f"lookup_s8({p.ref(x)}, {n}, {p.const(table, 'int8')}, "
+                            f"{p.ref(y)});")
     elif node.op == "Sigmoid":
         p.statements.append(f"sigmoid_f32({p.ref(x)}, {n}, {p.ref(y)});")
+    elif node.op == "SiLU":
+        p.statements.append(f"silu_f32({p.ref(x)}, {n}, {p.ref(y)});")
+    elif node.op == "HardSwish":
+        p.statements.append(f"hard_swish_f32({p.ref(x)}, {n}, {p.ref(y)});")
+    elif node.op == "HardSigmoid":
+        p.statements.append(f"hard_sigmoid_f32({p.ref(x)}, {n}, {_float(node.attrs['alpha'])}, "
+                            f"{_float(node.attrs['beta'])}, {p.ref(y)});")
+    elif node.op == "Clip":
+        lo, hi = (_float(v) for v in node.attrs["clip"])
+        p.statements.append(f"clip_f32({p.ref(x)}, {n}, {lo}, {hi}, {p.ref(y)});")
+    elif node.op == "GlobalAveragePool" and g.dtype(y) == "int8":
+        (s_in, z_in), (s_out, z_out) = g.quant[x], g.quant[y]
+        m, shift = quantize_multiplier(s_in / (s_out * _size(shape[2:])))
+        p.statements.append(f"global_avg_pool_s8({p.ref(x)}, {shape[1]}, {_size(shape[2:])}, "
+                            f"{z_in}, {m}, {shift}, {z_out}, {p.ref(y)});")
+    elif node.op == "GlobalAveragePool":
+        p.statements.append(f"global_avg_pool_f32({p.ref(x)}, {shape[1]}, {_size(shape[2:])}, "
+                            f"{p.ref(y)});")
     elif node.op in ("Softmax", "ArgMax"):
         kernel = "softmax" if node.op == "Softmax" else "argmax"
         p.statements.append(f"{kernel}_channels_f32({p.ref(x)}, {shape[1]}, "
@@ -354,11 +429,35 @@ def _emit_unary(p: _Program, node: Node, step: int) -> None:
                             f"{zero}, {p.ref(y)});")
 
 
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+# Elementwise ops: the float function (float64 in, float64 out) an int8 lookup table samples.
+ELEMENTWISE = {
+    "Sigmoid": lambda node: _sigmoid,
+    "SiLU": lambda node: lambda v: v * _sigmoid(v),
+    "HardSwish": lambda node: lambda v: v * np.clip(v / 6 + 0.5, 0, 1),
+    "HardSigmoid": lambda node: lambda v: np.clip(node.attrs["alpha"] * v + node.attrs["beta"],
+                                                  0, 1),
+    "Clip": lambda node: lambda v: np.clip(v, *node.attrs["clip"]),
+}
+
+
+def lookup_table(function, quant_in: tuple[float, int], quant_out: tuple[float, int]):
+    """256 int8 outputs of ``function`` for q = -128..127 (index q + 128)."""
+    (s_in, z_in), (s_out, z_out) = quant_in, quant_out
+    real = function(s_in * (np.arange(-128, 128, dtype=np.float64) - z_in))
+    return np.clip(np.round(real / s_out) + z_out, -128, 127).astype(np.int8)
+
+
 _EMITTERS = {
     "Conv": _emit_conv, "ConvTranspose": _emit_conv_transpose, "MaxPool": _emit_max_pool,
     "Resize": _emit_resize, "Add": _emit_binary, "Sub": _emit_binary, "Mul": _emit_binary,
     "Div": _emit_binary, "Concat": _emit_concat, "Pad": _emit_window, "Slice": _emit_window,
     "Relu": _emit_unary, "Sigmoid": _emit_unary, "Softmax": _emit_unary, "ArgMax": _emit_unary,
+    "Clip": _emit_unary, "HardSigmoid": _emit_unary, "HardSwish": _emit_unary, "SiLU": _emit_unary,
+    "GlobalAveragePool": _emit_unary,
     "QuantizeLinear": _emit_unary, "DequantizeLinear": _emit_unary,
 }
 
