@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) tools/train_net.py --config-file configs/tiny/demo_carvana_unet_gray.yaml
 	$(PY) deploy/export_onnx.py --config-file configs/tiny/demo_carvana_unet_gray.yaml MODEL.WEIGHTS $(DEMO_OUT)/carvana_run/model_final.pth --output $(DEMO_OUT)/carvana_onnx --height 128 --width 192 --fp16
 	$(PY) deploy/lower_to_cpp.py $(DEMO_OUT)/carvana_onnx/model.onnx --output $(DEMO_OUT)/carvana_cpp --name carvana_unet --int8 --calib $(DEMO_OUT)/carvana_coco/images
-	g++ -std=c++17 -O2 -I deploy/runtime $(DEMO_OUT)/carvana_cpp/*.cpp -o $(DEMO_OUT)/carvana_cpp/prog
+	$(MAKE) -C $(DEMO_OUT)/carvana_cpp prog CXXFLAGS=-O2
 	$(PY) deploy/to_pnm.py $(DEMO_OUT)/carvana_coco/images/carvana_0001.jpg --height 128 --width 192 --format L --output $(DEMO_OUT)/carvana_cpp/in.pgm
 	$(DEMO_OUT)/carvana_cpp/prog $(DEMO_OUT)/carvana_cpp/in.pgm $(DEMO_OUT)/carvana_cpp/mask.pgm
 	@echo

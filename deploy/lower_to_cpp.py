@@ -3,8 +3,10 @@
 
     python deploy/lower_to_cpp.py model.onnx --output DIR [--int8 --calib IMAGES_DIR] [--name NAME]
 
-writes DIR/{NAME.h, NAME.cpp, main.cpp, CMakeLists.txt, report.json}; build the demo program
-with ``g++ -std=c++17 -O3 -I deploy/runtime DIR/*.cpp -o prog`` and run ``prog in.ppm out.pgm``.
+writes DIR/{NAME.h, NAME.cpp, NAME_weights.bin + NAME_weights.S (the constants, linked with
+.incbin), main.cpp, Makefile, CMakeLists.txt, report.json}; build the demo program with
+``make -C DIR`` and run ``DIR/prog in.ppm out.pgm`` (the mask: class k at gray k*255/(K-1)).
+An fp16 ONNX (export_onnx.py --fp16) is refused: lower the float32 model.onnx.
 """
 
 import argparse

@@ -7,7 +7,7 @@ from d2seg.errors import ConfigError
 from d2seg.export.edge.emit import emit_model
 from d2seg.export.edge.ir import load_onnx
 from d2seg.export.edge.passes import optimize
-from d2seg.export.edge.project import cmake_lists, main_source
+from d2seg.export.edge.project import cmake_lists, main_source, makefile
 from d2seg.export.edge.quantize import calibrate, load_calibration_images, quantize_graph
 from d2seg.export.edge.report import lowering_report
 from d2seg.utils.io import atomic_directory, atomic_write_json
@@ -21,7 +21,9 @@ def lower_onnx_to_cpp(
     int8: bool = False,
     calib_dir: str | Path | None = None,
 ) -> dict:
-    """Write ``output_dir``/{name}.h, {name}.cpp, main.cpp, CMakeLists.txt, report.json.
+    """Write ``output_dir``/{name}.h, {name}.cpp, {name}_weights.bin/.S (the constants, linked
+    with ``.incbin``), main.cpp, Makefile, CMakeLists.txt,
+    report.json.
 
     Args:
         onnx_path: a static ONNX graph, input float32 1×C×H×W pixels 0-255.
@@ -56,8 +58,11 @@ def lower_onnx_to_cpp(
                              input_shape=input_shape, output_shape=output_shape)
     with atomic_directory(output_dir) as tmp:
         (tmp / f"{name}.h").write_text(model.header)
-        (tmp / f"{name}.cpp").write_text(model.source, encoding="latin-1")
+        (tmp / f"{name}.cpp").write_text(model.source)
+        (tmp / f"{name}_weights.bin").write_bytes(model.weights)
+        (tmp / f"{name}_weights.S").write_text(model.assembly)
         (tmp / "main.cpp").write_text(main_source(name))
         (tmp / "CMakeLists.txt").write_text(cmake_lists(name))
+        (tmp / "Makefile").write_text(makefile(name))
         atomic_write_json(tmp / "report.json", report, indent=2)
     return report
