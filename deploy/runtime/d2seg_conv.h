@@ -77,13 +77,20 @@ inline int conv_col_elements(const ConvShape& s) {
 
 // Version of the int8 scratch layouts (conv_s8_scratch_bytes, resize_bilinear_s8's row) that
 // generated code plans its arena for; bumped whenever either changes.
-constexpr int kS8ScratchLayout = 2;
+constexpr int kS8ScratchLayout = 3;
 
-// Bytes of an int8 convolution's scratch: the im2col columns, then (VNNI) one column block of
-// B packed for vpdpbusd; the layout is the same for every build so one arena fits all.
-inline int conv_s8_scratch_bytes(const ConvShape& s) {
+// Columns of B one GEMM call packs at most: a column block, rounded up to whole tiles.
+inline int conv_pack_columns(const ConvShape& s) {
+  const int cols = conv_is_pointwise(s) ? s.OH * s.OW : conv_block_rows(s) * s.OW;
+  return (std::min(kColBlock, cols) + kConvCols - 1) / kConvCols * kConvCols;
+}
+
+// Bytes of an int8 convolution's scratch: the im2col columns, then (with `pack`: the VNNI
+// build) one column block of B packed for vpdpbusd. Generated code plans host models with the
+// pack (one arena for every host build) and microcontroller models without it.
+inline int conv_s8_scratch_bytes(const ConvShape& s, bool pack) {
   return conv_col_elements(s) +
-         packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * kColBlock;
+         (pack ? packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * conv_pack_columns(s) : 0);
 }
 
 // col[(c*kh + ky)*kw + kx][(oy - oy0)*OW + ox] = x[c][oy*sh - pt + ky*dh][ox*sw - pl + kx*dw]

@@ -17,12 +17,13 @@ import numpy as np
 
 from d2seg.errors import ConfigError
 from d2seg.export.edge.ir import Graph, Node
-from d2seg.export.edge.planner import ArenaPlan, Buffer, aligned, plan_arena
+from d2seg.export.edge.planner import Buffer, RegionPlan, aligned, live_bytes, plan_regions
 from d2seg.export.edge.quantize import quantize_multiplier, quantize_weights
 
 CONV_ROWS = 6  # d2seg_rt::kConvRows: output channels per packed weight panel
-S8_SCRATCH_LAYOUT = 2  # d2seg_rt::kS8ScratchLayout: scratch of conv2d_s8 / resize_bilinear_s8
+S8_SCRATCH_LAYOUT = 3  # d2seg_rt::kS8ScratchLayout: scratch of conv2d_s8 / resize_bilinear_s8
 COL_BLOCK = 256  # d2seg_rt::kColBlock: im2col columns built at once
+CONV_COLS_MAX = 32  # d2seg_rt::kConvCols of the VNNI build (AVX-512): columns per GEMM tile
 ADD_LEFT_SHIFT = 20  # headroom bits of the int8 Add (TFLite)
 ITEM_BYTES = {"float32": 4, "int8": 1}
 C_TYPES = {"float32": "float", "int8": "int8_t"}
@@ -127,6 +128,7 @@ class _Program:
     scratch: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (bytes, step)
     macs: int = 0
     ids: dict[str, str] = field(default_factory=dict)
+    simd_pack: bool = True  # reserve the VNNI column pack in int8 conv scratch (host builds)
 
     def offset_constant(self, name: str) -> str:
         """C++ name of the arena offset of buffer ``name`` (unique per tensor)."""
@@ -179,12 +181,17 @@ def _col_elements(graph: Graph, node: Node) -> int:
     return 0 if pointwise else c // node.attrs["group"] * kh * kw * block_rows * ow
 
 
-def _s8_scratch_bytes(graph: Graph, node: Node) -> int:
-    """d2seg_rt::conv_s8_scratch_bytes: im2col columns, then one column block of B packed in
-    k-quads for the VNNI GEMM (reserved on every build so the arena does not depend on flags)."""
+def _s8_scratch_bytes(graph: Graph, node: Node, pack: bool) -> int:
+    """d2seg_rt::conv_s8_scratch_bytes: im2col columns, then (``pack``: host builds, where
+    AVX-512 VNNI may be enabled) one column block of B packed in k-quads, rounded up to tiles."""
     depth = graph.shapes[node.inputs[0]][1] // node.attrs["group"] * \
         int(np.prod(node.attrs["kernel"]))
-    return _col_elements(graph, node) + (depth + 3) // 4 * 4 * COL_BLOCK
+    if not pack:
+        return _col_elements(graph, node)
+    oh, ow = graph.shapes[node.outputs[0]][2:]
+    cols = oh * ow if _col_elements(graph, node) == 0 else min(oh, max(1, COL_BLOCK // ow)) * ow
+    cols = (min(COL_BLOCK, cols) + CONV_COLS_MAX - 1) // CONV_COLS_MAX * CONV_COLS_MAX
+    return _col_elements(graph, node) + (depth + 3) // 4 * 4 * cols
 
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -259,7 +266,7 @@ def _emit_conv(p: _Program, node: Node, step: int) -> None:
             f"{p.const(bias_q, 'int32')}, {quant}, {p.ref(y)}, {scratch});")
         return
     scratch = "arena<int8_t>(" \
-        f"{p.offset_constant(p.add_scratch(node, _s8_scratch_bytes(g, node), step))})"
+        f"{p.offset_constant(p.add_scratch(node, _s8_scratch_bytes(g, node, p.simd_pack), step))})"
     p.statements.append(
         f"conv2d_s8({p.ref(x)}, {_conv_shape(g, node)}, "
         f"{p.const(pack_conv_weights(wq, groups), 'int8')}, {p.const(bias_q, 'int32')}, "
@@ -494,7 +501,7 @@ def _buffers(program: _Program) -> list[Buffer]:
                last[name])
         for name in first if name not in external
     ]
-    buffers += [Buffer(name, nbytes, step, step)
+    buffers += [Buffer(name, nbytes, step, step, hot=True)
                 for name, (nbytes, step) in program.scratch.items()]
     return buffers
 
@@ -507,24 +514,66 @@ class GeneratedModel:
     source: str
     weights: bytes  # {name}_weights.bin
     assembly: str  # {name}_weights.S
-    plan: ArenaPlan
+    plan: RegionPlan
+    peak_node: str  # "op node" where the live set is largest
     weights_bytes: int
     macs: int
 
 
-def emit_model(graph: Graph, name: str, source_name: str) -> GeneratedModel:
+HOST_REGIONS = {"ram": (1 << 40, "")}
+
+
+def _peak(graph: Graph, buffers: list[Buffer]) -> tuple[int, str]:
+    """(bytes, "op node") of the largest live set."""
+    live = live_bytes(buffers)
+    if not live:
+        return 0, "none"
+    step = max(live, key=live.get)
+    return live[step], f"{graph.nodes[step].op} node {graph.nodes[step].name!r}"
+
+
+def _does_not_fit(graph: Graph, buffers: list[Buffer], plan: RegionPlan,
+                  regions: dict[str, tuple[int, str]], target: str,
+                  source_name: str) -> ConfigError:
+    peak, where = _peak(graph, buffers)
+    room = sum(capacity for capacity, _ in regions.values())
+    largest = max(buffers, key=lambda b: b.size)
+    _, _, height, width = graph.shapes[graph.inputs[0]]
+    factor = math.sqrt(min(room / max(peak, 1), 1.0))
+    side = [max(32, int(v * factor) // 32 * 32) for v in (height, width)]
+    free = ", ".join(f"{n} {c // 1024} KiB" for n, (c, _) in regions.items())
+    return ConfigError(
+        f"{source_name}: the arena does not fit --target {target}: the largest live "
+        f"set is {peak // 1024} KiB at {where} (largest buffer {largest.name!r}, "
+        f"{largest.size // 1024} KiB; {len(plan.unplaced)} buffers left unplaced) but the "
+        f"regions hold {free}; fix: export a smaller input (about {side[0]}x{side[1]}: the "
+        f"live set scales with the pixels) or a narrower model (a smaller width multiplier or "
+        f"DECODER_CHANNELS)")
+
+
+def emit_model(graph: Graph, name: str, source_name: str,
+               regions: dict[str, tuple[int, str]] = HOST_REGIONS,
+               target: str = "host") -> GeneratedModel:
     """C++ sources for ``graph`` (optimised, optionally quantised) with entry point
-    ``extern "C" int {name}_run(const float* input, float* output)``."""
+    ``extern "C" int {name}_run(const float* input, float* output)``.
+
+    ``regions``: name → (bytes available to the arena, C++ attribute placing an array there),
+    fastest first; the arena is split across them (:func:`plan_regions`). Raises ConfigError
+    naming the largest live set, its node and a fix when it does not fit ``target``.
+    """
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ConfigError(f"{source_name}: the graph has {len(graph.inputs)} inputs and "
                           f"{len(graph.outputs)} outputs; fix: export one image input and one "
                           f"output (the semantic logits)")
     if graph.inputs[0] in graph.outputs:
         raise ConfigError(f"{source_name}: the graph's output is its input; fix: export a model")
-    program = _Program(graph)
+    program = _Program(graph, simd_pack=target == "host")
     for step, node in enumerate(graph.nodes):
         _EMITTERS[node.op](program, node, step)
-    plan = plan_arena(_buffers(program))
+    buffers = _buffers(program)
+    plan = plan_regions(buffers, {n: capacity for n, (capacity, _) in regions.items()})
+    if plan.unplaced:
+        raise _does_not_fit(graph, buffers, plan, regions, target, source_name)
     in_shape, out_shape = graph.shapes[graph.inputs[0]], graph.shapes[graph.outputs[0]]
     macro = name.upper()
     precision = "int8" if any(d == "int8" for d in graph.dtypes.values()) else "float32"
@@ -533,6 +582,10 @@ def emit_model(graph: Graph, name: str, source_name: str) -> GeneratedModel:
     int8_guard = (f"static_assert(d2seg_rt::kS8ScratchLayout == {S8_SCRATCH_LAYOUT}, "
                   f"\"regenerate: runtime int8 scratch layout changed\");\n"
                   if precision == "int8" else "")
+    if precision == "int8" and not program.simd_pack:
+        int8_guard += ("#if defined(D2SEG_INT8_VNNI)\n#error \"planned for a microcontroller "
+                       "(no VNNI column pack in the arena): lower with --target host for this "
+                       "CPU\"\n#endif\n")
     header = f"""// {name}.h: generated by deploy/lower_to_cpp.py from {source_name}; do not edit.
 #ifndef {macro}_H
 #define {macro}_H
@@ -563,9 +616,20 @@ int {name}_run(const float* input, float* output);
 
 #endif  // {macro}_H
 """
+    arenas = "\n".join(
+        f"alignas(16) static unsigned char g_arena_{region}[{size}] {attribute}".rstrip() + ";"
+        for region, (_, attribute) in regions.items()
+        if (size := plan.sizes[region]))
+    if not arenas:
+        arenas = "alignas(16) static unsigned char g_arena_none[16];"
+    psram = "\n".join(["#if defined(__has_include)", "#if __has_include(\"esp_attr.h\")",
+                       "#include \"esp_attr.h\"", "#endif", "#endif",
+                       "#ifndef EXT_RAM_BSS_ATTR", "#define EXT_RAM_BSS_ATTR", "#endif"]) \
+        if any("EXT_RAM_BSS_ATTR" in a for _, a in regions.values()) else ""
     offsets = "\n".join(
-        f"constexpr long {program.offset_constant(n)} = {plan.offsets[n]};"
-        for n in sorted(plan.offsets, key=plan.offsets.get))
+        f"unsigned char* const {program.offset_constant(n)} = g_arena_{plan.region[n]} + "
+        f"{plan.offsets[n]};"
+        for n in sorted(plan.offsets, key=lambda n: (plan.region[n], plan.offsets[n])))
     body = "\n".join(f"  {s}" for s in program.statements)
     source = f"""// {name}.cpp: generated by deploy/lower_to_cpp.py from {source_name}; do not edit.
 #include "{name}.h"
@@ -573,7 +637,7 @@ int {name}_run(const float* input, float* output);
 #include <cstdint>
 
 #include "d2seg_kernels.h"
-
+{psram}
 // The weight packing and the arena's im2col scratch were computed for this kernel layout.
 static_assert(d2seg_rt::kConvRows == {CONV_ROWS}, "regenerate: runtime panel height changed");
 static_assert(d2seg_rt::kColBlock == {COL_BLOCK}, "regenerate: runtime column block changed");
@@ -585,8 +649,9 @@ namespace {{
 extern "C" const unsigned char {name}_weights[] __attribute__((visibility("hidden")));
 const unsigned char* const kBlob = {name}_weights;
 
-// One arena for every intermediate tensor, planned at generation time.
-alignas(16) static unsigned char g_arena[{max(plan.size, 16)}];
+// The arena of every intermediate tensor, one array per memory region, planned at generation
+// time ({", ".join(f"{r} {b}" for r, b in plan.sizes.items())} bytes).
+{arenas}
 
 {offsets}
 
@@ -594,7 +659,7 @@ template <typename T>
 const T* blob(long offset) {{ return reinterpret_cast<const T*>(kBlob + offset); }}
 
 template <typename T>
-T* arena(long offset) {{ return reinterpret_cast<T*>(g_arena + offset); }}
+T* arena(unsigned char* at) {{ return reinterpret_cast<T*>(at); }}
 
 }}  // namespace
 
@@ -605,4 +670,4 @@ extern "C" int {name}_run(const float* input, float* output) {{
 }}
 """
     return GeneratedModel(header, source, bytes(program.blob.data), weights_assembly(name), plan,
-                          len(program.blob.data), program.macs)
+                          _peak(graph, buffers)[1], len(program.blob.data), program.macs)
