@@ -621,7 +621,7 @@ int {name}_run(const float* input, float* output);
         for region, (_, attribute) in regions.items()
         if (size := plan.sizes[region]))
     if not arenas:
-        arenas = "alignas(16) static unsigned char g_arena_none[16];"
+        arenas = "// (none: every tensor is the graph's input or output)"
     psram = "\n".join(["#if defined(__has_include)", "#if __has_include(\"esp_attr.h\")",
                        "#include \"esp_attr.h\"", "#endif", "#endif",
                        "#ifndef EXT_RAM_BSS_ATTR", "#define EXT_RAM_BSS_ATTR", "#endif"]) \
