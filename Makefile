@@ -47,10 +47,11 @@ demo: $(STAMP)
 # (mps2-an500, semihosting) and print the flash/RAM figures and the mask's agreement with the
 # host build of the same code.
 MCU_OUT ?= output/demo_mcu
+MCU_TRAIN_OPTS ?=  # extra train_net.py overrides, e.g. SOLVER.MAX_ITER 20 for a smoke run
 demo-mcu: $(STAMP) arm-deps
 	rm -rf $(MCU_OUT)
 	$(PY) tools/convert_labelme.py --input annotations/carvana --format masks --mask-label car --output $(MCU_OUT)/carvana_coco --split val=0.25 --seed 0
-	$(PY) tools/train_net.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml OUTPUT_DIR $(MCU_OUT)/run DATASETS.TRAIN "('$(MCU_OUT)/carvana_coco/annotations/train.json',)" DATASETS.TEST "('$(MCU_OUT)/carvana_coco/annotations/val.json',)"
+	$(PY) tools/train_net.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml OUTPUT_DIR $(MCU_OUT)/run DATASETS.TRAIN "('$(MCU_OUT)/carvana_coco/annotations/train.json',)" DATASETS.TEST "('$(MCU_OUT)/carvana_coco/annotations/val.json',)" $(MCU_TRAIN_OPTS)
 	$(PY) deploy/export_onnx.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml MODEL.WEIGHTS $(MCU_OUT)/run/model_final.pth --output $(MCU_OUT)/onnx --height 128 --width 128
 	$(PY) deploy/lower_to_cpp.py $(MCU_OUT)/onnx/model.onnx --output $(MCU_OUT)/m7 --name car_mcu --int8 --calib $(MCU_OUT)/carvana_coco/images --target stm32h743
 	$(PY) deploy/to_pnm.py annotations/carvana/carvana_0001.jpg --height 128 --width 128 --format L --output $(MCU_OUT)/m7/in.pgm
