@@ -66,7 +66,8 @@ FAMILIES = {
     "lraspp": LRASPP,
     "vgg_ceil_pool": lambda: Segmenter(
         nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
-                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(), nn.MaxPool2d(2, 2, ceil_mode=True)),
+                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(),
+                      nn.MaxPool2d(2, 2, ceil_mode=True)),
         nn.Identity(), 8),
 }
 

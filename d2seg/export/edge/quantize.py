@@ -5,8 +5,8 @@ reaches on calibration images (run with onnxruntime on the original graph, every
 added as an output). Weights: per-output-channel symmetric int8; biases int32 at scale
 ``input_scale * weight_scale``. Nodes with an int8 kernel (Conv incl. depthwise, Add, Mul,
 Concat, MaxPool, Resize, Relu, GlobalAveragePool, and the elementwise ops of
-:data:`ELEMENTWISE_OPS` as 256-entry lookup tables) run on int8; the others stay float, with QuantizeLinear / DequantizeLinear inserted where
-the precision changes (in a U-Net: after the input normalisation and before the logits).
+:data:`ELEMENTWISE_OPS` as 256-entry lookup tables) run on int8; the others stay float, with
+QuantizeLinear / DequantizeLinear inserted where the precision changes (in a U-Net: after the input normalisation and before the logits).
 """
 
 import math
