@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2seg-installed
 DEMO_OUT ?= output/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-mcu arm-deps test bench clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) tools/train_net.py --config-file configs/tiny/demo_carvana_unet_gray.yaml
 	$(PY) deploy/export_onnx.py --config-file configs/tiny/demo_carvana_unet_gray.yaml MODEL.WEIGHTS $(DEMO_OUT)/carvana_run/model_final.pth --output $(DEMO_OUT)/carvana_onnx --height 128 --width 192 --fp16
 	$(PY) deploy/lower_to_cpp.py $(DEMO_OUT)/carvana_onnx/model.onnx --output $(DEMO_OUT)/carvana_cpp --name carvana_unet --int8 --calib $(DEMO_OUT)/carvana_coco/images
-	g++ -std=c++17 -O2 -I deploy/runtime $(DEMO_OUT)/carvana_cpp/*.cpp -o $(DEMO_OUT)/carvana_cpp/prog
+	$(MAKE) -C $(DEMO_OUT)/carvana_cpp prog CXXFLAGS=-O2
 	$(PY) deploy/to_pnm.py $(DEMO_OUT)/carvana_coco/images/carvana_0001.jpg --height 128 --width 192 --format L --output $(DEMO_OUT)/carvana_cpp/in.pgm
 	$(DEMO_OUT)/carvana_cpp/prog $(DEMO_OUT)/carvana_cpp/in.pgm $(DEMO_OUT)/carvana_cpp/mask.pgm
 	@echo
@@ -42,8 +42,32 @@ demo: $(STAMP)
 	@echo "Predictions on the held-out val images: $(DEMO_OUT)/balloons_predict/overlays and"
 	@echo "      $(DEMO_OUT)/carvana_predict/overlays (predictions.json, sem_seg/, labelme/, report.json)."
 
+# The microcontroller path: train the MCU model (configs/edge) on the sample cars, lower it to
+# int8 C++ for the STM32H743, build it with arm-none-eabi-g++ for a Cortex-M7, run it in QEMU
+# (mps2-an500, semihosting) and print the flash/RAM figures and the mask's agreement with the
+# host build of the same code.
+MCU_OUT ?= output/demo_mcu
+MCU_TRAIN_OPTS ?=  # extra train_net.py overrides, e.g. SOLVER.MAX_ITER 20 for a smoke run
+demo-mcu: $(STAMP) arm-deps
+	rm -rf $(MCU_OUT)
+	$(PY) tools/convert_labelme.py --input annotations/carvana --format masks --mask-label car --output $(MCU_OUT)/carvana_coco --split val=0.25 --seed 0
+	$(PY) tools/train_net.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml OUTPUT_DIR $(MCU_OUT)/run DATASETS.TRAIN "('$(MCU_OUT)/carvana_coco/annotations/train.json',)" DATASETS.TEST "('$(MCU_OUT)/carvana_coco/annotations/val.json',)" $(MCU_TRAIN_OPTS)
+	$(PY) deploy/export_onnx.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml MODEL.WEIGHTS $(MCU_OUT)/run/model_final.pth --output $(MCU_OUT)/onnx --height 128 --width 128
+	$(PY) deploy/lower_to_cpp.py $(MCU_OUT)/onnx/model.onnx --output $(MCU_OUT)/m7 --name car_mcu --int8 --calib $(MCU_OUT)/carvana_coco/images --target stm32h743
+	$(PY) deploy/to_pnm.py annotations/carvana/carvana_0001.jpg --height 128 --width 128 --format L --output $(MCU_OUT)/m7/in.pgm
+	$(MAKE) -C $(MCU_OUT)/m7 prog qemu IN=in.pgm OUT=mask_m7.pgm
+	cd $(MCU_OUT)/m7 && ./prog in.pgm mask_host.pgm
+	$(PY) deploy/mcu_report.py $(MCU_OUT)/m7 --mask mask_m7.pgm --host-mask mask_host.pgm
+
+# Debian packages of the Cortex-M7 build and its QEMU run (make demo-mcu, tests/export).
+ARM_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+arm-deps:
+	@dpkg -s $(ARM_PACKAGES) >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y $(ARM_PACKAGES); }
+
 # pytest exits 5 when it collected no test: that is a failure here.
-test: $(STAMP)
+test: $(STAMP) arm-deps
 	$(PY) -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -5,9 +5,16 @@ eager (1 thread), on the same static ResNet-18 U-Net (random init, eval) at 256�
 Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
 ``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_fp32_vs_torch: X`` and
 the arena / liveness lower bound / naive bytes. Builds with -O3 -march=native.
+
+Then the microcontroller rows: ``arena_vs_lower_bound`` (arena / largest live set) of every
+configs/edge and configs/tiny semantic model at 128² (int8 layout, host target), and for the
+MCU model lowered for --target stm32h743 and built with arm-none-eabi-g++ (when installed:
+``make arm-deps``) ``mcu_flash_bytes`` and ``mcu_ram_bytes`` against the H743's budgets.
 """
 
 import argparse
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +27,9 @@ import torch
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
 from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.boards import elf_memory
 from d2seg.export.edge.harness import load_model
+from d2seg.export.edge.targets import TARGETS
 from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
 
@@ -80,10 +89,62 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
           f"{fp32_report['naive_bytes']}")
 
 
+ARENA_CONFIGS = ("configs/edge/unet_MNV3_small_gray_128.yaml",
+                 "configs/tiny/unet_R_18_gray_binary_tiny.yaml",
+                 "configs/tiny/unet_MNV3_small_gray_tiny.yaml", "configs/tiny/unet_EffB0_tiny.yaml",
+                 "configs/tiny/lraspp_MNV3_tiny.yaml", "configs/tiny/fcn_MNV3_tiny.yaml",
+                 "configs/tiny/deeplabv3plus_MNV3_tiny.yaml")
+MCU_CONFIG = ARENA_CONFIGS[0]
+
+
+def _export(config: str, size: int, root: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = get_cfg()
+    cfg.merge_from_file(config)
+    cfg.MODEL.DEVICE = "cpu"
+    return export_semantic_onnx(build_model(cfg).eval(), height=size, width=size,
+                                path=root / f"{Path(config).stem}.onnx")
+
+
+def bench_mcu(root: Path) -> None:
+    """Arena vs liveness bound per config; the MCU model's flash/RAM after an arm build."""
+    print("--- microcontroller (128², int8, random init)")
+    for config in ARENA_CONFIGS:
+        path = _export(config, 128, root)
+        report = lower_onnx_to_cpp(path, root / f"{path.stem}_fp32", name="m")
+        print(f"arena_vs_lower_bound[{path.stem}]: "
+              f"{report['arena_bytes'] / report['liveness_lower_bound_bytes']:.2f} "
+              f"(float32 arena {report['arena_bytes']:,} bytes)")
+    path = _export(MCU_CONFIG, 128, root)
+    calib = root / "mcu_calib"
+    calib.mkdir()
+    for i in range(2):
+        image = render_sample("carvana", seed=0, size=(128, 128), index=i)["image"]
+        cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+    folder = root / "mcu"
+    report = lower_onnx_to_cpp(path, folder, name="mcu", int8=True, calib_dir=calib,
+                               target="stm32h743")
+    print(f"mcu_weights_bytes: {report['weights_bytes']:,}  mcu_arena_bytes: "
+          f"{report['arena_bytes']:,} (lower bound {report['liveness_lower_bound_bytes']:,})")
+    if shutil.which("arm-none-eabi-g++") is None:
+        print("mcu_flash_bytes / mcu_ram_bytes: skipped (no arm-none-eabi-g++: make arm-deps)")
+        return
+    subprocess.run(["make", "-s", "-C", str(folder), "prog.elf"], check=True,
+                   capture_output=True)
+    memory = elf_memory((folder / "size.txt").read_text())
+    target = TARGETS["stm32h743"]
+    ram = sum(memory["regions"].values())
+    print(f"mcu_flash_bytes: {memory['flash_bytes']:,} of {target.flash_budget:,} budget "
+          f"({memory['flash_bytes'] / target.flash_budget:.2f})")
+    print(f"mcu_ram_bytes: {ram:,} of {sum(r.size for r in target.regions):,} "
+          f"({', '.join(f'{n} {b:,}' for n, b in memory['regions'].items())})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--repeats", type=int, default=5, help="at 256²; half at 512²")
+    parser.add_argument("--mcu-only", action="store_true", help="only the microcontroller rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -92,9 +153,10 @@ def main() -> None:
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     with tempfile.TemporaryDirectory(prefix="d2seg_bench_edge_") as tmp:
-        for size in args.sizes:
+        for size in [] if args.mcu_only else args.sizes:
             repeats = args.repeats if size <= 256 else max(1, args.repeats // 2)
             bench_size(model, size, repeats, Path(tmp))
+        bench_mcu(Path(tmp))
 
 
 if __name__ == "__main__":

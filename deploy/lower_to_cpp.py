@@ -2,15 +2,23 @@
 """Lower a static ONNX segmentation graph to dependency-free C++17.
 
     python deploy/lower_to_cpp.py model.onnx --output DIR [--int8 --calib IMAGES_DIR] [--name NAME]
+        [--target host|stm32h743|cortex-m7-generic|esp32s3]
 
-writes DIR/{NAME.h, NAME.cpp, main.cpp, CMakeLists.txt, report.json}; build the demo program
-with ``g++ -std=c++17 -O3 -I deploy/runtime DIR/*.cpp -o prog`` and run ``prog in.ppm out.pgm``.
+writes DIR/{NAME.h, NAME.cpp, NAME_weights.bin + NAME_weights.S (the constants, linked with
+.incbin), main.cpp, Makefile, CMakeLists.txt, report.json}; build the demo program with
+``make -C DIR`` and run ``DIR/prog in.ppm out.pgm`` (the mask: class k at gray k*255/(K-1)).
+An fp16 ONNX (export_onnx.py --fp16) is refused: lower the float32 model.onnx. --target places
+the arena in the device's RAM regions (report: per region used/left; a model that does not fit
+fails naming its largest live set); stm32h743 also writes board/ (linker script, startup code,
+CMake toolchain file) and ``make -C DIR qemu IN=in.pgm`` builds it for a Cortex-M7 and runs it
+in qemu-system-arm -M mps2-an500.
 """
 
 import argparse
 
 from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.report import format_report
+from d2seg.export.edge.targets import TARGETS
 from d2seg.utils.cli import run_cli
 
 
@@ -20,10 +28,13 @@ def main() -> int:
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--name", default="model", help="C prefix of files and entry point")
     parser.add_argument("--int8", action="store_true", help="quantise weights and activations")
-    parser.add_argument("--calib", help="folder of calibration images (with --int8)")
+    parser.add_argument("--calib", help="folder of calibration images, searched recursively "
+                        "(with --int8)")
+    parser.add_argument("--target", default="host", choices=sorted(TARGETS),
+                        help="memory profile and board project (default host)")
     args = parser.parse_args()
     report = lower_onnx_to_cpp(args.onnx, args.output, name=args.name, int8=args.int8,
-                               calib_dir=args.calib)
+                               calib_dir=args.calib, target=args.target)
     print(format_report(report))
     print(f"wrote {args.output}")
     return 0

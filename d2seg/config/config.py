@@ -26,8 +26,8 @@ BASE_KEY = "_BASE_"
 # checked by the registries when the model is built.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "MODEL.RESNETS.DEPTH": (18, 34, 50, 101),
-    "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN"),
+    "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
+    "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "SyncBN", "GN"),
     "MODEL.SEM_SEG_HEAD.LOSS": ("ce", "bce", "dice", "ce+dice"),
     "MODEL.SEM_SEG_HEAD.NORM": ("BN", "GN", ""),
     "MODEL.SEM_SEG_HEAD.UPSAMPLE": ("bilinear", "nearest"),

@@ -77,13 +77,20 @@ inline int conv_col_elements(const ConvShape& s) {
 
 // Version of the int8 scratch layouts (conv_s8_scratch_bytes, resize_bilinear_s8's row) that
 // generated code plans its arena for; bumped whenever either changes.
-constexpr int kS8ScratchLayout = 2;
+constexpr int kS8ScratchLayout = 3;
 
-// Bytes of an int8 convolution's scratch: the im2col columns, then (VNNI) one column block of
-// B packed for vpdpbusd; the layout is the same for every build so one arena fits all.
-inline int conv_s8_scratch_bytes(const ConvShape& s) {
+// Columns of B one GEMM call packs at most: a column block, rounded up to whole tiles.
+inline int conv_pack_columns(const ConvShape& s) {
+  const int cols = conv_is_pointwise(s) ? s.OH * s.OW : conv_block_rows(s) * s.OW;
+  return (std::min(kColBlock, cols) + kConvCols - 1) / kConvCols * kConvCols;
+}
+
+// Bytes of an int8 convolution's scratch: the im2col columns, then (with `pack`: the VNNI
+// build) one column block of B packed for vpdpbusd. Generated code plans host models with the
+// pack (one arena for every host build) and microcontroller models without it.
+inline int conv_s8_scratch_bytes(const ConvShape& s, bool pack) {
   return conv_col_elements(s) +
-         packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * kColBlock;
+         (pack ? packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * conv_pack_columns(s) : 0);
 }
 
 // col[(c*kh + ky)*kw + kx][(oy - oy0)*OW + ox] = x[c][oy*sh - pt + ky*dh][ox*sw - pl + kx*dw]
@@ -400,11 +407,12 @@ inline void conv_gemm(const T* __restrict x, const ConvShape& s, const T* __rest
   }
 }
 
-// y = act(conv(x, w) + bias [+ residual]); col: conv_col_elements(s) floats of scratch.
+// y = clamp(conv(x, w) + bias [+ residual], act_min, act_max) (ReLU: [0, FLT_MAX], ReLU6:
+// [0, 6], none: [-FLT_MAX, FLT_MAX]); col: conv_col_elements(s) floats of scratch.
 inline void conv2d_f32(const float* __restrict x, const ConvShape& s,
                        const float* __restrict w_packed, const float* __restrict bias,
-                       const float* __restrict residual, bool relu, float* __restrict y,
-                       float* __restrict col) {
+                       const float* __restrict residual, float act_min, float act_max,
+                       float* __restrict y, float* __restrict col) {
   const int mg = s.M / s.groups;
   const long n = static_cast<long>(s.OH) * s.OW;
   conv_gemm<float, float>(
@@ -418,7 +426,7 @@ inline void conv2d_f32(const float* __restrict x, const ConvShape& s,
           for (int j = 0; j < cols; ++j) {
             float v = acc[r][j] + bv;
             if (res) v += res[j];
-            out[j] = relu ? std::max(v, 0.0f) : v;
+            out[j] = std::min(std::max(v, act_min), act_max);
           }
         }
       });
@@ -448,6 +456,80 @@ inline void conv2d_s8(const int8_t* __restrict x, const ConvShape& s,
           requantize_row(acc[r], cols, bias[m], q.multiplier[m], q.shift[m], q.output_zero,
                          q.act_min, q.act_max, y + m * n + j0);
         }
+      });
+}
+
+// Depthwise convolution (groups == C == M), computed directly: one output row of one channel
+// at a time, accumulated in acc (OW elements of scratch) over the kh x kw taps, each tap a
+// contiguous (stride 1) or strided run of an input row, so the inner loop vectorises and no
+// im2col buffer is needed. w: C x kh x kw (ONNX layout, unpacked). Taps outside the image read
+// `pad` (0 for float; the input zero point for int8, whose bias folds in -zero * sum(w)).
+// store(c, oy, acc) receives each finished row.
+template <typename T, typename Acc, typename Store>
+inline void depthwise_conv(const T* __restrict x, const ConvShape& s, const T* __restrict w,
+                           T pad, Acc* __restrict acc, Store store) {
+  const int in_h = s.H, in_w = s.W, out_w = s.OW, kh = s.kh, kw = s.kw;
+  const int sh = s.sh, sw = s.sw, pt = s.pt, pl = s.pl, dh = s.dh, dw = s.dw;
+  const Acc pad_value = static_cast<Acc>(pad);
+  for (int c = 0; c < s.C; ++c) {
+    const T* xc = x + static_cast<long>(c) * in_h * in_w;
+    const T* wc = w + static_cast<long>(c) * kh * kw;
+    for (int oy = 0; oy < s.OH; ++oy) {
+      for (int ox = 0; ox < out_w; ++ox) acc[ox] = 0;
+      for (int ky = 0; ky < kh; ++ky) {
+        const int iy = oy * sh - pt + ky * dh;
+        const bool row_inside = iy >= 0 && iy < in_h;
+        const T* row = xc + static_cast<long>(row_inside ? iy : 0) * in_w;
+        for (int kx = 0; kx < kw; ++kx) {
+          const Acc wv = static_cast<Acc>(wc[ky * kw + kx]);
+          const int x0 = kx * dw - pl;
+          int first = 0, last = 0;  // output columns [first, last) read inside the row
+          if (row_inside) {
+            first = std::min(out_w, x0 < 0 ? (-x0 + sw - 1) / sw : 0);
+            const int inside = x0 >= in_w ? 0 : (in_w - 1 - x0) / sw + 1;
+            last = std::max(first, std::min(out_w, inside));
+          }
+          if (pad_value != 0) {
+            const Acc padded = wv * pad_value;
+            for (int ox = 0; ox < first; ++ox) acc[ox] += padded;
+            for (int ox = last; ox < out_w; ++ox) acc[ox] += padded;
+          }
+          if (sw == 1) {
+            const T* in = row + x0;
+            for (int ox = first; ox < last; ++ox) acc[ox] += wv * static_cast<Acc>(in[ox]);
+          } else {
+            for (int ox = first; ox < last; ++ox)
+              acc[ox] += wv * static_cast<Acc>(row[ox * sw + x0]);
+          }
+        }
+      }
+      store(c, oy, static_cast<const Acc*>(acc));
+    }
+  }
+}
+
+// Float depthwise convolution: y = clamp(dw(x, w) + bias, act_min, act_max); acc: OW floats.
+inline void depthwise_conv2d_f32(const float* __restrict x, const ConvShape& s,
+                                 const float* __restrict w, const float* __restrict bias,
+                                 float act_min, float act_max, float* __restrict y,
+                                 float* __restrict acc) {
+  const int out_w = s.OW;
+  depthwise_conv<float, float>(x, s, w, 0.0f, acc, [&](int c, int oy, const float* row) {
+    float* out = y + (static_cast<long>(c) * s.OH + oy) * out_w;
+    const float b = bias[c];
+    for (int ox = 0; ox < out_w; ++ox) out[ox] = std::min(std::max(row[ox] + b, act_min), act_max);
+  });
+}
+
+// int8 depthwise convolution with per-channel requantisation; acc: OW int32 of scratch.
+inline void depthwise_conv2d_s8(const int8_t* __restrict x, const ConvShape& s,
+                                const int8_t* __restrict w, const int32_t* __restrict bias,
+                                const ConvQuant& q, int8_t* __restrict y,
+                                int32_t* __restrict acc) {
+  depthwise_conv<int8_t, int32_t>(
+      x, s, w, static_cast<int8_t>(q.input_zero), acc, [&](int c, int oy, const int32_t* row) {
+        requantize_row(row, s.OW, bias[c], q.multiplier[c], q.shift[c], q.output_zero,
+                       q.act_min, q.act_max, y + (static_cast<long>(c) * s.OH + oy) * s.OW);
       });
 }
 

@@ -198,6 +198,50 @@ inline void sigmoid_f32(const float* __restrict x, int n, float* __restrict y) {
   for (int i = 0; i < n; ++i) y[i] = 1.0f / (1.0f + std::exp(-x[i]));
 }
 
+// ONNX Clip with constant bounds (an unfused ReLU6).
+inline void clip_f32(const float* __restrict x, int n, float lo, float hi, float* __restrict y) {
+  for (int i = 0; i < n; ++i) y[i] = std::min(std::max(x[i], lo), hi);
+}
+
+// ONNX HardSigmoid: max(0, min(1, alpha * x + beta)).
+inline void hard_sigmoid_f32(const float* __restrict x, int n, float alpha, float beta,
+                             float* __restrict y) {
+  for (int i = 0; i < n; ++i) y[i] = std::max(0.0f, std::min(1.0f, alpha * x[i] + beta));
+}
+
+// ONNX HardSwish: x * max(0, min(1, x / 6 + 1/2)).
+inline void hard_swish_f32(const float* __restrict x, int n, float* __restrict y) {
+  for (int i = 0; i < n; ++i)
+    y[i] = x[i] * std::max(0.0f, std::min(1.0f, x[i] * (1.0f / 6.0f) + 0.5f));
+}
+
+// SiLU (Swish): x * sigmoid(x), the x * Sigmoid(x) pair of an EfficientNet export.
+inline void silu_f32(const float* __restrict x, int n, float* __restrict y) {
+  for (int i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+// Mean over each channel's `pixels` positions (ONNX GlobalAveragePool): y has C values.
+inline void global_avg_pool_f32(const float* __restrict x, int C, int pixels,
+                                float* __restrict y) {
+  for (int c = 0; c < C; ++c) {
+    const float* xc = x + static_cast<long>(c) * pixels;
+    float sum = 0.0f;
+    for (int p = 0; p < pixels; ++p) sum += xc[p];
+    y[c] = sum / static_cast<float>(pixels);
+  }
+}
+
+// y[c][p] = x[c][p] * gate[c]: a squeeze-excite rescaling by an N x C x 1 x 1 tensor.
+inline void mul_channel_f32(const float* __restrict x, const float* __restrict gate, int C,
+                            int pixels, float* __restrict y) {
+  for (int c = 0; c < C; ++c) {
+    const float g = gate[c];
+    const float* xc = x + static_cast<long>(c) * pixels;
+    float* yc = y + static_cast<long>(c) * pixels;
+    for (int p = 0; p < pixels; ++p) yc[p] = xc[p] * g;
+  }
+}
+
 // Softmax over the C channels of each of the `pixels` positions.
 inline void softmax_channels_f32(const float* __restrict x, int C, int pixels,
                                  float* __restrict y) {

@@ -104,6 +104,54 @@ inline void add_s8(const int8_t* __restrict a, const int8_t* __restrict b, int n
   }
 }
 
+// Any elementwise function of an int8 tensor (HardSwish, HardSigmoid, Sigmoid, SiLU, Clip) as a
+// 256-entry table computed at generation time: y = table[x + 128], from the input's to the
+// output's (scale, zero point). Exact for the quantised input, no arithmetic at run time.
+inline void lookup_s8(const int8_t* __restrict x, int n, const int8_t* __restrict table,
+                      int8_t* __restrict y) {
+  for (int i = 0; i < n; ++i) y[i] = table[static_cast<int32_t>(x[i]) + 128];
+}
+
+// Mean over each channel's `pixels` int8 values: (sum - pixels * input_zero) times
+// multiplier/shift (scale_in / (pixels * scale_out)) plus output_zero.
+inline void global_avg_pool_s8(const int8_t* __restrict x, int C, int pixels, int32_t input_zero,
+                               int32_t multiplier, int32_t shift, int32_t output_zero,
+                               int8_t* __restrict y) {
+  for (int c = 0; c < C; ++c) {
+    const int8_t* xc = x + static_cast<long>(c) * pixels;
+    int32_t sum = 0;
+    for (int p = 0; p < pixels; ++p) sum += xc[p];
+    sum -= pixels * input_zero;
+    y[c] = saturate_s8(multiply_by_quantized_multiplier(sum, multiplier, shift) + output_zero);
+  }
+}
+
+struct MulQuant {
+  int32_t a_zero, b_zero, output_zero;
+  int32_t multiplier, shift;  // scale_a * scale_b / scale_out
+};
+
+// y = a * b on int8 tensors (TFLite's quantised Mul). `period` elements of a share one b
+// (1: same shapes; H*W: b is a per-channel gate, squeeze-excite).
+inline void mul_s8(const int8_t* __restrict a, const int8_t* __restrict b, int n, int period,
+                   const MulQuant& q, int8_t* __restrict y) {
+  if (period == 1) {
+    for (int i = 0; i < n; ++i)
+      y[i] = saturate_s8(multiply_by_quantized_multiplier((a[i] - q.a_zero) * (b[i] - q.b_zero),
+                                                          q.multiplier, q.shift) +
+                         q.output_zero);
+    return;
+  }
+  for (int start = 0, k = 0; start < n; start += period, ++k) {
+    const int end = std::min(n, start + period);
+    const int32_t gate = b[k] - q.b_zero;
+    for (int i = start; i < end; ++i)
+      y[i] = saturate_s8(multiply_by_quantized_multiplier((a[i] - q.a_zero) * gate, q.multiplier,
+                                                          q.shift) +
+                         q.output_zero);
+  }
+}
+
 // ReLU on an int8 tensor keeps its scale: q >= zero_point.
 inline void relu_s8(const int8_t* __restrict x, int n, int32_t zero, int8_t* __restrict y) {
   const int8_t z = static_cast<int8_t>(zero);

@@ -263,3 +263,90 @@ def test_non_constant_resize_scale_is_rejected(tmp_path):
               str(path))
     with pytest.raises(ConfigError, match="non-constant Resize scale .node up"):
         lower_onnx_to_cpp(path, tmp_path / "out")
+
+
+DEPTHWISE_CASES = {
+    "3x3_stride1": dict(k=3, attrs=dict(pads=[1, 1, 1, 1]), bias=True),
+    "3x3_stride2": dict(k=3, attrs=dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "5x5_stride2": dict(k=5, attrs=dict(strides=[2, 2], pads=[2, 2, 2, 2]), bias=True),
+    "3x3_dilation2": dict(k=3, attrs=dict(dilations=[2, 2], pads=[2, 2, 2, 2])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEPTHWISE_CASES))
+def test_depthwise_conv_uses_the_direct_kernel_and_matches_onnxruntime(tmp_path, case):
+    spec, c = DEPTHWISE_CASES[case], 6
+    inits = [("w", _weights(c, 1, spec["k"], spec["k"]) / np.float32(spec["k"]))]
+    inputs = ["x", "w"]
+    if spec.get("bias"):
+        inits.append(("b", _weights(c)))
+        inputs.append("b")
+    node = helper.make_node("Conv", inputs, ["y"], group=c, **spec["attrs"])
+    _check(tmp_path, _model([node], [1, c, 17, 19], None, inits), (1, c, 17, 19))
+    assert "depthwise_conv2d_f32(" in (tmp_path / "out" / "op.cpp").read_text()
+
+
+def test_mobilenet_activations_and_squeeze_excite_match_onnxruntime(tmp_path):
+    """Conv+ReLU6 (Clip, fused), x·HardSigmoid(x) (torch's Hardswish, fused), SiLU, an unfused
+    Clip and HardSigmoid, and a squeeze-excite gate: GlobalAveragePool → Conv → HardSigmoid →
+    Mul by the N×C×1×1 gate."""
+    c = 4
+    inits = [("w", _weights(c, c, 3, 3) / np.float32(3)), ("lo", np.float32(0)),
+             ("hi", np.float32(6)), ("w_se", _weights(c, c, 1, 1)), ("lo2", np.float32(-1)),
+             ("hi2", np.float32(0.5))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r6"]),
+        helper.make_node("HardSigmoid", ["r6"], ["hs"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["r6", "hs"], ["swish"]),
+        helper.make_node("Sigmoid", ["swish"], ["sg"]),
+        helper.make_node("Mul", ["sg", "swish"], ["silu"]),
+        helper.make_node("GlobalAveragePool", ["silu"], ["pool"]),
+        helper.make_node("Conv", ["pool", "w_se"], ["se"]),
+        helper.make_node("HardSigmoid", ["se"], ["gate"], alpha=0.25, beta=0.4),
+        helper.make_node("Mul", ["gate", "silu"], ["scaled"]),
+        helper.make_node("Clip", ["scaled", "lo2", "hi2"], ["y"]),
+    ]
+    _check(tmp_path, _model(nodes, [1, c, 9, 11], None, inits), (1, c, 9, 11))
+    source = (tmp_path / "out" / "op.cpp").read_text()
+    for kernel in ("hard_swish_f32(", "silu_f32(", "mul_channel_f32(", "clip_f32("):
+        assert kernel in source
+    assert " sigmoid_f32(" not in source  # x·Sigmoid(x) became one SiLU
+
+
+def test_hardswish_op_and_ceil_mode_max_pool_match_onnxruntime(tmp_path):
+    nodes = [
+        helper.make_node("HardSwish", ["x"], ["h"]),
+        helper.make_node("MaxPool", ["h"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                         ceil_mode=1),
+    ]
+    _check(tmp_path, _model(nodes, [1, 3, 12, 14], None), (1, 3, 12, 14))
+
+
+def test_activation_broadcast_other_than_a_channel_gate_is_refused(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "g"], ["y"], name="gate")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+         helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "mul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(path))
+    with pytest.raises(ConfigError, match="Mul node 'gate': broadcast between activations"):
+        lower_onnx_to_cpp(path, tmp_path / "out")
+
+
+def test_fp16_graph_is_refused_in_one_line_naming_model_onnx(tmp_path):
+    """What deploy/export_onnx.py --fp16 writes: float16 weights between Cast nodes."""
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+             helper.make_node("Mul", ["h", "k"], ["m"]),
+             helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)]
+    model = _model(nodes, [1, 1, 4, 4], [1, 1, 4, 4], [("k", np.float16(2))])
+    path = tmp_path / "model_fp16.onnx"
+    onnx.save(model, str(path))
+    result = subprocess.run(
+        [sys.executable, "deploy/lower_to_cpp.py", str(path), "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "fp16 graph" in result.stderr and "model.onnx" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -132,7 +132,11 @@ def test_int8_unet_agrees_with_float_and_prog_writes_mask(unet_onnx, tmp_path):
     header = f"P5\n{SIZE} {SIZE}\n255\n".encode()
     assert data.startswith(header)
     mask = np.frombuffer(data[len(header):], np.uint8).reshape(SIZE, SIZE)
-    np.testing.assert_array_equal(mask, model(image[None].astype(np.float32)).argmax(1)[0])
+    # Three classes: gray levels 0, 127, 254 (class k at k * (255 // 2)), visible in a viewer.
+    np.testing.assert_array_equal(mask, model(image[None].astype(np.float32)).argmax(1)[0] * 127)
+    # The weights are a linked binary file, not a source literal.
+    assert (tmp_path / "int8" / "unet_q_weights.bin").stat().st_size == report["weights_bytes"]
+    assert (tmp_path / "int8" / "unet_q.cpp").stat().st_size < 200_000
 
     small = tmp_path / "small.pgm"
     small.write_bytes(b"P5\n8 8\n255\n" + bytes(64))
@@ -170,3 +174,12 @@ def test_unet_at_a_size_not_divisible_by_32_lowers_and_matches_onnxruntime(tmp_p
     out_q, out_f = quantized(x), model(x)
     assert out_q.shape == out_f.shape == (1, 1, 72, 100)
     assert np.corrcoef(out_q.ravel(), out_f.ravel())[0, 1] > 0.98
+    # The folder's Makefile builds prog; a one-logit binary mask is written 0/255.
+    subprocess.run(["make", "-s", "-C", str(tmp_path / "int8"), "CXXFLAGS=-O1"], check=True)
+    pgm = tmp_path / "in.pgm"
+    pgm.write_bytes(b"P5\n100 72\n255\n" + x.astype(np.uint8).tobytes())
+    subprocess.run([str(tmp_path / "int8" / "prog"), str(pgm), str(tmp_path / "mask.pgm")],
+                   check=True)
+    header = b"P5\n100 72\n255\n"
+    mask = np.frombuffer((tmp_path / "mask.pgm").read_bytes()[len(header):], np.uint8)
+    np.testing.assert_array_equal(mask, np.where(out_q.ravel() > 0, 255, 0))

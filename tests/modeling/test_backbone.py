@@ -9,8 +9,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from d2seg.config import get_cfg
 from d2seg.errors import ConfigError
 from d2seg.modeling.backbone import FPN, ResNet, build_backbone
-from d2seg.modeling.backbone.resnet import adapt_resnet_input_channels, map_torchvision_resnet_keys
-from d2seg.modeling.heads import ResNetUNetHead
+from d2seg.modeling.backbone.stem import adapt_input_channels, map_torchvision_backbone_keys
+from d2seg.modeling.heads import UNetHead
 
 ALL_STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
@@ -89,7 +89,7 @@ def test_adaptation_works_nested_and_before_shape_filtering_loaders():
     torch.testing.assert_close(fpn.bottom_up.conv1.weight.detach(), expected)
 
     # fvcore's Checkpointer drops keys whose shape differs from the model's: adapt first.
-    adapt_resnet_input_channels(fpn, nested)
+    adapt_input_channels(fpn, nested)
     key = "bottom_up.conv1.weight"
     assert nested[key].shape == fpn.state_dict()[key].shape
 
@@ -160,11 +160,11 @@ def test_torchvision_keys_map_into_a_whole_model():
     state = torchvision.models.resnet18(weights=None).state_dict()
     model = torch.nn.Module()
     model.backbone = _resnet(in_channels=1)
-    model.head = ResNetUNetHead(
+    model.head = UNetHead(
         input_shape=model.backbone.output_shape(), in_features=ALL_STAGES,
         decoder_channels=[16] * 5, num_classes=2,
     )
-    result = model.load_state_dict(map_torchvision_resnet_keys(state, model), strict=False)
+    result = model.load_state_dict(map_torchvision_backbone_keys(state, model), strict=False)
     assert result.unexpected_keys == []
     assert all(k.startswith("head.") for k in result.missing_keys)
     expected = state["conv1.weight"].mean(dim=1, keepdim=True) * 3

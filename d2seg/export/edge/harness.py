@@ -14,8 +14,11 @@ CXX_FLAGS = ("-std=c++17", "-Wall", "-Wextra", "-Werror")
 
 
 def _compile(sources: list[Path], output: Path, flags: tuple[str, ...]) -> None:
-    command = ["g++", *CXX_FLAGS, *flags, f"-I{RUNTIME_DIR}", *map(str, sources), "-o",
-               str(output)]
+    """g++ over the sources; -I the runtime and the sources' folder (where ``.incbin`` finds
+    the weights file)."""
+    folders = sorted({f"-I{s.parent}" for s in sources})
+    command = ["g++", *CXX_FLAGS, *flags, f"-I{RUNTIME_DIR}", *folders, *map(str, sources),
+               "-o", str(output)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
@@ -51,7 +54,8 @@ def load_model(model_dir: str | Path, *, flags: tuple[str, ...] = ("-O2",)) -> C
     report = json.loads((model_dir / "report.json").read_text())
     with tempfile.TemporaryDirectory(prefix="d2seg_edge_") as tmp:
         library = Path(tmp) / f"lib{report['name']}.so"
-        _compile([model_dir / f"{report['name']}.cpp"], library,
+        name = report["name"]
+        _compile([model_dir / f"{name}.cpp", model_dir / f"{name}_weights.S"], library,
                  ("-shared", "-fPIC", *flags))
         # The loaded library stays mapped after its file is deleted.
         return CompiledModel(library, report)
@@ -59,7 +63,8 @@ def load_model(model_dir: str | Path, *, flags: tuple[str, ...] = ("-O2",)) -> C
 
 def build_program(model_dir: str | Path, output: str | Path, *,
                   flags: tuple[str, ...] = ("-O3",)) -> Path:
-    """``g++ -std=c++17 -I deploy/runtime DIR/*.cpp -o output`` (the ``prog`` of the folder)."""
+    """``g++ -std=c++17 -I deploy/runtime -I DIR DIR/*.cpp DIR/*.S -o output`` (the folder's
+    ``prog``)."""
     model_dir = Path(model_dir)
-    _compile(sorted(model_dir.glob("*.cpp")), Path(output), flags)
+    _compile(sorted([*model_dir.glob("*.cpp"), *model_dir.glob("*.S")]), Path(output), flags)
     return Path(output)

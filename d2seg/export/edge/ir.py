@@ -17,8 +17,9 @@ from d2seg.errors import ConfigError
 
 # ONNX ops the lowering reads. Anything else is rejected with the op and node named.
 SUPPORTED_OPS = frozenset({
-    "Add", "ArgMax", "BatchNormalization", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Identity", "MaxPool", "Mul", "Pad", "Relu", "Resize", "Sigmoid", "Slice", "Softmax", "Sub",
+    "Add", "ArgMax", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "ConvTranspose",
+    "Div", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "MaxPool", "Mul", "Pad",
+    "Relu", "Resize", "Sigmoid", "Slice", "Softmax", "Sub",
 })
 
 
@@ -77,6 +78,19 @@ def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     return tuple(int(d.dim_value) for d in dims)
 
 
+def _refuse_float16(path: Path, onnx_graph: onnx.GraphProto) -> None:
+    """An fp16 export (``model_fp16.onnx``: float16 weights between Cast nodes) is refused: the
+    runtime computes in float32 or int8, so lowering it would only widen every weight again."""
+    half = onnx.TensorProto.FLOAT16
+    if any(t.data_type == half for t in onnx_graph.initializer) or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
+            for n in onnx_graph.node):
+        raise ConfigError(
+            f"{path}: is an fp16 graph (float16 weights and Cast nodes); the C++ runtime "
+            f"computes in float32 or int8, so fp16 buys nothing there; fix: lower the float32 "
+            f"model.onnx written next to it (add --int8 --calib DIR for a 4x smaller model)")
+
+
 def load_onnx(path: str | Path) -> Graph:
     """Read a static ONNX graph (batch 1, every shape known) into the IR.
 
@@ -92,6 +106,7 @@ def load_onnx(path: str | Path) -> Graph:
     except Exception as e:  # onnx raises DecodeError, ValidationError, ... for broken files
         raise ConfigError(f"{path}: not a readable ONNX model ({e}); fix: re-export it") from e
     onnx_graph = model.graph
+    _refuse_float16(path, onnx_graph)
     for node in onnx_graph.node:
         if node.op_type not in SUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
             raise ConfigError(

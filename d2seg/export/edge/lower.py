@@ -7,9 +7,11 @@ from d2seg.errors import ConfigError
 from d2seg.export.edge.emit import emit_model
 from d2seg.export.edge.ir import load_onnx
 from d2seg.export.edge.passes import optimize
-from d2seg.export.edge.project import cmake_lists, main_source
+from d2seg.export.edge.boards import board_files
+from d2seg.export.edge.project import cmake_lists, main_buffer_bytes, main_source, makefile
 from d2seg.export.edge.quantize import calibrate, load_calibration_images, quantize_graph
 from d2seg.export.edge.report import lowering_report
+from d2seg.export.edge.targets import get_target
 from d2seg.utils.io import atomic_directory, atomic_write_json
 
 
@@ -20,14 +22,22 @@ def lower_onnx_to_cpp(
     name: str = "model",
     int8: bool = False,
     calib_dir: str | Path | None = None,
+    target: str = "host",
 ) -> dict:
-    """Write ``output_dir``/{name}.h, {name}.cpp, main.cpp, CMakeLists.txt, report.json.
+    """Write ``output_dir``/{name}.h, {name}.cpp, {name}_weights.bin/.S (the constants, linked
+    with ``.incbin``), main.cpp, Makefile, CMakeLists.txt,
+    report.json.
 
     Args:
         onnx_path: a static ONNX graph, input float32 1×C×H×W pixels 0-255.
         output_dir: must not exist; written atomically.
         name: C identifier prefix of the generated files and entry point ``{name}_run``.
-        int8: quantise (needs ``calib_dir``, a folder of representative images).
+        int8: quantise (needs ``calib_dir``, a folder of representative images, searched
+            recursively).
+        target: memory profile (:data:`d2seg.export.edge.targets.TARGETS`): the arena is
+            placed in its RAM regions, the weights checked against its flash budget, and a
+            board project written next to the model (stm32h743: linker script, startup code
+            and ``make qemu`` for a Cortex-M7 in QEMU).
     Returns:
         The report (also ``report.json``): weights/arena/lower-bound/naive bytes, MACs and
         device fit.
@@ -51,13 +61,29 @@ def lower_onnx_to_cpp(
     if int8:
         images = load_calibration_images(calib_dir, input_shape)
         quantize_graph(graph, calibrate(onnx_path, graph, images))
-    model = emit_model(graph, name, Path(onnx_path).name)
+    profile = get_target(target)
+    io_bytes = main_buffer_bytes(input_shape, output_shape)
+    regions = {r.name: (r.size - r.reserved - (io_bytes if r.name == profile.io_region else 0),
+                        r.attribute) for r in profile.regions}
+    model = emit_model(graph, name, Path(onnx_path).name, regions, target)
+    if profile.flash_budget and model.weights_bytes > profile.flash_budget:
+        raise ConfigError(
+            f"{onnx_path}: {model.weights_bytes:,} bytes of weights exceed the "
+            f"{profile.flash_budget:,}-byte flash budget of --target {target}; fix: lower with "
+            f"--int8 (4x smaller) or train a narrower model")
     report = lowering_report(model, name=name, precision="int8" if int8 else "float32",
-                             input_shape=input_shape, output_shape=output_shape)
+                             input_shape=input_shape, output_shape=output_shape,
+                             target=profile, io_bytes=io_bytes)
     with atomic_directory(output_dir) as tmp:
         (tmp / f"{name}.h").write_text(model.header)
-        (tmp / f"{name}.cpp").write_text(model.source, encoding="latin-1")
+        (tmp / f"{name}.cpp").write_text(model.source)
+        (tmp / f"{name}_weights.bin").write_bytes(model.weights)
+        (tmp / f"{name}_weights.S").write_text(model.assembly)
         (tmp / "main.cpp").write_text(main_source(name))
         (tmp / "CMakeLists.txt").write_text(cmake_lists(name))
+        (tmp / "Makefile").write_text(makefile(name, profile.board))
+        for relative, text in board_files(profile.board, name).items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / relative).write_text(text)
         atomic_write_json(tmp / "report.json", report, indent=2)
     return report

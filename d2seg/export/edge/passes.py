@@ -1,10 +1,13 @@
 """Graph passes run before planning: simplify, fold, fuse, and put attributes in one form.
 
 ``optimize(graph, fuse_residual_add=...)`` runs them in order: identity removal, constant folding,
-BatchNorm folding into the Conv in front of it, Relu fusion into its Conv/Add producer,
+BatchNorm folding into the Conv in front of it, x·HardSigmoid(x) / x·Sigmoid(x) into HardSwish /
+SiLU, Relu (Conv/Add) and ReLU6-style Clip (Conv) fusion into the producer,
 (float only) Conv+Add(+Relu) fusion of residual connections, then :func:`canonicalize`, which
 checks every node can be lowered and rewrites its attributes into what the emitter reads.
 """
+
+import math
 
 import numpy as np
 from onnx import helper
@@ -78,17 +81,57 @@ def fold_batchnorm(graph: Graph) -> None:
         graph.nodes.remove(bn)
 
 
-def fuse_relu(graph: Graph) -> None:
-    """Relu after a Conv or Add (its only consumer) becomes the producer's activation."""
-    for relu in [n for n in graph.nodes if n.op == "Relu"]:
-        producer = graph.producer(relu.inputs[0])
-        if (producer is None or producer.op not in ("Conv", "Add")
+def _clip_bounds(graph: Graph, node: Node) -> list[float]:
+    """[min, max] of a Clip (absent bounds are ±inf); the bounds must be constants."""
+    bounds = []
+    for index, default in ((1, -math.inf), (2, math.inf)):
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        if name and name not in graph.constants:
+            raise _unsupported(node, "non-constant Clip bounds",
+                               "clip to constant bounds (ReLU6, F.hardtanh)")
+        bounds.append(float(graph.constants[name]) if name else default)
+    return bounds
+
+
+def fuse_activation(graph: Graph) -> None:
+    """Relu after a Conv or Add, or a constant Clip (ReLU6) after a Conv, as the producer's only
+    consumer, becomes the producer's activation: ``activation`` "relu" or "clip" and
+    ``clip`` = [min, max]."""
+    for act in [n for n in graph.nodes if n.op in ("Relu", "Clip")]:
+        producer = graph.producer(act.inputs[0])
+        allowed = ("Conv", "Add") if act.op == "Relu" else ("Conv",)
+        if (producer is None or producer.op not in allowed
                 or producer.attrs.get("activation", "none") != "none"
-                or not _single_use(graph, relu.inputs[0])):
+                or not _single_use(graph, act.inputs[0])):
             continue
-        producer.attrs["activation"] = "relu"
-        producer.outputs = list(relu.outputs)
-        graph.nodes.remove(relu)
+        producer.attrs["activation"] = "relu" if act.op == "Relu" else "clip"
+        producer.attrs["clip"] = [0.0, math.inf] if act.op == "Relu" else \
+            _clip_bounds(graph, act)
+        producer.outputs = list(act.outputs)
+        graph.nodes.remove(act)
+
+
+def fuse_swish(graph: Graph) -> None:
+    """x · HardSigmoid(x) (alpha 1/6, beta 1/2: torch's Hardswish export) becomes HardSwish(x)
+    and x · Sigmoid(x) (SiLU) becomes the IR's own ``SiLU`` op: one elementwise kernel, one
+    int8 lookup table, and no intermediate tensor."""
+    for mul in [n for n in graph.nodes if n.op == "Mul"]:
+        for k in (0, 1):
+            gate = graph.producer(mul.inputs[k])
+            x = mul.inputs[1 - k]
+            if gate is None or gate.inputs[0] != x or not _single_use(graph, mul.inputs[k]):
+                continue
+            if gate.op == "HardSigmoid" and math.isclose(gate.attrs.get("alpha", 0.2), 1 / 6,
+                                                         rel_tol=1e-6) \
+                    and math.isclose(gate.attrs.get("beta", 0.5), 0.5):
+                op = "HardSwish"
+            elif gate.op == "Sigmoid":
+                op = "SiLU"
+            else:
+                continue
+            graph.nodes.remove(gate)
+            mul.op, mul.inputs, mul.attrs = op, [x], {}
+            break
 
 
 def fuse_residual(graph: Graph) -> None:
@@ -116,6 +159,8 @@ def fuse_residual(graph: Graph) -> None:
             [*conv.inputs, "", residual]
         conv.attrs["residual"] = True
         conv.attrs["activation"] = add.attrs.get("activation", "none")
+        if "clip" in add.attrs:
+            conv.attrs["clip"] = add.attrs["clip"]
         conv.outputs = list(add.outputs)
         graph.nodes[graph.nodes.index(add)] = conv
 
@@ -133,6 +178,7 @@ def _conv_attrs(graph: Graph, node: Node) -> None:
     node.attrs.setdefault("pads", [0, 0, 0, 0])
     node.attrs.setdefault("group", 1)
     node.attrs.setdefault("activation", "none")
+    node.attrs.setdefault("clip", [-math.inf, math.inf])
     node.attrs["kernel"] = list(weight.shape[2:])
 
 
@@ -240,9 +286,19 @@ def _binary_attrs(graph: Graph, node: Node) -> None:
     out_shape = graph.shapes[node.outputs[0]]
     a, b = node.inputs
     if a not in graph.constants and b not in graph.constants:
-        if graph.shapes[a] != graph.shapes[b]:
+        node.attrs["broadcast"] = "none"
+        if graph.shapes[a] == graph.shapes[b]:
+            return
+        if graph.shapes[a] != out_shape:
+            a, b = b, a
+        gate = graph.shapes[b]
+        if (node.op != "Mul" or len(out_shape) != 4 or graph.shapes[a] != out_shape
+                or tuple(gate) != (out_shape[0], out_shape[1], 1, 1)):
             raise _unsupported(node, f"broadcast between activations {graph.shapes[a]} and "
-                               f"{graph.shapes[b]}", "make both operands the same shape")
+                               f"{gate}", "make both operands the same shape, or multiply by a "
+                               "per-channel N×C×1×1 gate (squeeze-excite)")
+        node.inputs = [a, b]
+        node.attrs["broadcast"] = "channel"
         return
     node.attrs["constant_first"] = a in graph.constants
     constant = graph.constants[a if a in graph.constants else b].astype(np.float32)
@@ -297,6 +353,15 @@ def canonicalize(graph: Graph) -> None:
             _pad_attrs(graph, node)
         elif node.op == "Slice":
             _slice_attrs(graph, node)
+        elif node.op == "Clip":
+            node.attrs["clip"] = _clip_bounds(graph, node)
+            node.inputs = node.inputs[:1]
+        elif node.op == "HardSigmoid":
+            node.attrs.setdefault("alpha", 0.2)
+            node.attrs.setdefault("beta", 0.5)
+        elif node.op == "GlobalAveragePool":
+            if len(graph.shapes[node.inputs[0]]) != 4:
+                raise _unsupported(node, "only N×C×H×W inputs", "pool a 4-D feature map")
         elif node.op == "BatchNormalization":
             raise _unsupported(node, "BatchNormalization not folded", "put it after a Conv")
 
@@ -310,7 +375,8 @@ def optimize(graph: Graph, *, fuse_residual_add: bool = True) -> Graph:
     remove_identity(graph)
     fold_constants(graph)
     fold_batchnorm(graph)
-    fuse_relu(graph)
+    fuse_swish(graph)
+    fuse_activation(graph)
     if fuse_residual_add:
         fuse_residual(graph)
     canonicalize(graph)

@@ -3,9 +3,10 @@
 Activations: per-tensor asymmetric int8, (scale, zero point) from the min/max each tensor
 reaches on calibration images (run with onnxruntime on the original graph, every IR tensor
 added as an output). Weights: per-output-channel symmetric int8; biases int32 at scale
-``input_scale * weight_scale``. Nodes with an int8 kernel (Conv, Add, Concat, MaxPool, Resize,
-Relu) run on int8; the others stay float, with QuantizeLinear / DequantizeLinear inserted where
-the precision changes (in a U-Net: after the input normalisation and before the logits).
+``input_scale * weight_scale``. Nodes with an int8 kernel (Conv incl. depthwise, Add, Mul,
+Concat, MaxPool, Resize, Relu, GlobalAveragePool, and the elementwise ops of
+:data:`ELEMENTWISE_OPS` as 256-entry lookup tables) run on int8; the others stay float, with
+QuantizeLinear / DequantizeLinear inserted where the precision changes (in a U-Net: after the input normalisation and before the logits).
 """
 
 import math
@@ -22,17 +23,21 @@ from d2seg.export.edge.ir import Graph, Node
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
 # int8 kernels whose output keeps the input's (scale, zero point).
 SCALE_KEEPING_OPS = ("MaxPool", "Resize", "Relu", "Pad", "Slice")
+# Elementwise ops an int8 lookup table computes (d2seg.export.edge.emit.ELEMENTWISE).
+ELEMENTWISE_OPS = ("Sigmoid", "SiLU", "HardSwish", "HardSigmoid", "Clip")
 
 
 def load_calibration_images(folder: str | Path, shape: tuple[int, ...]) -> list[np.ndarray]:
-    """Images of ``folder`` as float32 1×C×H×W pixels 0-255 (RGB for C=3, gray for C=1),
-    resized to the model's H×W (calibration only needs representative values)."""
+    """Images of ``folder`` and its subfolders (what tools/convert_labelme.py writes) as float32
+    1×C×H×W pixels 0-255 (RGB for C=3, gray for C=1), resized to the model's H×W (calibration
+    only needs representative values)."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if folder.is_dir() else []
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and p.is_file()) if folder.is_dir() else []
     if not files:
-        raise ConfigError(f"--calib {folder}: no images found; fix: pass a folder of "
-                          f"{'/'.join(IMAGE_SUFFIXES)} images like the ones the model will see")
+        raise ConfigError(f"--calib {folder}: no images found in it or its subfolders; fix: "
+                          f"pass a folder of {'/'.join(IMAGE_SUFFIXES)} images like the ones "
+                          f"the model will see")
     _, channels, height, width = shape
     images = []
     for path in files:
@@ -113,8 +118,10 @@ def _int8_capable(graph: Graph, node: Node) -> bool:
         return True
     if node.op == "Conv":
         return not node.attrs.get("residual")
-    if node.op == "Add":
+    if node.op in ("Add", "Mul"):
         return all(i not in graph.constants for i in node.inputs)
+    if node.op in ELEMENTWISE_OPS or node.op == "GlobalAveragePool":
+        return True
     if node.op == "Concat":
         return all(d == 1 for d in graph.shapes[node.outputs[0]][: node.attrs["axis"]])
     return False

@@ -1,64 +1,59 @@
-"""The lowering report: memory, compute and whether the model fits common edge devices."""
+"""The lowering report: memory per region of the target, flash, compute."""
 
 from d2seg.export.edge.emit import GeneratedModel
+from d2seg.export.edge.targets import Target
 
-KIB, MIB = 1024, 1024 * 1024
-
-# Budgets of the boards d2seg users deploy to. The arena must be one contiguous block.
-DEVICES = {
-    "ESP32-S3": {"sram": 512 * KIB, "psram": 8 * MIB, "flash": 8 * MIB,
-                 "note": "512 KB SRAM + 8 MB PSRAM, 8-16 MB flash"},
-    "STM32H743": {"sram": 512 * KIB, "psram": 0, "flash": 2 * MIB,
-                  "note": "1 MB RAM (largest contiguous block: 512 KB AXI SRAM), 2 MB flash"},
-}
-
-
-def device_fit(weights_bytes: int, arena_bytes: int) -> dict:
-    """Per device: whether the weights fit in flash and the arena in (PS)RAM."""
-    fits = {}
-    for device, budget in DEVICES.items():
-        in_sram = arena_bytes <= budget["sram"]
-        in_psram = arena_bytes <= budget["psram"]
-        flash_ok = weights_bytes <= budget["flash"]
-        fits[device] = {
-            "fits": flash_ok and (in_sram or in_psram),
-            "weights_in_flash": flash_ok,
-            "arena_in": "SRAM" if in_sram else "PSRAM" if in_psram else "does not fit",
-            "budget": budget["note"],
-        }
-    return fits
+KIB = 1024
 
 
 def lowering_report(model: GeneratedModel, *, name: str, precision: str,
-                    input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> dict:
-    """report.json content: bytes, MACs and device fit of one generated model."""
+                    input_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                    target: Target, io_bytes: int) -> dict:
+    """report.json content: bytes, MACs and, per RAM region of ``target``, what the arena, the
+    program's reserve and main.cpp's I/O buffers (``io_bytes``) use and what is left."""
     plan = model.plan
+    regions = []
+    for region in target.regions:
+        io = io_bytes if region.name == target.io_region else 0
+        used = plan.sizes[region.name] + region.reserved + io
+        regions.append({"name": region.name, "bytes": region.size,
+                        "arena_bytes": plan.sizes[region.name], "reserved_bytes": region.reserved,
+                        "io_bytes": io, "left_bytes": region.size - used, "note": region.note})
     return {
         "name": name,
         "precision": precision,
+        "target": target.name,
         "input_shape": list(input_shape),
         "output_shape": list(output_shape),
         "weights_bytes": model.weights_bytes,
         "arena_bytes": plan.size,
         "liveness_lower_bound_bytes": plan.lower_bound,
         "naive_bytes": plan.naive,
+        "peak_node": model.peak_node,
         "macs": model.macs,
-        "devices": device_fit(model.weights_bytes, plan.size),
+        "regions": regions if target.name != "host" else [],
+        "flash_bytes": target.flash,
+        "flash_budget_bytes": target.flash_budget,
     }
 
 
 def format_report(report: dict) -> str:
     """Human-readable lines of a :func:`lowering_report`."""
     lines = [
-        f"model {report['name']} ({report['precision']}): input {report['input_shape']}, "
-        f"output {report['output_shape']}",
-        f"weights: {report['weights_bytes']:,} bytes",
+        f"model {report['name']} ({report['precision']}, target {report['target']}): input "
+        f"{report['input_shape']}, output {report['output_shape']}",
+        f"weights: {report['weights_bytes']:,} bytes"
+        + (f" (flash budget {report['flash_budget_bytes']:,} of {report['flash_bytes']:,})"
+           if report["flash_bytes"] else ""),
         f"arena: {report['arena_bytes']:,} bytes (liveness lower bound "
-        f"{report['liveness_lower_bound_bytes']:,}, naive sum {report['naive_bytes']:,})",
+        f"{report['liveness_lower_bound_bytes']:,} at {report['peak_node']}, naive sum "
+        f"{report['naive_bytes']:,})",
         f"MACs: {report['macs']:,}",
     ]
-    for device, fit in report["devices"].items():
-        verdict = "fits" if fit["fits"] else "does NOT fit"
-        lines.append(f"{device} ({fit['budget']}): {verdict} (weights in flash: "
-                     f"{'yes' if fit['weights_in_flash'] else 'no'}, arena: {fit['arena_in']})")
+    for region in report["regions"]:
+        lines.append(
+            f"  {region['name']:<9} {region['bytes'] // KIB:>5} KiB: arena "
+            f"{region['arena_bytes'] / KIB:7.1f} KiB, reserved {region['reserved_bytes'] / KIB:.0f}"
+            f" KiB, I/O {region['io_bytes'] / KIB:.1f} KiB, left {region['left_bytes'] / KIB:.1f}"
+            f" KiB")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``SemanticSegmentor``: a trunk + a dense head that owns its loss (ResNetUNetHead)."""
+"""``SemanticSegmentor``: a backbone + a dense head that owns its loss."""
 
 from typing import Any
 
@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from d2seg.config import CfgNode
 from d2seg.modeling.backbone import Backbone, build_backbone
-from d2seg.modeling.backbone.resnet import map_resnet_checkpoint
+from d2seg.modeling.backbone.stem import map_backbone_checkpoint
 from d2seg.modeling.build import build_from_registry
 from d2seg.modeling.postprocess import sem_seg_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets
@@ -85,7 +85,7 @@ class SemanticSegmentor(nn.Module):
         Args:
             backbone: the trunk; its ``output_shape()`` feeds the head.
             sem_seg_head: ``head(features, targets) -> (logits | None, losses)`` with an
-                ``ignore_value`` attribute (see :class:`~d2seg.modeling.heads.ResNetUNetHead`).
+                ``ignore_value`` attribute (see :class:`~d2seg.modeling.heads.SemSegHead`).
             preprocessor: normalisation and padding of the input images.
         """
         super().__init__()
@@ -109,8 +109,8 @@ class SemanticSegmentor(nn.Module):
         return self.preprocessor.pixel_mean.device
 
     def map_external_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Checkpointer hook: torchvision ResNet files and other input-channel counts load."""
-        return map_resnet_checkpoint(state_dict, self)
+        """Checkpointer hook: torchvision backbone files and other input-channel counts load."""
+        return map_backbone_checkpoint(state_dict, self)
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, Tensor] | list[dict]:
         images = self.preprocessor(batched_inputs)
