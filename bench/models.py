@@ -21,6 +21,18 @@ reference (robust to the load of a shared machine):
    ceil(box side / 7) samples per bin, more work on large boxes) where torchvision samples 2;
    ``--pooler-sampling-ratio 2`` runs d2seg with torchvision's value.
 
+3. model families (issue 13), each d2seg config vs the same architecture in
+   segmentation_models_pytorch (``encoder_weights=None``) or torchvision (``weights=None``),
+   on the normalised tensor: ``unet_vgg16_bn_latency_ratio`` (``unet_VGG16_12cls`` vs
+   ``smp.Unet("vgg16_bn")``), ``unet_efficientnet_b0_latency_ratio`` (``unet_EffB0`` vs
+   ``smp.Unet("efficientnet-b0")``), ``deeplabv3plus_r50_latency_ratio``
+   (``deeplabv3plus_R_50`` with smp's separable ASPP and rates 12/24/36 vs
+   ``smp.DeepLabV3Plus("resnet50")``), ``deeplabv3_r50_latency_ratio`` (``deeplabv3_R_50``
+   vs ``smp.DeepLabV3("resnet50")``), ``fcn_r50_latency_ratio`` (``fcn_R_50`` vs
+   ``torchvision fcn_resnet50``, its weights loaded into d2seg so both compute the same
+   logits) and ``lraspp_mnv3_large_latency_ratio`` (``lraspp_MNV3_large`` vs torchvision's
+   ``lraspp_mobilenet_v3_large``, weights loaded likewise); targets <= 1.0.
+
 Also prints each model's parameter count and fvcore FLOPs (``FlopCountAnalysis``, one
 multiply-add = one flop, as Detectron2 reports them; operators fvcore has no formula for are
 left out, the same for both sides).
@@ -81,6 +93,18 @@ def million_params(model: nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def million_used_params(model: nn.Module, inputs: tuple) -> float:
+    """Parameters of the modules a forward call runs (leaves a model holds but never calls,
+    e.g. a classifier layer kept in an encoder, are left out)."""
+    called: set[nn.Module] = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: called.add(m)) for m in model.modules()]
+    with torch.no_grad():
+        model(*inputs)
+    for hook in hooks:
+        hook.remove()
+    return sum(p.numel() for m in called for p in m.parameters(recurse=False)) / 1e6
+
+
 def d2seg_model(config: Path, *overrides: Any) -> nn.Module:
     cfg = get_cfg()
     cfg.merge_from_file(str(config))
@@ -94,7 +118,8 @@ def report(name: str, ours: nn.Module, ours_inputs: tuple, reference: nn.Module,
     with torch.no_grad():
         for label, model, inputs in (("d2seg", ours, ours_inputs),
                                      ("reference", reference, reference_inputs)):
-            print(f"{name} {label}: {million_params(model):.2f} M params, "
+            print(f"{name} {label}: {million_params(model):.3f} M params "
+                  f"({million_used_params(model, inputs):.3f} M used in forward), "
                   f"{gflops(model, inputs):.2f} GFLOPs")
         ours_s, reference_s = interleaved_seconds(
             lambda: ours(*ours_inputs), lambda: reference(*reference_inputs), args.repeats,
@@ -150,6 +175,65 @@ def bench_mask_rcnn(image: torch.Tensor, args: argparse.Namespace) -> None:
            ([image.float() / 255],), args)
 
 
+SEMANTIC = CONFIGS / "Semantic"
+
+
+def _smp(architecture: str, encoder: str, **kwargs: Any) -> Callable[[int], nn.Module]:
+    return lambda classes: getattr(smp, architecture)(
+        encoder, encoder_weights=None, classes=classes, **kwargs)
+
+
+def _torchvision(builder: Callable[..., nn.Module]) -> Callable[[int], nn.Module]:
+    return lambda classes: builder(weights=None, weights_backbone=None, num_classes=classes)
+
+
+class _TorchvisionOut(nn.Module):
+    """torchvision segmentation models return ``{"out": logits}``; the bench times the call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+# name -> (d2seg config, overrides, reference builder(num_classes), reference is torchvision)
+FAMILIES: dict[str, tuple[Path, list, Callable[[int], nn.Module], bool]] = {
+    "unet_vgg16_bn_latency_ratio": (
+        SEMANTIC / "unet_VGG16_12cls.yaml", [], _smp("Unet", "vgg16_bn"), False),
+    "unet_efficientnet_b0_latency_ratio": (
+        SEMANTIC / "unet_EffB0.yaml", [], _smp("Unet", "efficientnet-b0"), False),
+    "deeplabv3plus_r50_latency_ratio": (
+        SEMANTIC / "deeplabv3plus_R_50.yaml",
+        ["MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV", True,
+         "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", [12, 24, 36]],
+        _smp("DeepLabV3Plus", "resnet50"), False),
+    "deeplabv3_r50_latency_ratio": (
+        SEMANTIC / "deeplabv3_R_50.yaml", [], _smp("DeepLabV3", "resnet50"), False),
+    "fcn_r50_latency_ratio": (
+        SEMANTIC / "fcn_R_50.yaml", [],
+        _torchvision(torchvision.models.segmentation.fcn_resnet50), True),
+    "lraspp_mnv3_large_latency_ratio": (
+        SEMANTIC / "lraspp_MNV3_large.yaml", [],
+        _torchvision(torchvision.models.segmentation.lraspp_mobilenet_v3_large), True),
+}
+
+
+def bench_families(image: torch.Tensor, args: argparse.Namespace) -> None:
+    for name, (config, overrides, build_reference, is_torchvision) in FAMILIES.items():
+        ours = d2seg_model(config, *overrides)
+        classes = ours.sem_seg_head.num_classes
+        reference = build_reference(classes).eval()
+        if is_torchvision:
+            # Same parameters key for key: both models compute from the same weights.
+            ours.load_state_dict(ours.map_external_state_dict(reference.state_dict()))
+            reference = _TorchvisionOut(reference)
+        mean, std = ours.preprocessor.pixel_mean, ours.preprocessor.pixel_std
+        normalised = ((image.float() - mean) / std)[None]
+        report(name, ours, ([{"image": image}],), reference, (normalised,), args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
@@ -162,7 +246,7 @@ def main() -> None:
     parser.add_argument("--pooler-sampling-ratio", type=int, default=None,
                         help="override d2seg's RoIAlign sampling ratios (config: 0 = adaptive, "
                         "Detectron2's; torchvision uses 2)")
-    parser.add_argument("--only", choices=("unet", "maskrcnn"), default=None)
+    parser.add_argument("--only", choices=("unet", "maskrcnn", "families"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -175,6 +259,8 @@ def main() -> None:
         bench_unet(image, args)
     if args.only in (None, "maskrcnn"):
         bench_mask_rcnn(image, args)
+    if args.only in (None, "families"):
+        bench_families(image, args)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,9 @@ _C.MODEL.SEM_SEG_HEAD.NORM = "BN"
 # d2seg: upsampling of the U-Net decoder stages: "bilinear" or "nearest" (a few % faster on CPU,
 # as segmentation_models_pytorch's Unet).
 _C.MODEL.SEM_SEG_HEAD.UPSAMPLE = "bilinear"
+# d2seg: UNetHead's center block, two 3x3 convs on the deepest feature (smp's Unet has one for
+# VGG encoders, whose stride-32 map is a bare max-pool).
+_C.MODEL.SEM_SEG_HEAD.UNET_CENTER = False
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
 # DeepLab heads (Detectron2's DeepLab project keys): ASPP output channels and the atrous rates
 # of its three 3x3 branches ([12, 24, 36] at output stride 8, [6, 12, 18] at 16).

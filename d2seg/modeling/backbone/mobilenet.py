@@ -5,7 +5,10 @@ its stride; ``c5`` includes the final 1×1 conv (576 channels for small, 960 for
 1.0), the "high" feature of torchvision's LR-ASPP and DeepLabV3 MobileNet models.
 """
 
+from functools import partial
+
 import torchvision
+from torch import nn
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
@@ -53,8 +56,13 @@ def mobilenet_v3_backbone(
         raise ConfigError(
             f"MODEL.MOBILENET_V3.WIDTH_MULT = {width_mult}; fix: use a positive multiplier"
         )
+    # torchvision's BatchNorm momentum for MobileNetV3 is 0.01 (its long ImageNet recipe): the
+    # running statistics then lag the weights for thousands of iterations and a fine-tuned or
+    # short run predicts garbage in eval mode. PyTorch's default 0.1 instead; eps as torchvision.
     # weights=None: nothing is ever downloaded; pretrained weights come from MODEL.WEIGHTS.
-    net = _ARCHS[size](weights=None, width_mult=width_mult, dilated=dilated)
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
+    net = _ARCHS[size](weights=None, width_mult=width_mult, dilated=dilated,
+                       norm_layer=norm_layer)
     return SequentialBackbone(
         features=net.features, in_channels=in_channels, out_features=out_features,
         freeze_at=freeze_at, config_key="MODEL.MOBILENET_V3",

@@ -5,25 +5,23 @@ blocks' outputs before their max-pool, and ``c5`` (stride 32) is the last max-po
 as segmentation_models_pytorch's VGG encoder taps them.
 """
 
-import torchvision
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 from d2seg.modeling.backbone.sequential import SequentialBackbone
 from d2seg.modeling.registry import BACKBONE_REGISTRY
 
-_DEPTHS = {
-    11: torchvision.models.vgg11_bn,
-    13: torchvision.models.vgg13_bn,
-    16: torchvision.models.vgg16_bn,
-    19: torchvision.models.vgg19_bn,
-}
+# torchvision's layer lists ("A" = VGG-11 .. "E" = VGG-19).
+_DEPTHS = {11: "A", 13: "B", 16: "D", 19: "E"}
 
 
 def vgg_backbone(
     *, depth: int, in_channels: int, out_features: list[str], freeze_at: int = 0
 ) -> SequentialBackbone:
-    """torchvision ``vgg<depth>_bn``'s ``features`` as a backbone.
+    """torchvision ``vgg<depth>_bn``'s ``features`` (same layers, same state-dict keys) as a
+    backbone.
 
     Example::
 
@@ -34,10 +32,19 @@ def vgg_backbone(
     """
     if depth not in _DEPTHS:
         raise ConfigError(f"MODEL.VGG.DEPTH = {depth}; fix: use one of {sorted(_DEPTHS)}")
-    # weights=None: nothing is ever downloaded; pretrained weights come from MODEL.WEIGHTS.
-    net = _DEPTHS[depth](weights=None)
+    # torchvision's own builder of vgg*_bn's ``features``, without the 120 M-parameter
+    # classifier that vgg16_bn() would allocate and initialise only to be dropped; initialised as
+    # torchvision's VGG initialises them. Pretrained weights come from MODEL.WEIGHTS.
+    features = make_layers(cfgs[_DEPTHS[depth]], batch_norm=True)
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
     return SequentialBackbone(
-        features=net.features, in_channels=in_channels, out_features=out_features,
+        features=features, in_channels=in_channels, out_features=out_features,
         freeze_at=freeze_at, config_key="MODEL.VGG",
     )
 

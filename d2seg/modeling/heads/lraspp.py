@@ -1,7 +1,8 @@
 """Lite R-ASPP head (Searching for MobileNetV3): torchvision's ``LRASPPHead`` on a low-level
 (stride 8) and a high-level (stride 16 or 32) feature, logits upsampled bilinearly to the input.
-With a dilated MobileNetV3-Large (``c3``, ``c5``) it is torchvision's
-``lraspp_mobilenet_v3_large``."""
+With a dilated MobileNetV3-Large (``c3``, ``c5``) it has the parameters of torchvision's
+``lraspp_mobilenet_v3_large`` key for key; torchvision taps its low feature after the first
+stride-8 block, d2seg's ``c3`` after the last one (two more 40-channel blocks)."""
 
 from typing import Optional
 

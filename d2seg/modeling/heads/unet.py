@@ -5,7 +5,8 @@ ResNet's stem/res2..res5, or the ``c1``..``c5`` of VGG, MobileNetV3 and Efficien
 at the deepest feature, each stage upsamples to the next shallower skip's stride (integer
 factors; bilinear by default, or nearest neighbour as segmentation_models_pytorch does: the
 3×3 convs that follow smooth it and it is a few % faster on CPU, see bench/models.py),
-concatenates that skip, and applies two conv3×3 + norm + ReLU. Stages past the last skip
+concatenates that skip, and applies two conv3×3 + norm + ReLU (``UNET_CENTER``: two more on the
+deepest feature first). Stages past the last skip
 upsample ×2 without one. A 1×1 conv gives the class logits, bilinearly upsampled to the
 input resolution (a 1×1 conv and bilinear resampling commute, so convolving first is the same
 result at a fraction of the cost).
@@ -51,6 +52,7 @@ class UNetHead(SemSegHead):
         num_classes: int,
         norm: str = "BN",
         upsample: str = "bilinear",
+        center: bool = False,
         loss: Optional[SemSegLoss] = None,
     ):
         """
@@ -63,6 +65,9 @@ class UNetHead(SemSegHead):
             num_classes: logit channels (1 = binary, one sigmoid logit).
             norm: "BN", "GN" or "" (none) after each decoder conv.
             upsample: "bilinear" or "nearest", the decoder stages' upsampling.
+            center: two conv3×3 + norm + ReLU on the deepest feature before the first stage,
+                as segmentation_models_pytorch's Unet has for VGG (whose stride-32 map is a
+                bare max-pool of the stride-16 one).
             loss: the training loss on the logits (default: cross-entropy for
                 ``num_classes``, ignore label 255).
         """
@@ -86,6 +91,11 @@ class UNetHead(SemSegHead):
         self._scales: list[int] = []
         blocks = []
         channels, stride = input_shape[in_features[-1]].channels, strides[-1]
+        self.center = (
+            nn.Sequential(*conv_norm_relu(channels, channels, 3, norm),
+                          *conv_norm_relu(channels, channels, 3, norm))
+            if center else nn.Identity()
+        )
         for i, out_channels in enumerate(decoder_channels):
             if i < len(skips):
                 skip_channels, next_stride = input_shape[skips[i]].channels, strides[-2 - i]
@@ -114,10 +124,11 @@ class UNetHead(SemSegHead):
             "decoder_channels": list(head.DECODER_CHANNELS),
             "norm": head.NORM,
             "upsample": head.UPSAMPLE,
+            "center": head.UNET_CENTER,
         }
 
     def layers(self, features: dict[str, Tensor]) -> Tensor:
-        x = features[self.in_features[-1]]
+        x = self.center(features[self.in_features[-1]])
         skips = [features[f] for f in reversed(self.in_features[:-1])]
         for i, (block, scale) in enumerate(zip(self.blocks, self._scales)):
             if self.upsample == "nearest":

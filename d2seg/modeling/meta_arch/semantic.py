@@ -13,6 +13,7 @@ from d2seg.modeling.postprocess import sem_seg_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets
 from d2seg.modeling.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
+from d2seg.modeling.torchvision_keys import map_torchvision_segmentation_keys
 
 
 def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
@@ -109,8 +110,10 @@ class SemanticSegmentor(nn.Module):
         return self.preprocessor.pixel_mean.device
 
     def map_external_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Checkpointer hook: torchvision backbone files and other input-channel counts load."""
-        return map_backbone_checkpoint(state_dict, self)
+        """Checkpointer hook: torchvision classification (backbone) and segmentation model
+        files, and other input-channel counts, load."""
+        mapped = map_torchvision_segmentation_keys(state_dict, self)
+        return map_backbone_checkpoint(mapped, self)
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, Tensor] | list[dict]:
         images = self.preprocessor(batched_inputs)
