@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2seg-installed
 DEMO_OUT ?= output/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser-deps
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,9 +41,16 @@ demo: $(STAMP)
 	$(PY) tools/predict.py --run $(DEMO_OUT)/carvana_run --input $(DEMO_OUT)/carvana_coco/annotations/val.json --output $(DEMO_OUT)/carvana_predict
 	@echo "Predictions on the held-out val images: $(DEMO_OUT)/balloons_predict/overlays and"
 	@echo "      $(DEMO_OUT)/carvana_predict/overlays (predictions.json, sem_seg/, labelme/, report.json)."
+	@echo "Try the balloon model in a browser (page + API on http://127.0.0.1:8000/): $(PY) tools/serve.py --run $(DEMO_OUT)/balloons_run"
+
+# Headless Chromium + its WebDriver for the serving page's browser test (Debian packages).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver; fi
 
 # pytest exits 5 when it collected no test: that is a failure here.
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

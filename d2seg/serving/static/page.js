@@ -131,9 +131,11 @@ function draw() {
   instances.filter((r) => r.segmentation)
     .forEach((r) => paint(frame.data, r.segmentation, thingColor(r.category_id), 0.5));
   ctx.putImageData(frame, 0, 0);
-  const size = Math.max(10, Math.round(canvas.width / 40));
+  // Labels 12 screen pixels high whatever the image's size on screen.
+  const scale = canvas.width / Math.max(1, canvas.clientWidth);
+  const size = Math.max(4, Math.round(12 * scale));
   ctx.font = `${size}px sans-serif`;
-  ctx.lineWidth = Math.max(1, size / 8);
+  ctx.lineWidth = Math.max(0.5, 1.5 * scale);
   instances.forEach((r) => {
     const [x, y, w, h] = r.bbox, color = `rgb(${thingColor(r.category_id).join(",")})`;
     ctx.strokeStyle = color;
