@@ -63,7 +63,7 @@ def serve():
     return serving
 
 
-def png_header(width: int, height: int) -> bytes:
+def _png_header(width: int, height: int) -> bytes:
     """A PNG that declares ``width``×``height`` RGB pixels but holds almost none: a
     decompression bomb's header."""
     import struct
@@ -79,6 +79,12 @@ def png_header(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="session")
+def png_header():
+    """``png_header(width, height) -> bytes``: a decompression bomb's PNG header."""
+    return _png_header
+
+
+@pytest.fixture(scope="session")
 def bad_uploads(balloon_split) -> dict[str, tuple[bytes, str, int]]:
     """Malformed uploads: name → (body, Content-Type, the status the server must answer).
     ``oversized`` is 300 kB: serve it with ``max_bytes`` below that."""
@@ -89,7 +95,7 @@ def bad_uploads(balloon_split) -> dict[str, tuple[bytes, str, int]]:
     return {
         "random bytes": (random_bytes, "image/jpeg", 415),
         "truncated JPEG": (photo[: len(photo) // 3], "image/jpeg", 422),
-        "30000x30000 PNG header": (png_header(30000, 30000), "image/png", 413),
+        "30000x30000 PNG header": (_png_header(30000, 30000), "image/png", 413),
         "empty body": (b"", "image/jpeg", 422),
         "text": (b"hello", "text/plain", 415),
         "oversized": (photo + b"\0" * 300_000, "image/jpeg", 413),
