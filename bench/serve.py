@@ -142,8 +142,9 @@ def main() -> None:
         for max_batch in (8, 1):
             rate, latencies = served(weights, args.size, max_batch, bodies, args.concurrency)
             results[max_batch] = rate
+            p50, p99 = np.percentile(latencies, [50, 99])
             print(f"tools/serve.py --max-batch {max_batch}: {rate:.2f} requests/s, latency p50 "
-                  f"{np.percentile(latencies, 50):.0f} ms, p99 {np.percentile(latencies, 99):.0f} ms")
+                  f"{p50:.0f} ms, p99 {p99:.0f} ms")
     print(f"serve_throughput_ratio: {results[8] / reference:.3f}")
     print(f"batching_gain: {results[8] / results[1]:.3f}")
 

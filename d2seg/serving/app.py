@@ -93,8 +93,8 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | No
     if not multipart and not content_type.startswith(_RAW_TYPES):
         raise ApiError(415, f"Content-Type {content_type} is not an image; fix: send the image "
                             f"as the body (Content-Type image/jpeg, image/png, image/tiff) or "
-                            f"as the multipart field '{UPLOAD_FIELD}' (curl: -H 'Content-Type: image/jpeg' "
-                            f"--data-binary @photo.jpg, or -F {UPLOAD_FIELD}=@photo.jpg)")
+                            f"as the multipart field '{UPLOAD_FIELD}' (curl: -H 'Content-Type: "
+                            f"image/jpeg' --data-binary @photo.jpg, or -F {UPLOAD_FIELD}=@photo.jpg)")
     body = await read_body(request, max_bytes)
     if not multipart:
         return body, None

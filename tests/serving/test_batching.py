@@ -3,7 +3,6 @@ every caller, and an event loop that stays free while the model works."""
 
 import asyncio
 import threading
-import time
 
 import pytest
 

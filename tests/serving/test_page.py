@@ -72,7 +72,8 @@ def test_upload_shows_overlay_table_and_slider_refilters(balloon_run, serve, bro
         assert {r.find_element(By.CSS_SELECTOR, "td.class").text for r in rows} == {"balloon"}
         # The overlay is the photo with the masks tinted in: same size, different pixels.
         changed = browser.execute_script("""
-            const canvas = document.getElementById('overlay'), image = document.getElementById('original');
+            const canvas = document.getElementById('overlay');
+            const image = document.getElementById('original');
             const plain = document.createElement('canvas');
             plain.width = image.naturalWidth; plain.height = image.naturalHeight;
             plain.getContext('2d').drawImage(image, 0, 0);
