@@ -133,7 +133,7 @@ function draw() {
   ctx.putImageData(frame, 0, 0);
   // Labels 12 screen pixels high whatever the image's size on screen.
   const scale = canvas.width / Math.max(1, canvas.clientWidth);
-  const size = Math.max(4, Math.round(12 * scale));
+  const size = Math.max(4, Math.round(14 * scale));
   ctx.font = `${size}px sans-serif`;
   ctx.lineWidth = Math.max(0.5, 1.5 * scale);
   instances.forEach((r) => {
