@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2seg-installed
 DEMO_OUT ?= output/demo
 
-.PHONY: install demo demo-mcu arm-deps test bench clean
+.PHONY: install demo demo-mcu system-deps arm-deps browser-deps test bench clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,7 @@ demo: $(STAMP)
 	$(PY) tools/predict.py --run $(DEMO_OUT)/carvana_run --input $(DEMO_OUT)/carvana_coco/annotations/val.json --output $(DEMO_OUT)/carvana_predict
 	@echo "Predictions on the held-out val images: $(DEMO_OUT)/balloons_predict/overlays and"
 	@echo "      $(DEMO_OUT)/carvana_predict/overlays (predictions.json, sem_seg/, labelme/, report.json)."
+	@echo "Try the balloon model in a browser (page + API on http://127.0.0.1:8000/): $(PY) tools/serve.py --run $(DEMO_OUT)/balloons_run"
 
 # The microcontroller path: train the MCU model (configs/edge) on the sample cars, lower it to
 # int8 C++ for the STM32H743, build it with arm-none-eabi-g++ for a Cortex-M7, run it in QEMU
@@ -59,15 +60,23 @@ demo-mcu: $(STAMP) arm-deps
 	cd $(MCU_OUT)/m7 && ./prog in.pgm mask_host.pgm
 	$(PY) deploy/mcu_report.py $(MCU_OUT)/m7 --mask mask_m7.pgm --host-mask mask_host.pgm
 
-# Debian packages of the Cortex-M7 build and its QEMU run (make demo-mcu, tests/export).
+# Debian packages the tests exercise for real: the Cortex-M7 build and its QEMU run (make
+# demo-mcu, tests/export) and headless Chromium + its WebDriver (the serving page's browser
+# test). apt-get runs only for the missing ones: one update, then one install.
 ARM_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+apt_install = @missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update && $(SUDO) apt-get install -y $$missing; fi
 arm-deps:
-	@dpkg -s $(ARM_PACKAGES) >/dev/null 2>&1 || { \
-	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y $(ARM_PACKAGES); }
+	$(call apt_install,$(ARM_PACKAGES))
+browser-deps:
+	$(call apt_install,$(BROWSER_PACKAGES))
+system-deps:
+	$(call apt_install,$(ARM_PACKAGES) $(BROWSER_PACKAGES))
 
 # pytest exits 5 when it collected no test: that is a failure here.
-test: $(STAMP) arm-deps
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

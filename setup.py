@@ -8,6 +8,7 @@ setup(
     description="Detectron2-style segmentation toolkit built on torchvision, fvcore and pycocotools",
     python_requires=">=3.10",
     packages=find_packages(include=["d2seg", "d2seg.*"]),
+    package_data={"d2seg.serving": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

@@ -1,0 +1,216 @@
+"""The records of one image's predictions, as ``tools/predict.py`` writes them to files and
+``tools/serve.py`` returns them over HTTP.
+
+Every function takes the predictor's outputs at the image's size (torch tensors or numpy
+arrays) and returns plain JSON-ready data:
+
+- :func:`instance_records`: COCO results (``category_id``, ``category_name``, ``bbox`` XYWH,
+  ``score``, RLE ``segmentation``, ``polygons`` on request);
+- :func:`semantic_record`: the classes present with their area and RLE mask;
+- :func:`panoptic_segments`: COCO panoptic ``segments_info`` with names, areas and boxes;
+- :func:`labelme_shapes` / :func:`labelme_document`: a Labelme 5.x file of the objects.
+"""
+
+import base64
+import io
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
+from d2seg.data.labelme import LabelmeShape, rasterize_shape
+from d2seg.data.synthetic import LABELME_VERSION
+from d2seg.evaluation.coco_evaluation import instances_to_coco_results
+from d2seg.modeling.postprocess import sem_seg_labels
+
+# Polygons must give a Labelme file's objects back at least this well, else a mask shape is
+# written: tools/convert_labelme.py on the files then reproduces the predicted masks.
+ROUND_TRIP_IOU = 0.97
+_BACKGROUND_NAMES = ("background", "_background_")
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def class_name(names: list[str], index: int) -> str:
+    """``names[index]``, or ``"class <index>"`` for a class the metadata does not name."""
+    return names[index] if 0 <= index < len(names) else f"class {index}"
+
+
+def semantic_labels(logits: torch.Tensor) -> np.ndarray:
+    """H×W uint8 class ids of K×H×W logits: argmax, or for one sigmoid logit 1 where it is > 0
+    (the binary model's foreground, ``stuff_classes[1]``) and 0 elsewhere."""
+    return sem_seg_labels(logits.detach().float().cpu()).numpy().astype(np.uint8)
+
+
+def mask_outlines(mask: np.ndarray) -> list[list[float]]:
+    """Outer contours of a bool mask as flat ``[x0, y0, x1, y1, ...]`` pixel polygons (holes
+    are not kept; contours with fewer than 3 points are dropped)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """An H×W bool mask as COCO compressed RLE ``{"size": [H, W], "counts": str}``."""
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def instance_records(instances: dict, image_id: int, class_names: list[str],
+                     category_ids: list[int], polygons: bool) -> list[dict]:
+    """COCO results of one image's instances: ``image_id``, ``category_id``
+    (``category_ids[c]`` for contiguous class c), ``bbox`` XYWH pixels, ``score``, RLE
+    ``segmentation`` (when the model predicts masks), ``category_name``; with ``polygons``
+    also ``polygons`` (outer contours, :func:`mask_outlines`)."""
+    with_masks = "masks" in instances
+    results = instances_to_coco_results(instances, image_id, category_ids, with_masks)
+    classes = as_numpy(instances["classes"]).tolist()
+    masks = as_numpy(instances["masks"]).astype(bool) if with_masks and polygons else None
+    for k, (result, c) in enumerate(zip(results, classes)):
+        result["category_name"] = class_name(class_names, c)
+        if masks is not None:
+            result["polygons"] = mask_outlines(masks[k])
+    return results
+
+
+def semantic_record(logits: torch.Tensor, stuff_classes: list[str]) -> dict:
+    """The semantic map of K×H×W logits (:func:`semantic_labels`) as ``{"classes": [{"id",
+    "name", "area" (pixels), "segmentation" (COCO RLE)}]}``, one entry per class present, by id;
+    the areas add up to H·W."""
+    labels = semantic_labels(logits)
+    values, counts = np.unique(labels, return_counts=True)
+    return {"classes": [{"id": v, "name": class_name(stuff_classes, v), "area": n,
+                         "segmentation": mask_rle(labels == v)}
+                        for v, n in zip(values.tolist(), counts.tolist())]}
+
+
+def stuff_name(label: int, stuff_classes: list[str]) -> str:
+    """The name of PanopticUNet's stuff semantic label (1 = background, 2 + k =
+    ``stuff_classes[k]``)."""
+    if label == PANOPTIC_BACKGROUND_LABEL:
+        return "background"
+    k = label - PANOPTIC_FIRST_STUFF_LABEL
+    return stuff_classes[k] if 0 <= k < len(stuff_classes) else f"stuff {label}"
+
+
+def panoptic_segments(ids: Any, segments: list[dict], thing_classes: list[str],
+                      stuff_classes: list[str], with_masks: bool = False) -> list[dict]:
+    """COCO panoptic ``segments_info`` of one H×W map of segment ids: ``{"id", "category_id",
+    "category_name", "isthing", "area", "bbox" XYWH, "score"?}`` per non-empty segment; with
+    ``with_masks`` also its RLE ``segmentation``. Thing class c is category ``c + 1``; stuff
+    label L is category ``len(thing_classes) + L``."""
+    ids = as_numpy(ids).astype(np.int64)
+    info = []
+    for segment in segments:
+        mask = ids == segment["id"]
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            continue
+        label = int(segment["category_id"])
+        isthing = bool(segment.get("isthing", True))
+        if isthing:
+            category, name = label + 1, class_name(thing_classes, label)
+        else:
+            category, name = len(thing_classes) + label, stuff_name(label, stuff_classes)
+        entry = {"id": int(segment["id"]), "category_id": category, "category_name": name,
+                 "isthing": int(isthing), "area": len(ys),
+                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                          int(ys.max() - ys.min() + 1)]}
+        if "score" in segment:
+            entry["score"] = float(segment["score"])
+        if with_masks:
+            entry["segmentation"] = mask_rle(mask)
+        info.append(entry)
+    return info
+
+
+def _reproduces(outlines: list[list[float]], mask: np.ndarray) -> bool:
+    """Whether polygons rasterised as Labelme (and the converter) do give ``mask`` back with
+    IoU ≥ :data:`ROUND_TRIP_IOU`."""
+    if not outlines:
+        return False
+    drawn = np.zeros_like(mask)
+    for points in outlines:
+        shape = LabelmeShape(0, "", "polygon", np.reshape(points, (-1, 2)), None)
+        drawn |= rasterize_shape(shape, *mask.shape)
+    return (mask & drawn).sum() >= ROUND_TRIP_IOU * (mask | drawn).sum()
+
+
+def _mask_shape(label: str, mask: np.ndarray, description: str) -> dict:
+    ys, xs = np.nonzero(mask)
+    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    buffer = io.BytesIO()
+    Image.fromarray(crop.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return {"label": label, "points": [[float(xs.min()), float(ys.min())],
+                                       [float(xs.max()), float(ys.max())]],
+            "group_id": None, "description": description, "shape_type": "mask",
+            "flags": {}, "mask": base64.b64encode(buffer.getvalue()).decode("ascii")}
+
+
+def _object_shapes(label: str, mask: np.ndarray, description: str, group_id: int) -> list[dict]:
+    if not mask.any():
+        return []
+    outlines = mask_outlines(mask)
+    if not _reproduces(outlines, mask):  # holes, thin or tiny objects
+        return [_mask_shape(label, mask, description)]
+    return [{"label": label, "points": np.reshape(p, (-1, 2)).tolist(),
+             "group_id": group_id if len(outlines) > 1 else None,
+             "description": description, "shape_type": "polygon", "flags": {}}
+            for p in outlines]
+
+
+def _labelme_objects(outputs: dict, thing_classes: list[str],
+                     stuff_classes: list[str]) -> list[tuple[str, np.ndarray, str]]:
+    """(label, H×W bool mask, description) of every object to write."""
+    if "instances" in outputs and "masks" in outputs["instances"]:
+        instances = outputs["instances"]
+        masks = as_numpy(instances["masks"]).astype(bool)
+        return [(class_name(thing_classes, c), masks[k], f"score {s:.3f}")
+                for k, (c, s) in enumerate(zip(as_numpy(instances["classes"]).tolist(),
+                                               as_numpy(instances["scores"]).tolist()))]
+    if "sem_seg" not in outputs:
+        return []
+    labels = semantic_labels(outputs["sem_seg"])
+    objects = []
+    for label in np.unique(labels).tolist():
+        name = class_name(stuff_classes, label)
+        if name.lower() in _BACKGROUND_NAMES:
+            continue
+        count, components = cv2.connectedComponents((labels == label).astype(np.uint8))
+        objects += [(name, components == k, "") for k in range(1, count)]
+    return objects
+
+
+def labelme_shapes(outputs: dict, thing_classes: list[str], stuff_classes: list[str]) -> list[dict]:
+    """Labelme shapes of one image's predictions.
+
+    Every predicted instance (or every connected region of a semantic class other than
+    background) becomes ``polygon`` shapes labelled with its class name, one per outer contour,
+    sharing a ``group_id`` when there are several; an object those polygons would not give
+    back (a hole, a thin or tiny object: mask IoU below :data:`ROUND_TRIP_IOU` when Labelme
+    rasterises them) becomes one ``mask`` shape, which is exact. ``description`` holds the
+    score.
+    """
+    shapes = []
+    objects = _labelme_objects(outputs, thing_classes, stuff_classes)
+    for group_id, (label, mask, description) in enumerate(objects, start=1):
+        shapes += _object_shapes(label, mask, description, group_id)
+    return shapes
+
+
+def labelme_document(shapes: list[dict], image_path: str, image_data: bytes | None,
+                     height: int, width: int) -> dict:
+    """A Labelme 5.x file: ``shapes``, ``imagePath`` (relative to the file), the image's bytes
+    embedded as ``imageData`` when given, and its size in pixels."""
+    return {
+        "version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": image_path,
+        "imageData": None if image_data is None else base64.b64encode(image_data).decode("ascii"),
+        "imageHeight": height, "imageWidth": width,
+    }

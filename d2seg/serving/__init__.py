@@ -1,0 +1,8 @@
+"""Serving a trained model over HTTP (``tools/serve.py``; extra ``[serve]``: fastapi, uvicorn,
+python-multipart): :func:`create_app` is the FastAPI app, importable for gunicorn/uvicorn."""
+
+from d2seg.serving.app import create_app
+from d2seg.serving.model import ModelSource
+from d2seg.serving.settings import ServeSettings
+
+__all__ = ["ModelSource", "ServeSettings", "create_app"]
