@@ -109,6 +109,18 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
         refused=("ImplicitPointHead",),
     ),
     Unsupported("MODEL.IMPLICIT_POINTREND.", "Implicit PointRend", _KEEP),
+    Unsupported(
+        "MODEL.SEM_SEG_HEAD.NAME",
+        "PointRend semantic segmentation",
+        "use SemSegFPNHead (PointRend's coarse head alone)",
+        refused=("PointRendSemSegHead",),
+    ),
+    Unsupported(
+        "MODEL.ROI_HEADS.NAME",
+        "Cascade R-CNN",
+        "use StandardROIHeads (one box stage)",
+        refused=("CascadeROIHeads",),
+    ),
     Unsupported("MODEL.FPN.FUSE_TYPE", "FPN average fusion", "set it 'sum'"),
     Unsupported(
         "MODEL.FPN.NORM",

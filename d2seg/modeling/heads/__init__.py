@@ -3,3 +3,4 @@
 from d2seg.modeling.heads.mask_head import MaskRCNNConvUpsampleHead  # noqa: F401
 from d2seg.modeling.heads.point_rend import PointRendMaskHead, StandardPointHead  # noqa: F401
 from d2seg.modeling.heads.unet import ResNetUNetHead  # noqa: F401
+from d2seg.modeling.heads.semantic_fpn import SemSegFPNHead  # noqa: F401

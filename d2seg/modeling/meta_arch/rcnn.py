@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
 from d2seg.config import CfgNode
-from d2seg.config.unsupported import unsupported_error
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling.backbone import Backbone, build_backbone
 from d2seg.modeling.backbone.backbone import check_in_features
@@ -44,10 +43,6 @@ def build_roi_heads(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskRoIH
     or ``Res5ROIHeads`` (C4: the res5 stage on pooled res4); mask head ``ROI_MASK_HEAD`` if
     MASK_ON."""
     heads, box = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
-    if heads.NAME == "CascadeROIHeads":
-        raise unsupported_error(
-            "Cascade R-CNN", "MODEL.ROI_HEADS.NAME", "use StandardROIHeads (one box stage)"
-        )
     if heads.NAME not in ("StandardROIHeads", "Res5ROIHeads"):
         raise ConfigError(
             f"MODEL.ROI_HEADS.NAME = {heads.NAME!r} is not registered; fix: use "
