@@ -378,6 +378,9 @@ _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # d2seg: "pycocotools" or "faster" (faster-coco-eval, identical numbers).
 _C.TEST.COCO_BACKEND = "pycocotools"
+# d2seg: SemSegEvaluator scores a class predicted but absent from the ground truth IoU 0 and
+# counts it in mIoU (False: NaN and left out, Detectron2's rule).
+_C.TEST.SEM_SEG_STRICT_IOU = False
 # d2seg: also compute the training losses on DATASETS.TEST at every evaluation.
 _C.TEST.VALIDATION_LOSS = False
 
