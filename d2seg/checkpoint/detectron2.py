@@ -161,10 +161,22 @@ def _head_name(name: str, model: nn.Module) -> str | None:
         ("proposal_generator.rpn_head.anchor_deltas.", "rpn.head.bbox_pred."),
         ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
         ("roi_heads.mask_head.deconv.", "roi_heads.mask_head.predictor.conv5_mask."),
+        ("roi_heads.mask_head.coarse_head.reduce_spatial_dim_conv.",
+         "roi_heads.mask_head.coarse_head.reduce."),
+        ("roi_heads.mask_head.coarse_head.coarse_mask_fc1.",
+         "roi_heads.mask_head.coarse_head.layers.2."),
+        ("roi_heads.mask_head.coarse_head.coarse_mask_fc2.",
+         "roi_heads.mask_head.coarse_head.layers.4."),
+        ("roi_heads.mask_head.coarse_head.prediction.",
+         "roi_heads.mask_head.coarse_head.predictor."),
+        ("roi_heads.mask_head.point_head.predictor.", "roi_heads.mask_head.point_head.predictor."),
         ("roi_heads.mask_head.predictor.", "roi_heads.mask_head.predictor.mask_fcn_logits."),
     ):
         if name.startswith(old):
             return new + name[len(old):]
+    point_fc = re.match(r"roi_heads\.mask_head\.point_head\.fc(\d+)\.(.*)$", name)
+    if point_fc:
+        return f"roi_heads.mask_head.point_head.fc_layers.{int(point_fc[1]) - 1}.{point_fc[2]}"
     mask_conv = re.match(r"roi_heads\.mask_head\.mask_fcn(\d+)\.(norm\.)?(.*)$", name)
     if mask_conv:
         return f"roi_heads.mask_head.convs.{int(mask_conv[1]) - 1}.{1 if mask_conv[2] else 0}." \
