@@ -362,9 +362,8 @@ _C.SOLVER.EARLY_STOP.MODE = "max"  # "max" or "min"
 # Test
 # ---------------------------------------------------------------------------- #
 _C.TEST = CN()
-# Detectron2's sanity check after --eval-only: [["segm", "AP", 38.5, 0.2], ...] = task, metric,
-# expected value, tolerance (absolute; a negative tolerance is relative: |actual-expected| <=
-# |tol| * expected). A miss fails the run (exit 1).
+# Detectron2's check after --eval-only: [["segm", "AP", 38.5, 0.2], ...] = task, metric,
+# expected value, absolute tolerance. A miss (or a missing / non-finite metric) exits 1.
 _C.TEST.EXPECTED_RESULTS = []
 # Evaluate every EVAL_PERIOD iterations during training (0 = only at the end).
 _C.TEST.EVAL_PERIOD = 0

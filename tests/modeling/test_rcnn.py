@@ -283,3 +283,17 @@ def test_checkpointer_loads_torchvision_resnet_into_grayscale_panoptic_model(tmp
                                resnet["conv1.weight"].sum(dim=1, keepdim=True))
     torch.testing.assert_close(trunk.layer4[1].conv2.weight.detach(),
                                resnet["layer4.1.conv2.weight"])
+
+
+def test_thresholded_paste_equals_thresholding_the_float_paste():
+    """paste_masks(threshold=t) writes bool box by box; it must equal pasting probabilities and
+    thresholding the whole image afterwards."""
+    from d2seg.modeling.postprocess import paste_masks
+
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(12, 28, 28, generator=generator)
+    corners = torch.rand(12, 2, generator=generator) * 70 - 10
+    boxes = torch.cat([corners, corners + 5 + torch.rand(12, 2, generator=generator) * 40], 1)
+    binary = paste_masks(masks, boxes, 61, 83, threshold=0.5)
+    assert binary.dtype == torch.bool
+    assert torch.equal(binary, paste_masks(masks, boxes, 61, 83) >= 0.5)
