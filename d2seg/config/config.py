@@ -27,8 +27,8 @@ BASE_KEY = "_BASE_"
 # checked by the registries when the model is built.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "MODEL.RESNETS.DEPTH": (18, 34, 50, 101),
-    "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN"),
+    "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
+    "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "SyncBN", "GN"),
     "MODEL.RPN.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou"),
     "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou"),
     "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", "ROIAlign", "ROIPool", "ROIAlignRotated"),

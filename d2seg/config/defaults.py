@@ -46,9 +46,43 @@ _C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
 _C.MODEL.BACKBONE.FREEZE_AT = 2
 
 _C.MODEL.RESNETS = CN()
-_C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50 or 101
+_C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50, 101 or 152
 _C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-_C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN" or "GN"
+# ResNeXt: NUM_GROUPS 32, WIDTH_PER_GROUP 4 (or 8) with DEPTH 50/101; 1 and 64 = ResNet.
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+_C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN" (BN in one process) or "GN"
+# The bottleneck stride in the first 1x1 conv (MSRA weights) or the 3x3 (torchvision weights).
+# d2seg: False, torchvision's placement, the one its ImageNet weights were trained with
+# (Detectron2's default True suits its MSRA .pkl weights, which d2seg does not read).
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False
+# 2 replaces res5's stride by dilation (output stride 16).
+_C.MODEL.RESNETS.RES5_DILATION = 1
+# d2seg: 2 also dilates res4 (output stride 8, with RES5_DILATION 2), as DeepLab/FCN use.
+_C.MODEL.RESNETS.RES4_DILATION = 1
+# Detectron2 requires 64 for R18/R34; d2seg reads the default 256 as 64 there.
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+# Deformable 3x3 convs (torchvision DeformConv2d) in res2..res5; bottleneck depths only.
+_C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
+_C.MODEL.RESNETS.DEFORM_MODULATED = False
+_C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
+
+# d2seg: torchvision classification networks as backbones. Their maps are named c<k> by
+# stride 2^k (c0 = stride 1 .. c5 = stride 32), what MODEL.SEM_SEG_HEAD.IN_FEATURES lists.
+_C.MODEL.VGG = CN()  # MODEL.BACKBONE.NAME build_vgg_backbone (torchvision vgg*_bn)
+_C.MODEL.VGG.DEPTH = 16  # 11, 13, 16 or 19
+_C.MODEL.VGG.OUT_FEATURES = ["c1", "c2", "c3", "c4", "c5"]
+_C.MODEL.MOBILENET_V3 = CN()  # build_mobilenet_v3_backbone
+_C.MODEL.MOBILENET_V3.SIZE = "large"  # "small" or "large"
+_C.MODEL.MOBILENET_V3.WIDTH_MULT = 1.0
+# True: the last stage is dilated instead of strided (c5 at stride 16, as torchvision's
+# LR-ASPP / DeepLabV3 MobileNet models).
+_C.MODEL.MOBILENET_V3.DILATED = False
+_C.MODEL.MOBILENET_V3.OUT_FEATURES = ["c1", "c2", "c3", "c4", "c5"]
+_C.MODEL.EFFICIENTNET = CN()  # build_efficientnet_backbone
+_C.MODEL.EFFICIENTNET.VARIANT = "b0"  # "b0" .. "b3"
+_C.MODEL.EFFICIENTNET.OUT_FEATURES = ["c1", "c2", "c3", "c4", "c5"]
 
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = []
@@ -204,10 +238,12 @@ _C.MODEL.IMPLICIT_POINTREND.POS_ENC_ENABLED = True
 _C.MODEL.IMPLICIT_POINTREND.PARAMS_L2_REGULARIZER = 0.00001
 
 _C.MODEL.SEM_SEG_HEAD = CN()
-# "SemSegFPNHead" (Detectron2's, on p2..p5), "ResNetUNetHead" (d2seg) or "PointRendSemSegHead".
+# "SemSegFPNHead" (Detectron2's, on p2..p5); d2seg heads: "UNetHead" ("ResNetUNetHead", its
+# old name), "DeepLabV3Head", "DeepLabV3PlusHead", "FCNHead", "LRASPPHead".
 _C.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
-# Features the head reads: p2..p5 for SemSegFPNHead; the trunk's stem, res2..res5 (deepest
-# last) as skips for the U-Net decoder.
+# Backbone features the head reads, shallowest first: p2..p5 for SemSegFPNHead; the U-Net's
+# skips and its deepest input (e.g. stem, res2..res5); DeepLabV3/V3+/FCN one feature (the ASPP
+# input); LR-ASPP two (low, high).
 _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
 # Decoder channels, one per upsampling stage from res5 upward (d2seg).
 _C.MODEL.SEM_SEG_HEAD.DECODER_CHANNELS = [256, 128, 64, 32, 16]
@@ -227,10 +263,23 @@ _C.MODEL.SEM_SEG_HEAD.NORM = "GN"
 # as segmentation_models_pytorch's Unet).
 _C.MODEL.SEM_SEG_HEAD.UPSAMPLE = "bilinear"
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
-# SemSegFPNHead: channels of its convs, and the stride (pixels) its per-level branches
-# upsample to before they are summed.
-_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128
+# SemSegFPNHead: the stride (pixels) its per-level branches upsample to before they are summed.
 _C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
+# DeepLab heads (Detectron2's DeepLab project keys): ASPP output channels and the atrous rates
+# of its three 3x3 branches ([12, 24, 36] at output stride 8, [6, 12, 18] at 16).
+_C.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 256
+_C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]
+# d2seg: depthwise-separable 3x3 convs in the ASPP and the DeepLabV3+ decoder (as
+# segmentation_models_pytorch's DeepLabV3Plus and the DeepLabV3+ paper).
+_C.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
+# DeepLabV3+: the shallower features concatenated on the way up (deepest last), each projected
+# to PROJECT_CHANNELS by a 1x1 conv, then two 3x3 convs of CONVS_DIM channels.
+_C.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
+_C.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [48]
+# SemSegFPNHead's conv channels too (Detectron2's default; its DeepLab configs use 256).
+_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128
+# d2seg: LRASPPHead's inner channels (torchvision's inter_channels).
+_C.MODEL.SEM_SEG_HEAD.LRASPP_CHANNELS = 128
 
 _C.MODEL.PANOPTIC_FPN = CN()
 _C.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = 1.0

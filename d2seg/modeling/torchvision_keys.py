@@ -45,3 +45,36 @@ def map_torchvision_maskrcnn_keys(
             continue
         mapped[key] = value
     return mapped
+
+
+_SEGMENTATION_HEAD = ("classifier.", "sem_seg_head.classifier.")
+_SEGMENTATION_AUX = "aux_classifier."
+
+
+def map_torchvision_segmentation_keys(
+    state_dict: dict[str, Tensor], model: nn.Module
+) -> dict[str, Tensor]:
+    """A torchvision semantic segmentation state dict (``fcn_resnet50``,
+    ``lraspp_mobilenet_v3_large``, ...) keyed like ``model`` (a SemanticSegmentor).
+
+    torchvision keeps the trunk under ``backbone.`` with the classification network's names
+    (``backbone.layer1...``; for MobileNetV3 the ``features`` indices, ``backbone.0...``) and the
+    head under ``classifier.``; d2seg's heads name torchvision's head module ``classifier`` too.
+    The auxiliary head (``aux_classifier.*``) is dropped. A state dict without top-level
+    ``classifier.*`` keys, or a model that has them itself, is returned as is.
+    """
+    own_keys = model.state_dict().keys()
+    if not any(k.startswith(_SEGMENTATION_HEAD[0]) for k in state_dict) or any(
+        k.startswith(_SEGMENTATION_HEAD[0]) for k in own_keys
+    ):
+        return state_dict
+    mapped = {}
+    for key, value in state_dict.items():
+        if key.startswith(_SEGMENTATION_AUX):
+            continue
+        if key.startswith(_SEGMENTATION_HEAD[0]):
+            key = _SEGMENTATION_HEAD[1] + key[len(_SEGMENTATION_HEAD[0]):]
+        elif key not in own_keys and key.startswith("backbone."):
+            key = "backbone.features." + key[len("backbone."):]
+        mapped[key] = value
+    return mapped

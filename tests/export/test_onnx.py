@@ -159,6 +159,32 @@ def test_gray_binary_unet_exports_every_file_with_its_report(tmp_path):
     assert np.abs(logits - torch_logits(model, pixels(1, 1, 128, 128))).max() <= 1e-4
 
 
+FAMILY_CONFIGS = ["unet_VGG11_tiny.yaml", "unet_EffB0_tiny.yaml",
+                  "unet_MNV3_small_gray_tiny.yaml", "deeplabv3_MNV3_tiny.yaml",
+                  "deeplabv3plus_MNV3_tiny.yaml", "fcn_MNV3_tiny.yaml", "lraspp_MNV3_tiny.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", FAMILY_CONFIGS)
+def test_every_model_family_exports_static_and_dynamic_graphs_that_match(config, tmp_path):
+    """Each backbone × head family: the static graph has constant Resizes only (what the C++
+    lowering takes), and both graphs match PyTorch in onnxruntime, the dynamic one at a size off
+    the size divisibility."""
+    cfg, model = tiny_model(config)
+    report = export_model(cfg, model, tmp_path / "out", height=64, width=96, dynamic=True)
+    assert all(check["max_abs_logit_diff"] <= 1e-4 for check in report["checks"].values())
+    static = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert computed_resize_inputs(static) == []
+    channels = len(cfg.MODEL.PIXEL_MEAN)
+    batch = pixels(1, channels, 64, 96, seed=3)
+    logits = session(tmp_path / "out" / "model.onnx").run(None, {"image": batch.numpy()})[0]
+    assert logits.shape == (1, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 64, 96)
+    assert np.abs(logits - torch_logits(model, batch)).max() <= 1e-4
+    odd = pixels(2, channels, 50, 70, seed=4)  # padded to the size divisibility in the graph
+    dynamic = session(tmp_path / "out" / "model_dynamic.onnx").run(None, {"image": odd.numpy()})[0]
+    assert np.abs(dynamic - torch_logits(model, odd)).max() <= 1e-4
+
+
 def test_failed_verification_raises_and_writes_nothing(unet, monkeypatch, tmp_path):
     cfg = tiny_model("unet_R_18_tiny.yaml")[0]
     monkeypatch.setattr(verify, "LOGIT_ATOL", -1.0)  # any difference, even 0, now fails

@@ -1,6 +1,8 @@
 """ResNet trunk and FPN: feature shapes, any input channels, pretrained-weight adaptation,
 freezing."""
 
+from functools import partial
+
 import pytest
 import torch
 import torchvision
@@ -9,8 +11,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from d2seg.config import get_cfg
 from d2seg.errors import ConfigError
 from d2seg.modeling.backbone import FPN, ResNet, build_backbone
-from d2seg.modeling.backbone.resnet import adapt_resnet_input_channels, map_torchvision_resnet_keys
-from d2seg.modeling.heads import ResNetUNetHead
+from d2seg.modeling.backbone.stem import adapt_input_channels, map_torchvision_backbone_keys
+from d2seg.modeling.heads import UNetHead
 
 ALL_STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
@@ -89,7 +91,7 @@ def test_adaptation_works_nested_and_before_shape_filtering_loaders():
     torch.testing.assert_close(fpn.bottom_up.conv1.weight.detach(), expected)
 
     # fvcore's Checkpointer drops keys whose shape differs from the model's: adapt first.
-    adapt_resnet_input_channels(fpn, nested)
+    adapt_input_channels(fpn, nested)
     key = "bottom_up.conv1.weight"
     assert nested[key].shape == fpn.state_dict()[key].shape
 
@@ -160,14 +162,104 @@ def test_torchvision_keys_map_into_a_whole_model():
     state = torchvision.models.resnet18(weights=None).state_dict()
     model = torch.nn.Module()
     model.backbone = _resnet(in_channels=1)
-    model.head = ResNetUNetHead(
+    model.head = UNetHead(
         input_shape=model.backbone.output_shape(), in_features=ALL_STAGES,
         decoder_channels=[16] * 5, num_classes=2,
     )
-    result = model.load_state_dict(map_torchvision_resnet_keys(state, model), strict=False)
+    result = model.load_state_dict(map_torchvision_backbone_keys(state, model), strict=False)
     assert result.unexpected_keys == []
     assert all(k.startswith("head.") for k in result.missing_keys)
     expected = state["conv1.weight"].mean(dim=1, keepdim=True) * 3
     torch.testing.assert_close(model.backbone.conv1.weight.detach(), expected)
     running_var = model.backbone.layer4[1].bn2.running_var
     torch.testing.assert_close(running_var, state["layer4.1.bn2.running_var"])
+
+
+DETECTRON2_RESNETS_KEYS = {
+    "DEPTH", "OUT_FEATURES", "NUM_GROUPS", "NORM", "WIDTH_PER_GROUP", "STRIDE_IN_1X1",
+    "RES5_DILATION", "RES2_OUT_CHANNELS", "STEM_OUT_CHANNELS", "DEFORM_ON_PER_STAGE",
+    "DEFORM_MODULATED", "DEFORM_NUM_GROUPS",
+}
+
+
+def test_every_detectron2_resnets_key_exists_and_reaches_the_trunk():
+    cfg = get_cfg()
+    assert DETECTRON2_RESNETS_KEYS <= set(cfg.MODEL.RESNETS)
+    assert cfg.MODEL.RESNETS.NUM_GROUPS == 1 and cfg.MODEL.RESNETS.WIDTH_PER_GROUP == 64
+    assert cfg.MODEL.RESNETS.RES5_DILATION == 1 and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS == 256
+    kwargs = ResNet.from_config(cfg)
+    assert {"num_groups", "stride_in_1x1", "res5_dilation", "deform_on_per_stage"} <= set(kwargs)
+
+
+def _torchvision_trunk_outputs(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+@pytest.mark.parametrize(
+    "reference, options, res5_stride",
+    [
+        (partial(torchvision.models.resnext50_32x4d), dict(num_groups=32, width_per_group=4), 32),
+        (partial(torchvision.models.resnet50, replace_stride_with_dilation=[False, True, True]),
+         dict(res4_dilation=2, res5_dilation=2), 8),
+        (partial(torchvision.models.resnet50, replace_stride_with_dilation=[False, False, True]),
+         dict(res5_dilation=2), 16),
+    ],
+    ids=["resnext50_32x4d", "output_stride_8", "output_stride_16"],
+)
+def test_resnext_and_dilated_trunks_are_torchvision_models(reference, options, res5_stride):
+    torch.manual_seed(0)
+    net = reference(weights=None).eval()
+    trunk = ResNet(depth=50, in_channels=3, out_features=ALL_STAGES, norm="BN", **options).eval()
+    result = trunk.load_state_dict(net.state_dict(), strict=False)
+    assert result.missing_keys == [] and set(result.unexpected_keys) == {"fc.weight", "fc.bias"}
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = trunk(image)
+        torch.testing.assert_close(features["res5"], _torchvision_trunk_outputs(net, image))
+    assert trunk.output_shape()["res5"].stride == res5_stride
+    assert features["res5"].shape[-1] == 64 // res5_stride
+
+
+def test_stride_in_1x1_moves_the_stride_and_keeps_the_shapes():
+    trunk = _resnet(depth=50, stride_in_1x1=True).eval()
+    block = trunk.layer2[0]
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+    with torch.no_grad():
+        assert trunk(torch.randn(1, 3, 64, 64))["res3"].shape == (1, 512, 8, 8)
+
+
+def test_widths_norms_and_what_basic_blocks_refuse():
+    trunk = _resnet(depth=50, stem_out_channels=32, res2_out_channels=128, num_groups=2,
+                    width_per_group=16, norm="GN")
+    assert [s.channels for s in trunk.output_shape().values()] == [32, 128, 256, 512, 1024]
+    assert trunk.layer1[0].conv2.out_channels == 32  # Detectron2: NUM_GROUPS × WIDTH_PER_GROUP
+    assert isinstance(trunk.bn1, torch.nn.GroupNorm)
+    assert trunk(torch.randn(1, 3, 64, 64))["res5"].shape == (1, 1024, 2, 2)
+    sync = _resnet(norm="SyncBN").train()
+    assert isinstance(sync.bn1, torch.nn.SyncBatchNorm)
+    sync(torch.randn(2, 3, 64, 64))["res5"].mean().backward()  # BatchNorm in one process
+    for key, option in [("RES5_DILATION", dict(res5_dilation=2)),
+                        ("NUM_GROUPS", dict(num_groups=32)),
+                        ("DEFORM_ON_PER_STAGE", dict(deform_on_per_stage=[True] * 4))]:
+        with pytest.raises(ConfigError, match=f"MODEL.RESNETS.{key}.*basic blocks"):
+            _resnet(depth=18, **option)
+    with pytest.raises(ConfigError, match="RES4_DILATION 2 needs RES5_DILATION 2"):
+        _resnet(depth=50, res4_dilation=2)
+
+
+def test_deformable_stages_start_as_the_plain_convs_and_learn_offsets():
+    torch.manual_seed(0)
+    plain = _resnet(depth=50).eval()
+    deform = _resnet(depth=50, deform_on_per_stage=[False, False, True, True]).eval()
+    result = deform.load_state_dict(plain.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all("conv_offset" in k for k in result.missing_keys)
+    assert isinstance(deform.layer3[0].conv2, torchvision.ops.DeformConv2d)
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # zero offsets sample the regular grid
+        torch.testing.assert_close(deform(image)["res5"], plain(image)["res5"])
+    modulated = _resnet(depth=50, deform_on_per_stage=[False, False, False, True],
+                        deform_modulated=True, deform_num_groups=2).train()
+    modulated(image)["res5"].square().mean().backward()
+    assert modulated.layer4[0].conv2.conv_offset.weight.grad.abs().sum() > 0

@@ -1,9 +1,10 @@
-"""U-Net decoder over a ResNet trunk (segmentation_models_pytorch's Unet decoder).
+"""U-Net decoder over any backbone (segmentation_models_pytorch's Unet decoder).
 
-The decoder knows only the encoder's feature names, channels and strides (``output_shape()``):
-starting at the deepest feature, each stage upsamples to the next shallower skip's stride
-(integer factors; bilinear by default, or nearest neighbour as segmentation_models_pytorch does:
-the 3×3 convs that follow smooth it and it is a few % faster on CPU, see bench/models.py),
+The decoder knows only the backbone's feature names, channels and strides (``output_shape()``):
+ResNet's stem/res2..res5, or the ``c1``..``c5`` of VGG, MobileNetV3 and EfficientNet. Starting
+at the deepest feature, each stage upsamples to the next shallower skip's stride (integer
+factors; bilinear by default, or nearest neighbour as segmentation_models_pytorch does: the
+3×3 convs that follow smooth it and it is a few % faster on CPU, see bench/models.py),
 concatenates that skip, and applies two conv3×3 + norm + ReLU. Stages past the last skip
 upsample ×2 without one. A 1×1 conv gives the class logits, bilinearly upsampled to the
 input resolution (a 1×1 conv and bilinear resampling commute, so convolving first is the same
@@ -18,40 +19,27 @@ from torch import Tensor, nn
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
-from d2seg.modeling.backbone.backbone import check_in_features
-from d2seg.modeling.backbone.resnet import get_norm
+from d2seg.modeling.heads.sem_seg import SemSegHead, conv_norm_relu, upsample
 from d2seg.modeling.losses import SemSegLoss
 from d2seg.modeling.registry import SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
 
 
-def _conv3x3_norm_relu(in_channels: int, out_channels: int, norm: str) -> list[nn.Module]:
-    # A conv bias is redundant in front of a normalisation layer.
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "")
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return [conv, get_norm(norm, out_channels), nn.ReLU(inplace=True)]
-
-
 @SEM_SEG_HEADS_REGISTRY.register()
-class ResNetUNetHead(nn.Module):
-    """Trunk features → N×``num_classes``×H×W logits at the input resolution, and their loss.
-
-    As Detectron2's semantic heads: ``forward(features, targets)`` returns ``(logits, {})`` in
-    eval mode and ``(None, {"loss_sem_seg": loss})`` in training; :meth:`layers` is the bare
-    decoder (features → logits), what export and tests call.
+class UNetHead(SemSegHead):
+    """Backbone features → N×``num_classes``×H×W logits at the input resolution, and their loss.
 
     Example::
 
         import torch
-        from d2seg.modeling.backbone.resnet import ResNet
-        from d2seg.modeling.heads.unet import ResNetUNetHead
+        from d2seg.modeling.backbone.mobilenet import mobilenet_v3_backbone
+        from d2seg.modeling.heads.unet import UNetHead
 
-        trunk = ResNet(depth=18, in_channels=3, out_features=["stem", "res2", "res3", "res4",
-                       "res5"], norm="BN", freeze_at=0)
-        head = ResNetUNetHead(input_shape=trunk.output_shape(),
-                              in_features=["stem", "res2", "res3", "res4", "res5"],
-                              decoder_channels=[64, 32, 16, 16, 8], num_classes=3).eval()
-        logits, _ = head(trunk(torch.zeros(1, 3, 64, 64)))   # 1×3×64×64
+        features = ["c1", "c2", "c3", "c4", "c5"]
+        backbone = mobilenet_v3_backbone(size="small", in_channels=1, out_features=features)
+        head = UNetHead(input_shape=backbone.output_shape(), in_features=features,
+                        decoder_channels=[64, 32, 16, 16, 8], num_classes=3).eval()
+        logits, _ = head(backbone(torch.zeros(1, 1, 64, 64)))   # 1×3×64×64
     """
 
     def __init__(
@@ -67,8 +55,8 @@ class ResNetUNetHead(nn.Module):
     ):
         """
         Args:
-            input_shape: the trunk's ``output_shape()``.
-            in_features: trunk features used, shallowest first; the last (deepest) starts the
+            input_shape: the backbone's ``output_shape()``.
+            in_features: features used, shallowest first; the last (deepest) starts the
                 decoder, the others are skips. Strides must grow from one to the next.
             decoder_channels: output channels of each decoder stage, deepest first; at least
                 one per skip. Stages after the last skip upsample ×2 each, without a skip.
@@ -78,13 +66,14 @@ class ResNetUNetHead(nn.Module):
             loss: the training loss on the logits (default: cross-entropy for
                 ``num_classes``, ignore label 255).
         """
-        super().__init__()
-        check_in_features("MODEL.SEM_SEG_HEAD.IN_FEATURES", in_features, input_shape)
+        super().__init__(input_shape=input_shape, in_features=in_features,
+                         num_classes=num_classes, loss=loss)
         strides = [input_shape[f].stride for f in in_features]
         if any(deep <= shallow for shallow, deep in zip(strides, strides[1:])):
             raise ConfigError(
                 f"MODEL.SEM_SEG_HEAD.IN_FEATURES = {list(in_features)} have strides {strides}; "
-                f"fix: list them shallowest first, e.g. stem, res2, res3, res4, res5"
+                f"fix: list them shallowest first, e.g. stem, res2, res3, res4, res5 (ResNet) "
+                f"or c1, c2, c3, c4, c5, without dilated stages"
             )
         skips = list(reversed(in_features[:-1]))
         if len(decoder_channels) < len(skips):
@@ -92,8 +81,6 @@ class ResNetUNetHead(nn.Module):
                 f"MODEL.SEM_SEG_HEAD.DECODER_CHANNELS has {len(decoder_channels)} values for "
                 f"{len(skips)} skip features; fix: give at least {len(skips)} (one per stage)"
             )
-        self.in_features = list(in_features)
-        self.num_classes = num_classes
         self.upsample = upsample
         # Upsampling factor of each stage: to the skip's stride, or ×2 past the last skip.
         self._scales: list[int] = []
@@ -111,61 +98,38 @@ class ResNetUNetHead(nn.Module):
                     f"give at most {i} values"
                 )
             self._scales.append(stride // next_stride)
-            layers = _conv3x3_norm_relu(channels + skip_channels, out_channels, norm)
-            layers += _conv3x3_norm_relu(out_channels, out_channels, norm)
+            layers = conv_norm_relu(channels + skip_channels, out_channels, 3, norm)
+            layers += conv_norm_relu(out_channels, out_channels, 3, norm)
             blocks.append(nn.Sequential(*layers))
             channels, stride = out_channels, next_stride
         self.blocks = nn.ModuleList(blocks)
         self.predictor = nn.Conv2d(channels, num_classes, kernel_size=1)
         self._output_scale = stride
-        self.loss = loss if loss is not None else SemSegLoss(num_classes=num_classes)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
-            "input_shape": input_shape,
-            "in_features": list(head.IN_FEATURES),
+            **super().from_config(cfg, input_shape),
             "decoder_channels": list(head.DECODER_CHANNELS),
-            "num_classes": head.NUM_CLASSES,
             "norm": head.NORM,
             "upsample": head.UPSAMPLE,
-            "loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
         }
 
-    @property
-    def ignore_value(self) -> int:
-        """The target label that counts in no loss (padding and unlabelled pixels)."""
-        return self.loss.ignore_value
-
-    def forward(
-        self, features: dict[str, Tensor], targets: Optional[Tensor] = None
-    ) -> tuple[Optional[Tensor], dict[str, Tensor]]:
-        """``targets``: N×H×W long labels at the logits' size (training only). → (N×K×H×W
-        logits or None in training, losses ``{"loss_sem_seg"}`` in training or ``{}``)."""
-        logits = self.layers(features)
-        if self.training:
-            if targets is None:
-                raise ValueError("ResNetUNetHead needs targets in training mode")
-            return None, {"loss_sem_seg": self.loss(logits, targets)}
-        return logits, {}
-
     def layers(self, features: dict[str, Tensor]) -> Tensor:
-        """``features``: the trunk's maps by name, from an N×C×H×W input whose H and W are
-        multiples of the deepest stride → N×num_classes×H×W logits."""
         x = features[self.in_features[-1]]
         skips = [features[f] for f in reversed(self.in_features[:-1])]
         for i, (block, scale) in enumerate(zip(self.blocks, self._scales)):
             if self.upsample == "nearest":
                 x = F.interpolate(x, scale_factor=scale, mode="nearest")
             else:
-                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+                x = upsample(x, scale)
             if i < len(skips):
                 x = torch.cat([x, skips[i]], dim=1)
             x = block(x)
-        x = self.predictor(x)
-        if self._output_scale > 1:
-            x = F.interpolate(
-                x, scale_factor=self._output_scale, mode="bilinear", align_corners=False
-            )
-        return x
+        return upsample(self.predictor(x), self._output_scale)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ResNetUNetHead(UNetHead):
+    """:class:`UNetHead` under its former name, so configs and runs that name it still load."""

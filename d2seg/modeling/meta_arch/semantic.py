@@ -1,4 +1,4 @@
-"""``SemanticSegmentor``: a trunk + a dense head that owns its loss (ResNetUNetHead)."""
+"""``SemanticSegmentor``: a backbone + a dense head that owns its loss."""
 
 from typing import Any
 
@@ -7,12 +7,13 @@ from torch import Tensor, nn
 
 from d2seg.config import CfgNode
 from d2seg.modeling.backbone import Backbone, build_backbone
-from d2seg.modeling.backbone.resnet import map_resnet_checkpoint
+from d2seg.modeling.backbone.stem import map_backbone_checkpoint
 from d2seg.modeling.build import build_from_registry
 from d2seg.modeling.postprocess import sem_seg_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets
 from d2seg.modeling.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
+from d2seg.modeling.torchvision_keys import map_torchvision_segmentation_keys
 
 
 def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
@@ -85,7 +86,7 @@ class SemanticSegmentor(nn.Module):
         Args:
             backbone: the trunk; its ``output_shape()`` feeds the head.
             sem_seg_head: ``head(features, targets) -> (logits | None, losses)`` with an
-                ``ignore_value`` attribute (see :class:`~d2seg.modeling.heads.ResNetUNetHead`).
+                ``ignore_value`` attribute (see :class:`~d2seg.modeling.heads.SemSegHead`).
             preprocessor: normalisation and padding of the input images.
         """
         super().__init__()
@@ -109,8 +110,10 @@ class SemanticSegmentor(nn.Module):
         return self.preprocessor.pixel_mean.device
 
     def map_external_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Checkpointer hook: torchvision ResNet files and other input-channel counts load."""
-        return map_resnet_checkpoint(state_dict, self)
+        """Checkpointer hook: torchvision classification (backbone) and segmentation model
+        files, and other input-channel counts, load."""
+        mapped = map_torchvision_segmentation_keys(state_dict, self)
+        return map_backbone_checkpoint(mapped, self)
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, Tensor] | list[dict]:
         images = self.preprocessor(batched_inputs)
