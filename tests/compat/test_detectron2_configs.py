@@ -35,6 +35,11 @@ REFUSED = {
     "configs/Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml": "Cascade R-CNN",
     "configs/Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv.yaml": "Cascade R-CNN",
     "configs/Misc/panoptic_fpn_R_101_dconv_cascade_gn_3x.yaml": "Cascade R-CNN",
+    "configs/Misc/mask_rcnn_R_50_FPN_3x_gn.yaml": "normalisation inside the FPN",
+    "configs/Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml": "normalisation inside the FPN",
+    "configs/Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml": "normalisation inside the FPN",
+    "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_gn.yaml": "normalisation inside the FPN",
+    "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn.yaml": "normalisation inside the FPN",
     "projects/PointRend/configs/InstanceSegmentation/Base-Implicit-PointRend.yaml":
         "Implicit PointRend",
     "projects/PointRend/configs/InstanceSegmentation/implicit_pointrend_R_50_FPN_1x_coco.yaml":

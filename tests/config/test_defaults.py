@@ -25,9 +25,7 @@ def detectron2_defaults(shared_data) -> dict:
     dump = shared_data / "detectron2_configs" / "default_config.yaml"
     leaves = dict(_leaves(yaml.safe_load(dump.read_text())))
     assert len(leaves) == 192
-    # MODEL.RESNETS.* comes with the ResNet trunk work (branch h-models); once merged, delete
-    # this filter so that the test covers all 192 keys.
-    return {k: v for k, v in leaves.items() if not k.startswith("MODEL.RESNETS.")}
+    return leaves
 
 
 def test_every_detectron2_key_exists_with_detectron2s_default(detectron2_defaults):

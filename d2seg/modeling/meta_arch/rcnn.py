@@ -10,7 +10,6 @@ data mapper's job, as in Detectron2. Predictions are mapped back to each input's
 ``height``×``width``.
 """
 
-from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -21,7 +20,7 @@ from d2seg.config import CfgNode
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling.backbone import Backbone, build_backbone
 from d2seg.modeling.backbone.backbone import check_in_features
-from d2seg.modeling.backbone.resnet import _TORCHVISION_RESNETS, get_norm, map_resnet_checkpoint
+from d2seg.modeling.backbone.resnet import ResNet, map_resnet_checkpoint
 from d2seg.modeling.box_head import BoxPredictor, box_head_output_size, build_box_head
 from d2seg.modeling.build import build_from_registry
 from d2seg.modeling.heads.mask_head import MaskRCNNConvUpsampleHead
@@ -111,26 +110,20 @@ def build_roi_heads(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskRoIH
 
 
 def build_res5_head(cfg: CfgNode, in_channels: int) -> tuple[nn.Module, int]:
-    """The C4 models' res5 stage (torchvision ResNet ``layer4``, stride 2, norm
-    ``RESNETS.NORM``) over ``in_channels`` res4 channels → (module, its output channels)."""
-    depth = cfg.MODEL.RESNETS.DEPTH
-    if depth not in _TORCHVISION_RESNETS:
-        raise ConfigError(
-            f"MODEL.RESNETS.DEPTH = {depth} for Res5ROIHeads; fix: use one of "
-            f"{sorted(_TORCHVISION_RESNETS)}"
-        )
-    net = _TORCHVISION_RESNETS[depth](
-        weights=None, norm_layer=partial(get_norm, cfg.MODEL.RESNETS.NORM)
-    )
-    res5 = net.layer4
-    expected = res5[0].conv1.in_channels
+    """The C4 models' res5 stage over ``in_channels`` res4 channels → (module, its output
+    channels): the trunk's own res5 as ``MODEL.RESNETS.*`` builds it (depth, ResNeXt groups,
+    ``STRIDE_IN_1X1``, norm, deformable convs), stride 2 (14×14 RoIs → 7×7), never frozen."""
+    stages = ResNet.from_config(cfg)
+    stages.update(out_features=["res5"], freeze_at=0, res4_dilation=1, res5_dilation=1)
+    trunk = ResNet(**stages)
+    expected = trunk.layer4[0].conv1.in_channels
     if expected != in_channels:
         raise ConfigError(
             f"Res5ROIHeads: MODEL.ROI_HEADS.IN_FEATURES has {in_channels} channels but the "
-            f"res5 stage of a ResNet-{depth} takes {expected}; fix: pool the trunk's res4 "
+            f"res5 stage of this ResNet takes {expected}; fix: pool the trunk's res4 "
             "(MODEL.ROI_HEADS.IN_FEATURES ['res4'])"
         )
-    return res5, 512 * res5[-1].expansion
+    return trunk.layer4, trunk.output_shape()["res5"].channels
 
 
 @META_ARCH_REGISTRY.register()
