@@ -9,9 +9,15 @@ assignment (canonical box 224 px on level 4, as Detectron2) and passes ``aligned
 from typing import Union
 
 import torch
+import torchvision
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+from torchvision.ops.poolers import (
+    _convert_to_roi_format,
+    _filter_input,
+    _onnx_merge_levels,
+    _setup_scales,
+)
 
 from d2seg.config.unsupported import unsupported_error
 
@@ -77,8 +83,14 @@ class ROIPooler(MultiScaleRoIAlign):
             return roi_align(levels[0], rois, spatial_scale=self.scales[0], **pool)
         assigned = self.map_levels(boxes)
         result = levels[0].new_zeros((len(rois), levels[0].shape[1], *self.output_size))
+        per_level = []
         for level, (feature, scale) in enumerate(zip(levels, self.scales)):
             index = torch.where(assigned == level)[0]
             pooled = roi_align(feature, rois[index], spatial_scale=scale, **pool)
-            result[index] = pooled.to(result.dtype)
+            if torchvision._is_tracing():
+                per_level.append(pooled.to(result.dtype))
+            else:
+                result[index] = pooled.to(result.dtype)
+        if torchvision._is_tracing():  # as torchvision: an ONNX-exportable merge
+            return _onnx_merge_levels(assigned, per_level)
         return result
