@@ -118,8 +118,10 @@ def is_caffe2_state_dict(state_dict: dict[str, Any]) -> bool:
 
 
 def is_detectron2_state_dict(state_dict: dict[str, Any]) -> bool:
-    return any(k.startswith(("backbone.bottom_up.", "proposal_generator.rpn_head.")) or
-               re.match(r"(backbone\.)?(stem|res\d)\.", k) for k in state_dict)
+    """Names only Detectron2's modules have (d2seg's trunk is torchvision's: conv1, layer1..)."""
+    return any(k.startswith("proposal_generator.rpn_head.") or
+               re.match(r"(backbone\.bottom_up\.)?(stem\.conv1\.|res[2-5]\.\d+\.)", k)
+               for k in state_dict)
 
 
 _TRUNK_RULES = (

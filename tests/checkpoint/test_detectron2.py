@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from d2seg.checkpoint import D2SegCheckpointer
-from d2seg.checkpoint.detectron2 import load_pkl
+from d2seg.checkpoint.detectron2 import is_detectron2_state_dict, load_pkl
 from d2seg.config import get_cfg
 from d2seg.errors import CheckpointError
 from d2seg.modeling import build_model
@@ -134,3 +134,16 @@ def test_detectron2_module_names_and_class_order_are_mapped(tmp_path):
     mask_bias = state["roi_heads.mask_head.predictor.mask_fcn_logits.bias"]
     assert mask_bias[0] == 0
     torch.testing.assert_close(mask_bias[1:], d2["roi_heads.mask_head.predictor.bias"])
+
+
+def test_a_d2seg_checkpoint_is_not_taken_for_a_detectron2_one(tmp_path):
+    model = _tiny_rcnn()
+    assert not is_detectron2_state_dict(model.state_dict())
+    torch.save({"model": model.state_dict()}, tmp_path / "own.pth")
+    again = _tiny_rcnn()
+    for p in again.parameters():
+        p.data.zero_()
+    extra = D2SegCheckpointer(again).load(str(tmp_path / "own.pth"))
+    assert "detectron2_report" not in extra
+    for (name, ours), theirs in zip(again.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, msg=name)
