@@ -8,7 +8,10 @@
     python tools/train_net.py --config-file CFG --num-gpus 2                  # DDP (gloo on CPU)
     torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG          # under torchrun
 
-Exit codes: 0 done; 2 a user mistake (one line on stderr); 130 / 143 stopped by SIGINT (Ctrl-C)
+With ``--eval-only``, ``TEST.EXPECTED_RESULTS`` ([[task, metric, expected, tolerance], ...]) is
+checked as Detectron2 does: a miss prints one line per metric and exits 1.
+
+Exit codes: 0 done; 1 a TEST.EXPECTED_RESULTS miss; 2 a user mistake (one line on stderr); 130 / 143 stopped by SIGINT (Ctrl-C)
 / SIGTERM after saving a checkpoint, with one line naming it and the ``--resume`` command (a
 second Ctrl-C aborts at once without saving, also 130).
 """
@@ -24,6 +27,7 @@ from d2seg.checkpoint import D2SegCheckpointer  # noqa: E402
 from d2seg.engine import default_argument_parser, default_setup, launch, setup_cfg  # noqa: E402
 from d2seg.engine.trainer import DefaultTrainer, auto_scale_workers  # noqa: E402
 from d2seg.errors import ConfigError  # noqa: E402
+from d2seg.evaluation.testing import verify_results  # noqa: E402
 from d2seg.modeling import build_model  # noqa: E402
 from d2seg.utils import comm  # noqa: E402
 from d2seg.utils.cli import Interrupted, run_cli  # noqa: E402
@@ -39,7 +43,13 @@ def main(args: argparse.Namespace) -> dict:
     if args.eval_only:
         model = build_model(cfg)
         D2SegCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-        return DefaultTrainer.test(cfg, model, cfg.MODEL.WEIGHTS)
+        results = DefaultTrainer.test(cfg, model, cfg.MODEL.WEIGHTS)
+        misses = verify_results(cfg, results) if comm.is_main_process() else []
+        if misses:
+            for miss in misses:
+                print(f"TEST.EXPECTED_RESULTS: {miss}", file=sys.stderr)
+            sys.exit(1)
+        return results
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     try:

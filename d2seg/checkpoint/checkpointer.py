@@ -9,6 +9,9 @@ holds only the model, its metadata and what the caller adds (the iteration, the 
 * every file is read with ``torch.load(weights_only=True)``: a checkpoint is data, not code, and
   a pickle that holds Python objects is refused with :class:`CheckpointError`;
 * a plain state dict (e.g. torchvision's ``resnet50-*.pth``) is accepted as the model's weights;
+  Detectron2 model-zoo files (``.pkl`` of numpy arrays, read by a restricted unpickler, or
+  ``.pth``) with Caffe2 or Detectron2 names are mapped onto d2seg's modules
+  (:mod:`d2seg.checkpoint.detectron2`), with a logged report of what loaded;
   a model may define ``map_external_state_dict(state_dict) -> state_dict`` to rename foreign keys;
 * saves go to a temp file that is renamed into place, so a process killed mid-write leaves the
   previous checkpoint (and ``last_checkpoint``) intact;
@@ -26,6 +29,12 @@ from typing import Any
 import torch
 from fvcore.common.checkpoint import Checkpointer
 
+from d2seg.checkpoint.detectron2 import (
+    is_caffe2_state_dict,
+    is_detectron2_state_dict,
+    load_pkl,
+    map_detectron2_state_dict,
+)
 from d2seg.errors import CheckpointError
 from d2seg.utils.io import atomic_open, interrupted_writes
 
@@ -115,9 +124,17 @@ class D2SegCheckpointer(Checkpointer):
         return super().load(path, checkpointables)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
-        checkpoint = load_checkpoint_file(filename)
+        if filename.endswith(".pkl"):
+            checkpoint = load_pkl(filename)
+        else:
+            checkpoint = load_checkpoint_file(filename)
         if "model" not in checkpoint:
             checkpoint = {"model": checkpoint}
+        weights = checkpoint["model"]
+        if is_caffe2_state_dict(weights) or is_detectron2_state_dict(weights):
+            checkpoint["model"], report = map_detectron2_state_dict(weights, self.model)
+            self.logger.info(f"Detectron2 weights {filename}: {report.summary()}")
+            checkpoint["detectron2_report"] = report
         mapper = getattr(self.model, "map_external_state_dict", None)
         if mapper is not None:
             checkpoint["model"] = mapper(checkpoint["model"])

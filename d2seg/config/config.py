@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
+from d2seg.config.unsupported import check_supported
 from d2seg.errors import ConfigError
 
 BASE_KEY = "_BASE_"
@@ -28,6 +29,14 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
     "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
     "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "SyncBN", "GN"),
+    "MODEL.RPN.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou"),
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou"),
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", "ROIAlign", "ROIPool", "ROIAlignRotated"),
+    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": (
+        "ROIAlignV2", "ROIAlign", "", "ROIPool", "ROIAlignRotated"
+    ),
+    "MODEL.ROI_BOX_HEAD.NORM": ("", "GN", "BN", "SyncBN", "FrozenBN"),
+    "MODEL.ROI_MASK_HEAD.NORM": ("", "GN", "BN", "SyncBN", "FrozenBN"),
     "MODEL.SEM_SEG_HEAD.LOSS": ("ce", "bce", "dice", "ce+dice"),
     "MODEL.SEM_SEG_HEAD.NORM": ("BN", "GN", ""),
     "MODEL.SEM_SEG_HEAD.UPSAMPLE": ("bilinear", "nearest"),
@@ -120,7 +129,11 @@ def load_yaml_with_base(filename: str, _seen: tuple[str, ...] = ()) -> dict[str,
 
 
 def validate_cfg(cfg: CfgNode) -> None:
-    """Check enumerated values and cross-key rules; raise :class:`ConfigError` on the first."""
+    """Check enumerated values, Detectron2 features d2seg lacks (:mod:`~d2seg.config.unsupported`)
+    and cross-key rules; raise :class:`ConfigError` on the first."""
+    from d2seg.config.defaults import _C
+
+    check_supported(cfg, _C)
     for key, allowed in CHOICES.items():
         value = get_key(cfg, key)
         if value not in allowed:
@@ -181,6 +194,9 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
                 f"trailing comma: ({value!r},) in YAML, or \"('{value}',)\" on the command line"
             )
         if isinstance(value, (tuple, list)):
+            inner = default[0] if default else None
+            if isinstance(inner, (tuple, list)):  # e.g. one weight tuple per cascade stage
+                value = [type(inner)(v) if isinstance(v, (tuple, list)) else v for v in value]
             return type(default)(value)
     elif isinstance(default, bool):
         if isinstance(value, bool):

@@ -4,6 +4,12 @@ Keys and defaults follow Detectron2's ``config/defaults.py`` so that a Detectron
 works unchanged where d2seg implements the feature. Keys that d2seg adds are marked "d2seg".
 A key that is not in this tree is a :class:`~d2seg.errors.ConfigError`, never silently ignored.
 
+Every key of Detectron2's default tree is here with Detectron2's default, so a Detectron2 YAML
+that leaves a key out gets what Detectron2 would give it (Detectron2's defaults describe a C4
+model: ``Res5ROIHeads`` on ``res4``). The one deliberate difference is listed in
+:data:`d2seg.config.unsupported.D2SEG_DEFAULTS`. Keys of features d2seg does not implement are
+accepted at their default and refused by name otherwise (:mod:`d2seg.config.unsupported`).
+
 Conventions kept from Detectron2:
 
 * ``NUM_CLASSES`` counts foreground classes only (torchvision's count adds background inside).
@@ -24,15 +30,18 @@ _C.MODEL = CN()
 # d2seg: "auto" picks "cuda" when a GPU is visible, else "cpu".
 _C.MODEL.DEVICE = "auto"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-# A local file: a d2seg checkpoint or a torchvision state dict. Nothing is ever downloaded.
+# A local file: a d2seg checkpoint, a torchvision state dict, or a Detectron2 model-zoo file
+# (.pkl with MSRA/Caffe2 or Detectron2 names, .pth). Nothing is ever downloaded.
 _C.MODEL.WEIGHTS = ""
+_C.MODEL.LOAD_PROPOSALS = False
 _C.MODEL.MASK_ON = False
+_C.MODEL.KEYPOINT_ON = False
 # Per-channel mean/std in INPUT.FORMAT order; their length sets the number of input channels.
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 
 _C.MODEL.BACKBONE = CN()
-_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
 # Stages to freeze: 0 = none, 1 = stem, 2 = stem + res2, ... 5 = everything.
 _C.MODEL.BACKBONE.FREEZE_AT = 2
 
@@ -76,59 +85,134 @@ _C.MODEL.EFFICIENTNET.VARIANT = "b0"  # "b0" .. "b3"
 _C.MODEL.EFFICIENTNET.OUT_FEATURES = ["c1", "c2", "c3", "c4", "c5"]
 
 _C.MODEL.FPN = CN()
-_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.IN_FEATURES = []
 _C.MODEL.FPN.OUT_CHANNELS = 256
+_C.MODEL.FPN.NORM = ""
+_C.MODEL.FPN.FUSE_TYPE = "sum"
+
+_C.MODEL.PROPOSAL_GENERATOR = CN()
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+# Proposals with a side below this many pixels are dropped before NMS.
+_C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
 
 _C.MODEL.ANCHOR_GENERATOR = CN()
-# One list of sizes (pixels) per feature map, and aspect ratios (height / width).
-_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+_C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
+# One list of sizes (pixels) per feature map (or one list for all), and aspect ratios
+# (height / width).
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# Rotated anchors only (RotatedAnchorGenerator); DefaultAnchorGenerator ignores them.
+_C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
+# Anchor centres at (OFFSET + i) * stride; 0.0 is torchvision's and Detectron2's default.
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
 
 _C.MODEL.RPN = CN()
-_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_C.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
+_C.MODEL.RPN.IN_FEATURES = ["res4"]
+# -1: anchors may cross the image border (the only choice, as torchvision).
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
 _C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
 _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# "smooth_l1" (SMOOTH_L1_BETA 0 = L1) or "giou".
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
 # Detectron2 counts top-k per feature level, as torchvision does.
-_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
-_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
-_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
 _C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
 _C.MODEL.RPN.NMS_THRESH = 0.7
+# Channels of the RPN head's hidden convs; -1 = the input's channels (one conv by default).
+_C.MODEL.RPN.CONV_DIMS = [-1]
 
 _C.MODEL.ROI_HEADS = CN()
-_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+# "Res5ROIHeads" (C4), "StandardROIHeads" (FPN/DC5) or "CascadeROIHeads".
+_C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
 # Foreground classes only (background is added inside). d2seg: 0 = as many as the
 # thing_classes of DATASETS.TRAIN (resolved at setup, saved in config.yaml).
 _C.MODEL.ROI_HEADS.NUM_CLASSES = 80
-_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
 _C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
 _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+# The ground-truth boxes join the proposals in training (torchvision always does).
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
 
 _C.MODEL.ROI_BOX_HEAD = CN()
-_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+# "FastRCNNConvFCHead" for StandardROIHeads/CascadeROIHeads; Res5ROIHeads has no box head ("").
+_C.MODEL.ROI_BOX_HEAD.NAME = ""
+# "smooth_l1" (SMOOTH_L1_BETA 0 = L1) or "giou" (torchvision's generalized_box_iou_loss).
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
-_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+# "ROIAlignV2" (half-pixel aligned RoIAlign) or "ROIAlign" (the legacy, unaligned one).
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+# FastRCNNConvFCHead: NUM_CONV 3×3 convs of CONV_DIM (normalised by NORM), then NUM_FC FCs.
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 0
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
+# "", "GN", "BN", "SyncBN" (BN on one process) or "FrozenBN".
+_C.MODEL.ROI_BOX_HEAD.NORM = ""
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+# The mask head trains on the box head's refined boxes instead of the proposals.
+_C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+_C.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
+_C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
+_C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
+_C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
+
+_C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
+# One set of box-regression weights and one foreground IoU per cascade stage.
+_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
+    (10.0, 10.0, 5.0, 5.0),
+    (20.0, 20.0, 10.0, 10.0),
+    (30.0, 30.0, 15.0, 15.0),
+)
+_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
 
 _C.MODEL.ROI_MASK_HEAD = CN()
 # "MaskRCNNConvUpsampleHead" or "PointRendMaskHead".
 _C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
 _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
 _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
-_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 0
 _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+# "", "GN", "BN", "SyncBN" (BN on one process) or "FrozenBN".
+_C.MODEL.ROI_MASK_HEAD.NORM = ""
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+# "ROIAlignV2", "ROIAlign", or "" for PointRend (its coarse head samples p2 itself).
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
 # PointRendMaskHead's coarse head (Detectron2's PointRend project keys); IN_FEATURES is read
 # by PointRend only: the standard head pools MODEL.ROI_HEADS.IN_FEATURES.
 _C.MODEL.ROI_MASK_HEAD.FC_DIM = 1024
 _C.MODEL.ROI_MASK_HEAD.NUM_FC = 2
 _C.MODEL.ROI_MASK_HEAD.OUTPUT_SIDE_RESOLUTION = 7
 _C.MODEL.ROI_MASK_HEAD.IN_FEATURES = ["p2"]
+# PointRend project key: PointRendMaskHead refines its coarse masks with the point head.
+_C.MODEL.ROI_MASK_HEAD.POINT_HEAD_ON = False
+
+_C.MODEL.ROI_KEYPOINT_HEAD = CN()
+_C.MODEL.ROI_KEYPOINT_HEAD.NAME = "KRCNNConvDeconvUpsampleHead"
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = tuple(512 for _ in range(8))
+_C.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = 17
+_C.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = 1
+_C.MODEL.ROI_KEYPOINT_HEAD.NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS = True
+_C.MODEL.ROI_KEYPOINT_HEAD.LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE = "ROIAlignV2"
 
 _C.MODEL.POINT_HEAD = CN()
 _C.MODEL.POINT_HEAD.NAME = "StandardPointHead"
@@ -144,28 +228,37 @@ _C.MODEL.POINT_HEAD.IMPORTANCE_SAMPLE_RATIO = 0.75
 _C.MODEL.POINT_HEAD.SUBDIVISION_STEPS = 5
 _C.MODEL.POINT_HEAD.SUBDIVISION_NUM_POINTS = 28 * 28
 _C.MODEL.POINT_HEAD.COARSE_PRED_EACH_LAYER = True
+# PointRend project key: the coarse head of PointRendSemSegHead.
+_C.MODEL.POINT_HEAD.COARSE_SEM_SEG_HEAD_NAME = "SemSegFPNHead"
+
+# PointRend project keys of Implicit PointRend (not implemented: refused unless at default).
+_C.MODEL.IMPLICIT_POINTREND = CN()
+_C.MODEL.IMPLICIT_POINTREND.IMAGE_FEATURE_ENABLED = True
+_C.MODEL.IMPLICIT_POINTREND.POS_ENC_ENABLED = True
+_C.MODEL.IMPLICIT_POINTREND.PARAMS_L2_REGULARIZER = 0.00001
 
 _C.MODEL.SEM_SEG_HEAD = CN()
-# d2seg heads: "UNetHead" ("ResNetUNetHead", its old name), "DeepLabV3Head",
-# "DeepLabV3PlusHead", "FCNHead", "LRASPPHead".
-_C.MODEL.SEM_SEG_HEAD.NAME = "UNetHead"
-# Backbone features the head reads, shallowest first: the U-Net's skips and its deepest input;
-# DeepLabV3/V3+/FCN one feature (the ASPP input); LR-ASPP two (low, high).
-_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["stem", "res2", "res3", "res4", "res5"]
+# "SemSegFPNHead" (Detectron2's, on p2..p5); d2seg heads: "UNetHead" ("ResNetUNetHead", its
+# old name), "DeepLabV3Head", "DeepLabV3PlusHead", "FCNHead", "LRASPPHead".
+_C.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
+# Backbone features the head reads, shallowest first: p2..p5 for SemSegFPNHead; the U-Net's
+# skips and its deepest input (e.g. stem, res2..res5); DeepLabV3/V3+/FCN one feature (the ASPP
+# input); LR-ASPP two (low, high).
+_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
 # Decoder channels, one per upsampling stage from res5 upward (d2seg).
 _C.MODEL.SEM_SEG_HEAD.DECODER_CHANNELS = [256, 128, 64, 32, 16]
 # Pixels with this label in the ground truth are ignored by the loss and by evaluation.
 _C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
 # Number of classes incl. background; 1 = binary foreground with a sigmoid; d2seg: 0 = as many
 # as the stuff_classes of DATASETS.TRAIN (resolved at setup, saved in config.yaml).
-_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
+_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 54
 # d2seg: "ce", "bce", "dice" or "ce+dice"; CE_WEIGHT/DICE_WEIGHT mix the last.
 _C.MODEL.SEM_SEG_HEAD.LOSS = "ce"
 _C.MODEL.SEM_SEG_HEAD.CE_WEIGHT = 1.0
 _C.MODEL.SEM_SEG_HEAD.DICE_WEIGHT = 1.0
 # d2seg: per-class weights for the cross-entropy term; empty = uniform.
 _C.MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS = []
-_C.MODEL.SEM_SEG_HEAD.NORM = "BN"
+_C.MODEL.SEM_SEG_HEAD.NORM = "GN"
 # d2seg: upsampling of the U-Net decoder stages: "bilinear" or "nearest" (a few % faster on CPU,
 # as segmentation_models_pytorch's Unet).
 _C.MODEL.SEM_SEG_HEAD.UPSAMPLE = "bilinear"
@@ -173,6 +266,8 @@ _C.MODEL.SEM_SEG_HEAD.UPSAMPLE = "bilinear"
 # VGG encoders, whose stride-32 map is a bare max-pool).
 _C.MODEL.SEM_SEG_HEAD.UNET_CENTER = False
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+# SemSegFPNHead: the stride (pixels) its per-level branches upsample to before they are summed.
+_C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
 # DeepLab heads (Detectron2's DeepLab project keys): ASPP output channels and the atrous rates
 # of its three 3x3 branches ([12, 24, 36] at output stride 8, [6, 12, 18] at 16).
 _C.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 256
@@ -184,7 +279,8 @@ _C.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
 # to PROJECT_CHANNELS by a 1x1 conv, then two 3x3 convs of CONVS_DIM channels.
 _C.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
 _C.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [48]
-_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128  # Detectron2's default; its DeepLab configs use 256
+# SemSegFPNHead's conv channels too (Detectron2's default; its DeepLab configs use 256).
+_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128
 # d2seg: LRASPPHead's inner channels (torchvision's inter_channels).
 _C.MODEL.SEM_SEG_HEAD.LRASPP_CHANNELS = 128
 
@@ -195,6 +291,23 @@ _C.MODEL.PANOPTIC_FPN.COMBINE.ENABLED = True
 _C.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 0.5
 _C.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 4096
 _C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
+
+_C.MODEL.RETINANET = CN()
+_C.MODEL.RETINANET.NUM_CLASSES = 80
+_C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.RETINANET.NUM_CONVS = 4
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
+_C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+_C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RETINANET.NORM = ""
 
 # ---------------------------------------------------------------------------- #
 # Input
@@ -216,6 +329,10 @@ _C.INPUT.CROP = CN({"ENABLED": False})
 # "relative_range", "relative", "absolute" or "absolute_range".
 _C.INPUT.CROP.TYPE = "relative_range"
 _C.INPUT.CROP.SIZE = [0.9, 0.9]
+# PointRend project keys (semantic crops that avoid one class filling the crop; SSD colour
+# augmentation).
+_C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+_C.INPUT.COLOR_AUG_SSD = False
 # d2seg: brightness/contrast/saturation jitter strength, 0 = off.
 _C.INPUT.COLOR_JITTER = 0.0
 
@@ -226,6 +343,10 @@ _C.DATASETS = CN()
 # Registered names or paths to COCO json files (auto-registered, images beside the json).
 _C.DATASETS.TRAIN = ()
 _C.DATASETS.TEST = ()
+_C.DATASETS.PROPOSAL_FILES_TRAIN = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
+_C.DATASETS.PROPOSAL_FILES_TEST = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
 # d2seg: the class names of DATASETS.TRAIN, written by the trainer's setup (empty = not known
 # yet), so that config.yaml alone names a run's predictions. Instance classes index
 # THING_CLASSES; semantic labels index STUFF_CLASSES (0 is usually "background").
@@ -238,6 +359,7 @@ _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 # "TrainingSampler" or "RepeatFactorTrainingSampler".
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.REPEAT_SQRT = True
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
 # ---------------------------------------------------------------------------- #
@@ -257,9 +379,12 @@ _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)
+# WarmupStepWithFixedGammaLR only.
+_C.SOLVER.NUM_DECAYS = 3
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
 _C.SOLVER.WARMUP_ITERS = 1000
 _C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.RESCALE_INTERVAL = False
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 # d2seg: keep only the newest N periodic checkpoints (0 = keep all); model_best.pth and
 # model_final.pth are kept besides them.
@@ -289,11 +414,24 @@ _C.SOLVER.EARLY_STOP.MODE = "max"  # "max" or "min"
 # Test
 # ---------------------------------------------------------------------------- #
 _C.TEST = CN()
+# Detectron2's check after --eval-only: [["segm", "AP", 38.5, 0.2], ...] = task, metric,
+# expected value, absolute tolerance. A miss (or a missing / non-finite metric) exits 1.
+_C.TEST.EXPECTED_RESULTS = []
 # Evaluate every EVAL_PERIOD iterations during training (0 = only at the end).
 _C.TEST.EVAL_PERIOD = 0
+_C.TEST.KEYPOINT_OKS_SIGMAS = []
 _C.TEST.DETECTIONS_PER_IMAGE = 100
+_C.TEST.AUG = CN({"ENABLED": False})
+_C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_C.TEST.AUG.MAX_SIZE = 4000
+_C.TEST.AUG.FLIP = True
+_C.TEST.PRECISE_BN = CN({"ENABLED": False})
+_C.TEST.PRECISE_BN.NUM_ITER = 200
 # d2seg: "pycocotools" or "faster" (faster-coco-eval, identical numbers).
 _C.TEST.COCO_BACKEND = "pycocotools"
+# d2seg: SemSegEvaluator scores a class predicted but absent from the ground truth IoU 0 and
+# counts it in mIoU (False: NaN and left out, Detectron2's rule).
+_C.TEST.SEM_SEG_STRICT_IOU = False
 # d2seg: also compute the training losses on DATASETS.TEST at every evaluation.
 _C.TEST.VALIDATION_LOSS = False
 
@@ -304,3 +442,9 @@ _C.OUTPUT_DIR = "./output"
 # >= 0: deterministic seed (the same result twice on CPU); < 0: random.
 _C.SEED = -1
 _C.CUDNN_BENCHMARK = False
+# "" = PyTorch's default; "highest", "high" or "medium" (torch.set_float32_matmul_precision).
+_C.FLOAT32_PRECISION = ""
+_C.VIS_PERIOD = 0
+# Detectron2's placeholder for global hacks; no effect.
+_C.GLOBAL = CN()
+_C.GLOBAL.HACK = 1.0

@@ -1,14 +1,21 @@
 """Semantic segmentation metrics from one confusion matrix over the non-ignored pixels.
 
-Scale: the keys Detectron2 reports — ``mIoU, fwIoU, mACC, pACC, IoU-<class>, ACC-<class>`` (and
-the binary headline ``IoU``) — are percentages (×100). ``Dice, F1, precision, recall, MCC`` and
-their ``-<class>`` variants are fractions (0..1; MCC -1..1), as torchmetrics returns them.
+Scale: the keys Detectron2 reports — ``mIoU, fwIoU, mACC, pACC, IoU-<class>, ACC-<class>,
+BoundaryIoU-<class>`` (and the binary headline ``IoU``) — are percentages (×100). ``Dice, F1,
+precision, recall, MCC`` and their ``-<class>`` variants are fractions (0..1; MCC -1..1), as
+torchmetrics returns them.
+
+IoU follows Detectron2's rule by default: a class absent from the ground truth has no IoU (NaN),
+even where it is predicted, and is left out of mIoU. ``strict_iou=True``
+(``TEST.SEM_SEG_STRICT_IOU``) scores such a class 0 and counts it, so false positives of absent
+classes lower mIoU.
 """
 
 import logging
 import os
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -48,14 +55,40 @@ def multiclass_mcc(confusion: np.ndarray) -> float:
     return float(covariance / denominator) if denominator > 0 else 0.0
 
 
-def semantic_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str, float]:
+def label_boundary(labels: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
+    """Detectron2's ``_mask_to_boundary`` of an H×W label map: ``labels`` minus its grey-level
+    erosion (3×3, ``max(1, round(dilation_ratio × image diagonal))`` times, zero border).
+    Inside a region it is 0; within that distance of a change of label it is positive."""
+    labels = labels.astype(np.uint8)
+    height, width = labels.shape
+    iterations = max(1, int(round(dilation_ratio * np.sqrt(height**2 + width**2))))
+    padded = cv2.copyMakeBorder(labels, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), dtype=np.uint8), iterations=iterations)[1:-1, 1:-1]
+    return labels - eroded
+
+
+def boundary_iou(boundary_confusion: np.ndarray) -> np.ndarray:
+    """Per class ×100 Boundary IoU from the (K+1)×(K+1) counts of (predicted, true) boundary
+    values (Detectron2's ``BoundaryIoU-<class>``); NaN where the union is empty."""
+    counts = boundary_confusion.astype(np.float64)
+    tp = np.diag(counts)[:-1]
+    pos_gt, pos_pred = counts[:-1, :-1].sum(0), counts[:-1, :-1].sum(1)
+    union = pos_gt + pos_pred - tp
+    iou = np.full(len(tp), np.nan)
+    np.divide(tp, union, out=iou, where=union > 0)
+    return iou * 100
+
+
+def semantic_metrics(
+    confusion: np.ndarray, class_names: list[str], *, strict_iou: bool = False
+) -> dict[str, float]:
     """Metrics of a K×K pixel confusion matrix (row = ground truth, column = prediction).
 
     Per class (one-vs-rest): ``IoU`` = TP/(TP+FP+FN), ``ACC`` = recall, ``Dice`` = ``F1`` =
     2TP/(2TP+FP+FN), ``precision``, ``recall``, ``MCC``; NaN for a class absent from both
-    ground truth and prediction (and ``ACC`` NaN for a class absent from the ground truth).
-    Means are over the classes that are not NaN, like Detectron2's mIoU and torchmetrics'
-    macro averages. ``fwIoU`` weights IoU by ground-truth pixel share; ``pACC`` is the pixel
+    ground truth and prediction (``ACC`` and — unless ``strict_iou`` — ``IoU`` NaN for a class
+    absent from the ground truth, as Detectron2). Means are over the classes that are not NaN,
+    like Detectron2's mIoU and torchmetrics' macro averages. ``fwIoU`` weights IoU by ground-truth pixel share; ``pACC`` is the pixel
     accuracy; ``MCC`` (the mean key) is the multi-class R_K, not a mean of per-class values.
     """
     confusion = confusion.astype(np.float64)
@@ -77,8 +110,9 @@ def semantic_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str,
     }
     per_class["F1"] = per_class["Dice"]
     iou = per_class["IoU"]
+    iou_valid = present if strict_iou else in_gt
     metrics = {
-        "mIoU": _mean(iou, present),
+        "mIoU": _mean(iou, iou_valid),
         "fwIoU": float((iou * gt_pixels).sum() / gt_pixels.sum()) if in_gt.any() else float("nan"),
         "mACC": _mean(per_class["ACC"], in_gt),
         "pACC": float(tp.sum() / gt_pixels.sum() * 100) if in_gt.any() else float("nan"),
@@ -89,7 +123,7 @@ def semantic_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str,
         "MCC": multiclass_mcc(confusion),
     }
     for key, values in per_class.items():
-        valid = in_gt if key == "ACC" else present
+        valid = in_gt if key == "ACC" else iou_valid if key == "IoU" else present
         for k, name in enumerate(class_names):
             metrics[f"{key}-{name}"] = float(values[k]) if valid[k] else float("nan")
     return metrics
@@ -113,6 +147,7 @@ class SemSegEvaluator(DatasetEvaluator):
         class_names: list[str] | None = None,
         ignore_label: int | None = None,
         output_dir: str | os.PathLike | None = None,
+        strict_iou: bool = False,
     ):
         """
         Args:
@@ -124,6 +159,8 @@ class SemSegEvaluator(DatasetEvaluator):
             ignore_label: label value excluded from every metric (default 255).
             output_dir: where ``sem_seg_confusion.json`` (class names + K×K pixel counts,
                 row = ground truth) is written by ``evaluate``; ``None``: not written.
+            strict_iou: a class predicted but absent from the ground truth scores IoU 0 and
+                counts in mIoU (default: NaN and left out, Detectron2's rule).
         """
         metadata = None
         if dataset_name is not None:
@@ -150,6 +187,8 @@ class SemSegEvaluator(DatasetEvaluator):
         self._ignore_label = 255 if ignore_label is None else ignore_label
         self._output_dir = output_dir
         self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self._boundary_confusion = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+        self._strict_iou = strict_iou
         self._binary = False
 
     @classmethod
@@ -161,10 +200,12 @@ class SemSegEvaluator(DatasetEvaluator):
             "dataset_name": dataset_name,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "output_dir": output_dir,
+            "strict_iou": cfg.TEST.SEM_SEG_STRICT_IOU,
         }
 
     def reset(self) -> None:
         self._confusion = np.zeros_like(self._confusion)
+        self._boundary_confusion = np.zeros_like(self._boundary_confusion)
         self._binary = False
 
     def _prediction(self, logits: torch.Tensor, source: str) -> np.ndarray:
@@ -193,6 +234,7 @@ class SemSegEvaluator(DatasetEvaluator):
                     f"dataset must match its label PNG"
                 )
             valid = gt != self._ignore_label
+            self._count_boundaries(np.where(valid, gt, self._num_classes), pred)
             gt, pred = gt[valid], pred[valid]
             if gt.size and (gt.min() < 0 or gt.max() >= self._num_classes):
                 bad = int(gt[(gt < 0) | (gt >= self._num_classes)][0])
@@ -204,12 +246,22 @@ class SemSegEvaluator(DatasetEvaluator):
             k = self._num_classes
             self._confusion += np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
 
+    def _count_boundaries(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        """Detectron2's boundary counts: ignored pixels are class K in ``gt``."""
+        if gt.min() < 0 or gt.max() > self._num_classes:
+            return  # process() names the bad label
+        k = self._num_classes + 1
+        b_gt, b_pred = label_boundary(gt), label_boundary(pred)
+        codes = k * b_pred.reshape(-1).astype(np.int64) + b_gt.reshape(-1)
+        self._boundary_confusion += np.bincount(codes, minlength=k * k).reshape(k, k)
+
     def evaluate(self) -> dict[str, Any]:
-        gathered = gather_to_main([(self._confusion, self._binary)])
+        gathered = gather_to_main([(self._confusion, self._boundary_confusion, self._binary)])
         if gathered is None:
             return {}
-        self._confusion = sum(c for c, _ in gathered)
-        self._binary = any(b for _, b in gathered)
+        self._confusion = sum(c for c, _, _ in gathered)
+        self._boundary_confusion = sum(b for _, b, _ in gathered)
+        self._binary = any(b for _, _, b in gathered)
         if not self._confusion.any():
             logger.warning("SemSegEvaluator: no labelled pixels were evaluated; metrics are NaN")
         if self._output_dir is not None:
@@ -217,7 +269,10 @@ class SemSegEvaluator(DatasetEvaluator):
                 os.path.join(self._output_dir, "sem_seg_confusion.json"),
                 {"class_names": self._class_names, "confusion": self._confusion.tolist()},
             )
-        metrics = semantic_metrics(self._confusion, self._class_names)
+        metrics = semantic_metrics(self._confusion, self._class_names,
+                                   strict_iou=self._strict_iou)
+        for name, value in zip(self._class_names, boundary_iou(self._boundary_confusion)):
+            metrics[f"BoundaryIoU-{name}"] = float(value)
         if self._binary:
             foreground = self._class_names[1]
             metrics.update({key: metrics[f"{key}-{foreground}"] for key in BINARY_HEADLINE})

@@ -19,15 +19,19 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+def paste_masks(
+    masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float | None = None
+) -> Tensor:
     """Paste box-relative masks R×M×M (probabilities) into R×height×width images.
 
     Pixel (x, y) of the image gets the mask's bilinear value at its centre (x + 0.5, y + 0.5)
     mapped into the box (XYXY, continuous pixel coordinates); pixels whose centre is outside
     the box are 0. (torchvision's ``paste_masks_in_image`` keeps the legacy "+1" box convention,
-    which grows every mask by about one pixel per side.)
+    which grows every mask by about one pixel per side.) With ``threshold`` the result is bool,
+    value ≥ threshold, thresholded box by box: no R×height×width float buffer is filled.
     """
-    pasted = masks.new_zeros(len(masks), height, width)
+    dtype = masks.dtype if threshold is None else torch.bool
+    pasted = torch.zeros(len(masks), height, width, dtype=dtype, device=masks.device)
     for mask, box, out in zip(masks, boxes.tolist(), pasted):
         x0, y0 = max(math.floor(box[0]), 0), max(math.floor(box[1]), 0)
         x1, y1 = min(math.ceil(box[2]), width), min(math.ceil(box[3]), height)
@@ -38,7 +42,8 @@ def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor
         xs = (xs - box[0]) / (box[2] - box[0]) * 2 - 1
         ys = (ys - box[1]) / (box[3] - box[1]) * 2 - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
-        out[y0:y1, x0:x1] = F.grid_sample(mask[None, None], grid[None], align_corners=False)[0, 0]
+        values = F.grid_sample(mask[None, None], grid[None], align_corners=False)[0, 0]
+        out[y0:y1, x0:x1] = values if threshold is None else values >= threshold
     return pasted
 
 
@@ -63,8 +68,9 @@ def detector_postprocess(
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, output_height)
     instances = {"boxes": boxes, "scores": result["scores"], "classes": result["labels"] - 1}
     if "masks" in result:
-        probabilities = paste_masks(result["masks"][:, 0], boxes, output_height, output_width)
-        instances["masks"] = probabilities >= mask_threshold
+        instances["masks"] = paste_masks(
+            result["masks"][:, 0], boxes, output_height, output_width, threshold=mask_threshold
+        )
     return instances
 
 

@@ -150,3 +150,44 @@ def test_registered_dataset_gives_class_names_and_ignore_label(tmp_path):
     assert metrics["IoU-balloon"] == pytest.approx(50.0)
     saved = json.loads((tmp_path / "out/sem_seg_confusion.json").read_text())
     assert saved == {"class_names": ["ground", "balloon"], "confusion": [[1, 0], [1, 1]]}
+
+
+def _evaluate_maps(tmp_path, gt, pred, names, **kwargs):
+    evaluator = SemSegEvaluator(class_names=names, ignore_label=IGNORE, **kwargs)
+    inp = {"sem_seg_file_name": _write_png(tmp_path / "gt.png", gt)}
+    evaluator.process([inp], [{"sem_seg": _logits_for(pred, len(names))}])
+    return evaluator.evaluate()["sem_seg"]
+
+
+def test_a_predicted_class_absent_from_the_ground_truth_is_nan_as_in_detectron2(tmp_path):
+    """Class 2 never occurs in the ground truth but is predicted: Detectron2 gives it no IoU and
+    leaves it out of mIoU; the strict option scores it 0 and counts it."""
+    gt = np.zeros((20, 20), dtype=np.uint8)
+    gt[:, 10:] = 1
+    pred = gt.astype(np.int64).copy()
+    pred[:4, :4] = 2
+    names = ["a", "b", "c"]
+    default = _evaluate_maps(tmp_path, gt, pred, names)
+    iou_a, iou_b = (200 - 16) / 200 * 100, 100.0
+    assert math.isnan(default["IoU-c"])
+    assert default["IoU-a"] == pytest.approx(iou_a) and default["IoU-b"] == pytest.approx(iou_b)
+    assert default["mIoU"] == pytest.approx((iou_a + iou_b) / 2)
+    strict = _evaluate_maps(tmp_path, gt, pred, names, strict_iou=True)
+    assert strict["IoU-c"] == 0.0
+    assert strict["mIoU"] == pytest.approx((iou_a + iou_b) / 3)
+
+
+def test_boundary_iou_keys_follow_the_label_boundaries(tmp_path):
+    """A perfect prediction has BoundaryIoU 100 for every class with a boundary; shifting the
+    edge between two classes lowers it."""
+    gt = np.zeros((40, 40), dtype=np.uint8)
+    gt[:, 20:] = 1
+    names = ["left", "right"]
+    perfect = _evaluate_maps(tmp_path, gt, gt.astype(np.int64), names)
+    assert perfect["BoundaryIoU-right"] == pytest.approx(100.0)
+    shifted = np.zeros((40, 40), dtype=np.int64)
+    shifted[:, 24:] = 1
+    worse = _evaluate_maps(tmp_path, gt, shifted, names)
+    assert worse["BoundaryIoU-right"] < 100.0
+    assert set(k for k in worse if k.startswith("BoundaryIoU-")) == {
+        "BoundaryIoU-left", "BoundaryIoU-right"}

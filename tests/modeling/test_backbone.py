@@ -126,6 +126,9 @@ def test_frozen_bn_statistics_never_change_in_train_mode():
 
 def test_fpn_levels_strides_and_trunk_features_from_one_pass():
     cfg = get_cfg()
+    # Detectron2's defaults are the bare C4 trunk: name the FPN and its inputs.
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["stem"]

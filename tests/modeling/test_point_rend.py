@@ -173,3 +173,22 @@ def test_pointrend_trains_with_a_point_loss():
                            "loss_mask", "loss_mask_point"}
     sum(losses.values()).backward()
     assert model.roi_heads.mask_head.point_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_detectron2_layout_foreground_channels_and_initialisation():
+    """As Detectron2's PointRend: NUM_CLASSES coarse channels (no background), so the point MLP
+    takes fine-grained channels + NUM_CLASSES inputs (256 + 80 = 336 for COCO), and the coarse
+    head's FCs start from c2_xavier_fill (zero bias, uniform bound sqrt(3 / fan_in))."""
+    cfg = get_cfg()
+    cfg.merge_from_file(str(TINY_CONFIG))
+    cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", 80, "MODEL.POINT_HEAD.NUM_CLASSES", 80,
+                         "MODEL.FPN.OUT_CHANNELS", 256, "MODEL.POINT_HEAD.FC_DIM", 256])
+    head = build_model(cfg).roi_heads.mask_head
+    assert head.point_head.fc_layers[0].in_channels == 336
+    assert head.point_head.predictor.out_channels == 80
+    assert head.coarse_head.predictor.out_features == 80 * 7 * 7
+    for fc in [m for m in head.coarse_head.layers if isinstance(m, torch.nn.Linear)]:
+        fan_in = fc.in_features
+        assert not fc.bias.any()
+        assert fc.weight.abs().max() <= (3 / fan_in) ** 0.5
+        assert fc.weight.abs().max() > (1 / fan_in) ** 0.5  # beyond PyTorch's default bound

@@ -82,7 +82,8 @@ def test_gray_car_config_is_binary_grayscale_r50():
 
 def test_config_mistakes_name_the_key_and_the_fix():
     cfg = _cfg(CONFIGS / "tiny/unet_R_18_tiny.yaml")
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"  # Detectron2's default
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"  # Detectron2's FPN models'
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     with pytest.raises(ConfigError, match="SEM_SEG_HEAD.IN_FEATURES.*build_resnet_backbone"):
         build_model(cfg)
     cfg = _cfg(CONFIGS / "tiny/unet_R_18_tiny.yaml")

@@ -6,4 +6,5 @@ from d2seg.modeling.heads.lraspp import LRASPPHead  # noqa: F401
 from d2seg.modeling.heads.mask_head import MaskRCNNConvUpsampleHead  # noqa: F401
 from d2seg.modeling.heads.point_rend import PointRendMaskHead, StandardPointHead  # noqa: F401
 from d2seg.modeling.heads.sem_seg import SemSegHead  # noqa: F401
+from d2seg.modeling.heads.semantic_fpn import SemSegFPNHead  # noqa: F401
 from d2seg.modeling.heads.unet import ResNetUNetHead, UNetHead  # noqa: F401

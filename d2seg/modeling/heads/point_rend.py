@@ -14,8 +14,13 @@ fine-grained features (``p2``) and the coarse prediction at those points:
 
 Coordinates: a "box point" is (x, y) in [0, 1]² relative to its box; sampling uses
 ``grid_sample`` with ``align_corners=False`` (0 and 1 are the outer edges of the map).
-Mask channels are indexed by torchvision label (0 = background, unused), as in torchvision's
-``MaskRCNNPredictor``, so torchvision's ``maskrcnn_loss`` scores the coarse prediction.
+
+Layout and training as Detectron2's PointRend project, so its checkpoints load: one mask
+channel per foreground class (torchvision label l reads channel l - 1; the point MLP takes
+fine-grained features + NUM_CLASSES coarse logits, e.g. 256 + 80 = 336 inputs); the coarse
+target is the matched mask cropped by aligned RoIAlign and thresholded at 0.5
+(:func:`~d2seg.modeling.heads.mask_head.mask_targets`); the coarse head's FCs start from
+``c2_xavier_fill``, its convs and the point MLP from ``c2_msra_fill``.
 """
 
 from typing import Any
@@ -23,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models.detection.roi_heads import maskrcnn_loss
+from fvcore.nn.weight_init import c2_msra_fill, c2_xavier_fill
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 from d2seg.modeling.backbone.backbone import check_in_features
-from d2seg.modeling.heads.mask_head import MaskHead
+from d2seg.modeling.heads.mask_head import MaskHead, mask_targets
 from d2seg.modeling.registry import POINT_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
 
@@ -149,8 +154,9 @@ def sample_mask_point_labels(
 
 
 def select_class(logits: Tensor, labels: Tensor) -> Tensor:
-    """The channel of each box's class: logits R×C×... and labels R → R×1×..."""
-    return logits[torch.arange(len(labels), device=logits.device), labels].unsqueeze(1)
+    """The channel of each box's class: logits R×K×... (one channel per foreground class) and
+    torchvision labels R (1..K) → R×1×..."""
+    return logits[torch.arange(len(labels), device=logits.device), labels - 1].unsqueeze(1)
 
 
 @POINT_HEAD_REGISTRY.register()
@@ -179,8 +185,7 @@ class StandardPointHead(nn.Module):
             in_channels = fc_dim + (num_mask_channels if coarse_pred_each_layer else 0)
         self.predictor = nn.Conv1d(in_channels, num_mask_channels, kernel_size=1)
         for layer in self.fc_layers:
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            c2_msra_fill(layer)
         # A near-zero start leaves the coarse prediction in charge until the MLP has learnt.
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
@@ -189,7 +194,7 @@ class StandardPointHead(nn.Module):
     def from_config(cls, cfg: CfgNode, fine_grained_channels: int) -> dict[str, Any]:
         return {
             "fine_grained_channels": fine_grained_channels,
-            "num_mask_channels": cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
+            "num_mask_channels": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "fc_dim": cfg.MODEL.POINT_HEAD.FC_DIM,
             "num_fc": cfg.MODEL.POINT_HEAD.NUM_FC,
             "coarse_pred_each_layer": cfg.MODEL.POINT_HEAD.COARSE_PRED_EACH_LAYER,
@@ -234,8 +239,10 @@ class CoarseMaskHead(nn.Module):
             width = fc_dim
         self.layers = nn.Sequential(*layers)
         self.predictor = nn.Linear(width, num_mask_channels * output_side * output_side)
-        nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.reduce.bias)
+        c2_msra_fill(self.reduce)
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                c2_xavier_fill(layer)
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
@@ -296,7 +303,7 @@ class PointRendMaskHead(MaskHead):
             )
         check_in_features("MODEL.ROI_MASK_HEAD.IN_FEATURES", mask_cfg.IN_FEATURES, input_shape)
         check_in_features("MODEL.POINT_HEAD.IN_FEATURES", point_cfg.IN_FEATURES, input_shape)
-        num_mask_channels = cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
+        num_mask_channels = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         coarse_head = CoarseMaskHead(
             in_channels=sum(input_shape[n].channels for n in mask_cfg.IN_FEATURES),
             input_side=mask_cfg.POOLER_RESOLUTION,
@@ -340,14 +347,18 @@ class PointRendMaskHead(MaskHead):
         return self.coarse_head(pooled.view(num_boxes, pooled.shape[1], side, side))
 
     def losses(self, features, proposals, image_shapes, gt_masks, gt_labels, matched_idxs):
-        """``loss_mask`` (coarse prediction vs. the mask projected on the proposal, torchvision's
-        ``maskrcnn_loss``) and ``loss_mask_point`` (BCE at the sampled points)."""
+        """``loss_mask`` (coarse prediction vs. the matched mask cropped to the proposal,
+        Detectron2's aligned, thresholded targets) and ``loss_mask_point`` (BCE at the sampled
+        points)."""
         coarse = self.coarse_logits(features, proposals)
-        losses = {"loss_mask": maskrcnn_loss(coarse, proposals, gt_masks, gt_labels, matched_idxs)}
         labels = torch.cat([g[m] for g, m in zip(gt_labels, matched_idxs)])
         if labels.numel() == 0:
-            losses["loss_mask_point"] = coarse.sum() * 0.0
-            return losses
+            zero = coarse.sum() * 0.0
+            return {"loss_mask": zero, "loss_mask_point": zero}
+        targets = mask_targets(gt_masks, proposals, matched_idxs, coarse.shape[-1])
+        coarse_of_class = select_class(coarse, labels)[:, 0]
+        losses = {"loss_mask": F.binary_cross_entropy_with_logits(
+            coarse_of_class, targets.to(coarse_of_class))}
         with torch.no_grad():
             points = uncertain_points_with_randomness(
                 select_class(coarse, labels),

@@ -31,6 +31,7 @@ from d2seg.modeling.meta_arch.semantic import build_sem_seg_head, sem_seg_infere
 from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
 from d2seg.modeling.preprocess import pad_sem_seg_targets
 from d2seg.modeling.registry import META_ARCH_REGISTRY
+from d2seg.modeling.shape_spec import ShapeSpec
 
 
 @META_ARCH_REGISTRY.register()
@@ -111,13 +112,24 @@ class PanopticUNet(GeneralizedRCNN):
         combine = cfg.MODEL.PANOPTIC_FPN.COMBINE
         return {
             **rcnn,
-            "sem_seg_head": build_sem_seg_head(cfg, rcnn["backbone"].bottom_up.output_shape()),
+            "sem_seg_head": build_sem_seg_head(cfg, cls.sem_seg_input_shape(rcnn["backbone"])),
             "instance_loss_weight": cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT,
             "combine_enabled": combine.ENABLED,
             "combine_overlap_thresh": combine.OVERLAP_THRESH,
             "combine_stuff_area_thresh": combine.STUFF_AREA_LIMIT,
             "combine_instances_score_thresh": combine.INSTANCES_CONFIDENCE_THRESH,
         }
+
+    @classmethod
+    def sem_seg_input_shape(cls, backbone: FPN) -> dict[str, ShapeSpec]:
+        """The features the semantic head is built on: the trunk's (stem, res2..res5)."""
+        return backbone.bottom_up.output_shape()
+
+    def sem_seg_features(
+        self, pyramid: dict[str, Tensor], trunk: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The features the semantic head reads, of those :meth:`sem_seg_input_shape` names."""
+        return trunk
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
         images = self.preprocessor(batched_inputs)
@@ -131,7 +143,9 @@ class PanopticUNet(GeneralizedRCNN):
                 self.sem_seg_head.ignore_value,
                 self.device,
             )
-        sem_seg_logits, sem_seg_losses = self.sem_seg_head(trunk, sem_seg_targets)
+        sem_seg_logits, sem_seg_losses = self.sem_seg_head(
+            self.sem_seg_features(pyramid, trunk), sem_seg_targets
+        )
         detections, losses = self.detect(images, pyramid, targets)
         if self.training:
             losses = {k: v * self.instance_loss_weight for k, v in losses.items()}

@@ -14,22 +14,22 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling.backbone import Backbone, build_backbone
 from d2seg.modeling.backbone.backbone import check_in_features
-from d2seg.modeling.backbone.resnet import map_resnet_checkpoint
+from d2seg.modeling.backbone.resnet import ResNet, map_resnet_checkpoint
+from d2seg.modeling.box_head import BoxPredictor, box_head_output_size, build_box_head
 from d2seg.modeling.build import build_from_registry
+from d2seg.modeling.heads.mask_head import MaskRCNNConvUpsampleHead
+from d2seg.modeling.poolers import ROIPooler
 from d2seg.modeling.postprocess import detector_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor
 from d2seg.modeling.registry import META_ARCH_REGISTRY, ROI_MASK_HEAD_REGISTRY
-from d2seg.modeling.roi_heads import MaskRoIHeads
+from d2seg.modeling.roi_heads import MaskRoIHeads, Res5ROIHeads
+from d2seg.modeling.rpn import RPN, build_rpn
 from d2seg.modeling.shape_spec import ShapeSpec
 from d2seg.modeling.torchvision_keys import map_torchvision_maskrcnn_keys
 
@@ -37,74 +37,25 @@ from d2seg.modeling.torchvision_keys import map_torchvision_maskrcnn_keys
 _LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc"}
 
 
-def build_rpn(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> RegionProposalNetwork:
-    """torchvision RPN from ``MODEL.ANCHOR_GENERATOR.*`` and ``MODEL.RPN.*``."""
-    rpn = cfg.MODEL.RPN
-    check_in_features("MODEL.RPN.IN_FEATURES", rpn.IN_FEATURES, input_shape)
-    sizes = [tuple(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
-    ratios = [tuple(r) for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS]
-    if len(ratios) == 1:
-        ratios = ratios * len(sizes)
-    if len(sizes) != len(rpn.IN_FEATURES) or len(ratios) != len(sizes):
-        raise ConfigError(
-            f"MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} entries and ASPECT_RATIOS "
-            f"{len(ratios)}, but MODEL.RPN.IN_FEATURES has {len(rpn.IN_FEATURES)} maps; fix: give "
-            "one list of sizes per feature map (and one list of ratios, or one per map)"
-        )
-    anchors_per_cell = {len(s) * len(r) for s, r in zip(sizes, ratios)}
-    if len(anchors_per_cell) != 1:
-        raise ConfigError(
-            "MODEL.ANCHOR_GENERATOR: every feature map must have the same number of anchors "
-            "(sizes × aspect ratios), since one RPN head is shared; fix: equalise the lists"
-        )
-    in_channels = {input_shape[f].channels for f in rpn.IN_FEATURES}
-    if len(in_channels) != 1:
-        raise ConfigError(
-            f"MODEL.RPN.IN_FEATURES {list(rpn.IN_FEATURES)} have different channel counts; fix: "
-            "use FPN levels (p2..p6), which share MODEL.FPN.OUT_CHANNELS"
-        )
-    bg_iou, fg_iou = min(rpn.IOU_THRESHOLDS), max(rpn.IOU_THRESHOLDS)
-    return RegionProposalNetwork(
-        AnchorGenerator(tuple(sizes), tuple(ratios)),
-        RPNHead(in_channels.pop(), anchors_per_cell.pop()),
-        fg_iou_thresh=fg_iou,
-        bg_iou_thresh=bg_iou,
-        batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
-        positive_fraction=rpn.POSITIVE_FRACTION,
-        pre_nms_top_n={"training": rpn.PRE_NMS_TOPK_TRAIN, "testing": rpn.PRE_NMS_TOPK_TEST},
-        post_nms_top_n={"training": rpn.POST_NMS_TOPK_TRAIN, "testing": rpn.POST_NMS_TOPK_TEST},
-        nms_thresh=rpn.NMS_THRESH,
-    )
-
-
 def build_roi_heads(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskRoIHeads:
-    """Box head (``ROI_BOX_HEAD``/``ROI_HEADS``) + mask head (``ROI_MASK_HEAD``, if MASK_ON)."""
+    """``ROI_HEADS.NAME``: ``StandardROIHeads`` (box head ``ROI_BOX_HEAD`` on pooled features)
+    or ``Res5ROIHeads`` (C4: the res5 stage on pooled res4); mask head ``ROI_MASK_HEAD`` if
+    MASK_ON."""
     heads, box = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
-    for key, value, supported in (
-        ("MODEL.ROI_HEADS.NAME", heads.NAME, "StandardROIHeads"),
-        ("MODEL.ROI_BOX_HEAD.NAME", box.NAME, "FastRCNNConvFCHead"),
-    ):
-        if value != supported:
-            raise ConfigError(f"{key} = {value!r} is not supported; fix: use {supported!r}")
+    if heads.NAME not in ("StandardROIHeads", "Res5ROIHeads"):
+        raise ConfigError(
+            f"MODEL.ROI_HEADS.NAME = {heads.NAME!r} is not registered; fix: use "
+            "'StandardROIHeads' or 'Res5ROIHeads'"
+        )
     check_in_features("MODEL.ROI_HEADS.IN_FEATURES", heads.IN_FEATURES, input_shape)
     channels = input_shape[heads.IN_FEATURES[0]].channels
     resolution = box.POOLER_RESOLUTION
-    box_head = FastRCNNConvFCHead((channels, resolution, resolution), [], [box.FC_DIM] * box.NUM_FC)
-    representation = box.FC_DIM if box.NUM_FC else channels * resolution * resolution
-    mask_head = None
-    if cfg.MODEL.MASK_ON:
-        import d2seg.modeling.heads  # noqa: F401  (registers the mask heads)
-
-        mask_head = build_from_registry(
-            ROI_MASK_HEAD_REGISTRY, "MODEL.ROI_MASK_HEAD.NAME", cfg, input_shape
-        )
-    return MaskRoIHeads(
-        mask_head=mask_head,
-        box_roi_pool=MultiScaleRoIAlign(
-            list(heads.IN_FEATURES), resolution, box.POOLER_SAMPLING_RATIO
-        ),
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(representation, heads.NUM_CLASSES + 1),
+    pooler = ROIPooler.from_pooler_type(
+        "MODEL.ROI_BOX_HEAD.POOLER_TYPE", box.POOLER_TYPE, list(heads.IN_FEATURES), resolution,
+        box.POOLER_SAMPLING_RATIO,
+    )
+    common = dict(
+        box_roi_pool=pooler,
         fg_iou_thresh=max(heads.IOU_THRESHOLDS),
         bg_iou_thresh=min(heads.IOU_THRESHOLDS),
         batch_size_per_image=heads.BATCH_SIZE_PER_IMAGE,
@@ -113,7 +64,66 @@ def build_roi_heads(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskRoIH
         score_thresh=heads.SCORE_THRESH_TEST,
         nms_thresh=heads.NMS_THRESH_TEST,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
+        box_loss_type=box.BBOX_REG_LOSS_TYPE,
+        smooth_l1_beta=box.SMOOTH_L1_BETA,
+        box_loss_weight=box.BBOX_REG_LOSS_WEIGHT,
+        train_on_pred_boxes=box.TRAIN_ON_PRED_BOXES,
     )
+    import d2seg.modeling.heads  # noqa: F401  (registers the mask heads)
+
+    if heads.NAME == "Res5ROIHeads":
+        res5, res5_channels = build_res5_head(cfg, channels)
+        mask_head = None
+        if cfg.MODEL.MASK_ON:
+            mask_head = MaskRCNNConvUpsampleHead(
+                pooler=None, **MaskRCNNConvUpsampleHead.layers_from_config(cfg, res5_channels)
+            )
+        return Res5ROIHeads(
+            res5=res5,
+            mask_head=mask_head,
+            box_predictor=BoxPredictor(
+                res5_channels, heads.NUM_CLASSES + 1, class_agnostic=box.CLS_AGNOSTIC_BBOX_REG
+            ),
+            **common,
+        )
+
+    if box.NAME != "FastRCNNConvFCHead":
+        raise ConfigError(
+            f"MODEL.ROI_BOX_HEAD.NAME = {box.NAME!r} with StandardROIHeads; fix: use "
+            "'FastRCNNConvFCHead'"
+        )
+    layers = (channels, resolution, box.NUM_CONV, box.CONV_DIM, box.NUM_FC, box.FC_DIM)
+    mask_head = None
+    if cfg.MODEL.MASK_ON:
+        mask_head = build_from_registry(
+            ROI_MASK_HEAD_REGISTRY, "MODEL.ROI_MASK_HEAD.NAME", cfg, input_shape
+        )
+    return MaskRoIHeads(
+        mask_head=mask_head,
+        box_head=build_box_head(*layers, norm=box.NORM),
+        box_predictor=BoxPredictor(
+            box_head_output_size(*layers), heads.NUM_CLASSES + 1,
+            class_agnostic=box.CLS_AGNOSTIC_BBOX_REG,
+        ),
+        **common,
+    )
+
+
+def build_res5_head(cfg: CfgNode, in_channels: int) -> tuple[nn.Module, int]:
+    """The C4 models' res5 stage over ``in_channels`` res4 channels → (module, its output
+    channels): the trunk's own res5 as ``MODEL.RESNETS.*`` builds it (depth, ResNeXt groups,
+    ``STRIDE_IN_1X1``, norm, deformable convs), stride 2 (14×14 RoIs → 7×7), never frozen."""
+    stages = ResNet.from_config(cfg)
+    stages.update(out_features=["res5"], freeze_at=0, res4_dilation=1, res5_dilation=1)
+    trunk = ResNet(**stages)
+    expected = trunk.layer4[0].conv1.in_channels
+    if expected != in_channels:
+        raise ConfigError(
+            f"Res5ROIHeads: MODEL.ROI_HEADS.IN_FEATURES has {in_channels} channels but the "
+            f"res5 stage of this ResNet takes {expected}; fix: pool the trunk's res4 "
+            "(MODEL.ROI_HEADS.IN_FEATURES ['res4'])"
+        )
+    return trunk.layer4, trunk.output_shape()["res5"].channels
 
 
 @META_ARCH_REGISTRY.register()
@@ -157,7 +167,7 @@ class GeneralizedRCNN(nn.Module):
         self,
         *,
         backbone: Backbone,
-        rpn: RegionProposalNetwork,
+        rpn: RPN,
         roi_heads: MaskRoIHeads,
         rpn_in_features: list[str],
         preprocessor: ImagePreprocessor,
