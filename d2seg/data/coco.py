@@ -268,6 +268,13 @@ def validate(coco: dict, source: str) -> None:
 BBOX_TOLERANCE = 1.0
 
 
+def _edge_distance(a: list[float], b: list[float]) -> float:
+    """The largest distance in pixels between corresponding edges of two XYWH boxes (edges, not
+    widths: a box one pixel larger on each side is 1 px off, not 2)."""
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1]),
+               abs(a[0] + a[2] - b[0] - b[2]), abs(a[1] + a[3] - b[1] - b[3]))
+
+
 def _annotation_to_dict(
     ann: dict, height: int, width: int, category_map: dict
 ) -> tuple[dict, bool]:
@@ -281,7 +288,7 @@ def _annotation_to_dict(
     rles = mask_util.frPyObjects(segm, height, width) if isinstance(segm, list) else [segm]
     mask_bbox = mask_util.toBbox(mask_util.merge(rles)).tolist()
     bbox = ann.get("bbox")
-    fixed = bbox is not None and max(abs(a - b) for a, b in zip(bbox, mask_bbox)) > BBOX_TOLERANCE
+    fixed = bbox is not None and _edge_distance(bbox, mask_bbox) > BBOX_TOLERANCE
     if bbox is None or fixed:
         bbox = mask_bbox
     return {

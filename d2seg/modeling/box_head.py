@@ -13,7 +13,6 @@
 from typing import Callable, Optional
 
 import torch
-from fvcore.nn.weight_init import c2_msra_fill, c2_xavier_fill
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.detection._utils import BoxCoder
@@ -21,6 +20,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.ops import generalized_box_iou_loss
 
 from d2seg.errors import ConfigError
+from d2seg.modeling.weight_init import c2_msra_fill, c2_xavier_fill
 from d2seg.utils import comm
 
 # Any box: GIoU is invariant to per-axis scaling and shifting, so deltas decoded against one

@@ -136,20 +136,22 @@ class ModelService:
     def records(self, outputs: dict[str, Any], height: int, width: int,
                 polygons: bool) -> dict[str, Any]:
         """The JSON answer for one image: its size, the model, and the records
-        ``tools/predict.py`` writes (COCO results without ``image_id``/``file_name``, the
-        semantic classes present, panoptic segments with RLE masks)."""
+        ``tools/predict.py`` writes (COCO results without ``image_id``/``file_name``, each
+        also with ``label``, its ``category_name``; the semantic classes present, panoptic
+        segments with RLE masks)."""
         info = self.info
         things, stuff = info["thing_classes"], info["stuff_classes"]
         answer: dict[str, Any] = {
             "image": {"width": width, "height": height},
             "model": {"name": info["name"], "tasks": info["tasks"],
+                      "classes": things if "instances" in info["tasks"] else stuff,
                       "thing_classes": things, "stuff_classes": stuff},
         }
         if "instances" in outputs:
             results = instance_records(outputs["instances"], 0, things,
                                        list(range(1, len(things) + 1)), polygons)
-            answer["instances"] = [{k: v for k, v in r.items() if k != "image_id"}
-                                   for r in results]
+            answer["instances"] = [{**{k: v for k, v in r.items() if k != "image_id"},
+                                    "label": r["category_name"]} for r in results]
         if "sem_seg" in outputs and "sem_seg" in info["tasks"]:
             answer["sem_seg"] = semantic_record(outputs["sem_seg"], stuff)
         if "panoptic_seg" in outputs:

@@ -52,7 +52,7 @@ def test_answers_are_the_records_and_pictures_predict_writes(balloon_run, photo,
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["image"] == {"width": 128, "height": 96}
-        assert answer["model"]["thing_classes"] == ["balloon"]
+        assert answer["model"]["thing_classes"] == answer["model"]["classes"] == ["balloon"]
         assert answer["model"]["tasks"] == ["instances"]
         assert set(answer["timing_ms"]) == {"decode", "queue", "inference", "encode", "total"}
         got = answer["instances"]
@@ -60,6 +60,7 @@ def test_answers_are_the_records_and_pictures_predict_writes(balloon_run, photo,
                 for r in got] == [{k: r[k] for k in ("category_id", "category_name",
                                                      "segmentation", "polygons")}
                                   for r in expected]
+        assert all(r["label"] == r["category_name"] for r in got)
         for a, b in zip(got, expected):
             assert a["score"] == pytest.approx(b["score"], abs=1e-5)
             assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)

@@ -98,13 +98,17 @@ def test_study_killed_in_trial_3_resumes_to_4_trials_and_best_yaml_trains(tmp_pa
     output = tmp_path / "study"
     command = tune_command(space, output, opts, "--trials", "4", "--pruner", "none")
     url = f"sqlite:///{output / 'study.db'}"
-    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=ENV)
+    first_log = tmp_path / "first_run.log"
+    with open(first_log, "wb") as log:
+        first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                 env=ENV)
     deadline = time.monotonic() + 600
     while len(finished(url)) < 2 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    while not (output / "trial_0002" / "log.txt").exists() and time.monotonic() < deadline:
+    while (not (output / "trial_0002" / "log.txt").exists() and first.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.2)
+    assert first.poll() is None, first_log.read_text()[-3000:]
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     before = {n: (output / f"trial_{n:04d}" / "metrics.json").read_bytes() for n in (0, 1)}

@@ -10,7 +10,6 @@ from abc import ABCMeta, abstractmethod
 from typing import Any, Optional
 
 import torch
-from fvcore.nn.weight_init import c2_msra_fill
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -22,6 +21,7 @@ from d2seg.modeling.box_head import head_norm
 from d2seg.modeling.poolers import ROIPooler
 from d2seg.modeling.registry import ROI_MASK_HEAD_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
+from d2seg.modeling.weight_init import c2_msra_fill
 
 
 def mask_targets(

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from fvcore.nn.weight_init import c2_msra_fill, c2_xavier_fill
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
@@ -36,6 +35,7 @@ from d2seg.modeling.backbone.backbone import check_in_features
 from d2seg.modeling.heads.mask_head import MaskHead, mask_targets
 from d2seg.modeling.registry import POINT_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
+from d2seg.modeling.weight_init import c2_msra_fill, c2_xavier_fill
 
 
 def point_sample(features: Tensor, points: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ initialised with ``c2_msra_fill`` as in Detectron2. The loss is d2seg's ``SemSeg
 import math
 from typing import Optional
 
-from fvcore.nn.weight_init import c2_msra_fill
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -22,6 +21,7 @@ from d2seg.modeling.box_head import head_norm
 from d2seg.modeling.losses import SemSegLoss
 from d2seg.modeling.registry import SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
+from d2seg.modeling.weight_init import c2_msra_fill
 
 
 def _conv_block(in_channels: int, out_channels: int, norm: str) -> list[nn.Module]:
