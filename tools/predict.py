@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from d2seg.config import get_cfg
 from d2seg.engine.launch import torchrun_process_group, under_torchrun
+from d2seg.engine.model_source import ModelSource
 from d2seg.engine.prediction_sources import (
     ExpandedInputs,
     PredictionInput,
@@ -117,26 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tile-full-pass", action="store_true",
                      help="also predict on the whole image (large objects) when tiling")
     return parser
-
-
-def load_predictor(args: argparse.Namespace) -> DefaultPredictor:
-    """The predictor of ``--run`` or ``--config-file`` + opts; MODEL.DEVICE auto unless set."""
-    opts = ["MODEL.DEVICE", "auto", *args.opts]
-    if args.run and args.config_file:
-        raise ConfigError("--run and --config-file both given; fix: pass one of them")
-    if args.run:
-        return DefaultPredictor.from_run(args.run, weights=args.weights, opts=opts)
-    if not args.config_file:
-        raise ConfigError("no model; fix: pass --run RUN_DIR, or --config-file F MODEL.WEIGHTS W")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(opts)
-    if not cfg.MODEL.WEIGHTS:
-        raise ConfigError(
-            f"--config-file {args.config_file} gives no MODEL.WEIGHTS; fix: add "
-            f"MODEL.WEIGHTS path/to/model_final.pth (or use --run RUN_DIR)"
-        )
-    return DefaultPredictor(cfg)
 
 
 def check_output(path: Path, exist_ok: bool) -> None:
@@ -229,7 +209,8 @@ def predict_inputs(args: argparse.Namespace) -> int:
     output = Path(args.output)
     check_output(output, args.exist_ok)
     comm.synchronize()  # every rank has checked before the main one creates the folder
-    predictor = load_predictor(args)
+    predictor = ModelSource(run=args.run, weights=args.weights, config_file=args.config_file,
+                            opts=tuple(args.opts)).load()
     output.mkdir(parents=True, exist_ok=True)
     metadata = predictor.metadata
     things = list(metadata.get("thing_classes", None) or [])

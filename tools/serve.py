@@ -73,7 +73,7 @@ def main() -> int:
     except ImportError as e:
         raise ConfigError(f"serving needs the [serve] extra ({e}); fix: pip install "
                           f"'d2seg[serve]' (fastapi, uvicorn, python-multipart)") from e
-    from d2seg.serving.model import ModelSource
+    from d2seg.engine.model_source import ModelSource
     from d2seg.serving.settings import TOKEN_ENV, ServeSettings, check_exposure, read_token
 
     if args.workers < 1:

@@ -32,7 +32,7 @@ import d2seg
 from d2seg.engine.predictor import DefaultPredictor
 from d2seg.serving.decode import decode_image
 from d2seg.serving.errors import ApiError
-from d2seg.serving.model import ModelSource
+from d2seg.engine.model_source import ModelSource
 from d2seg.serving.service import ModelService, filter_instances
 from d2seg.serving.settings import TOKEN_ENV, ServeSettings
 

@@ -27,7 +27,7 @@ from d2seg.engine.predictor import DefaultPredictor
 from d2seg.errors import D2SegError
 from d2seg.serving.batching import BatchQueue, BatchResult, QueueFull
 from d2seg.serving.errors import ApiError
-from d2seg.serving.model import ModelSource, file_sha256
+from d2seg.engine.model_source import ModelSource, file_sha256
 from d2seg.serving.settings import ServeSettings
 from d2seg.utils.cli import user_message
 from d2seg.utils.colormap import class_color

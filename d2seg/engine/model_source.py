@@ -1,5 +1,6 @@
-"""Which model a server loads: a run folder (``--run``, ``--weights``) or a config file with
-``MODEL.WEIGHTS`` (``--config-file``), plus ``KEY VALUE`` overrides; and the weights' hash."""
+"""Which model to load: a run folder (``--run``, ``--weights``) or a config file with
+``MODEL.WEIGHTS`` (``--config-file``), plus ``KEY VALUE`` overrides; and the weights' hash
+(tools/predict.py and tools/serve.py)."""
 
 import dataclasses
 import hashlib
@@ -21,7 +22,7 @@ class ModelSource:
 
     Example::
 
-        from d2seg.serving.model import ModelSource
+        from d2seg.engine.model_source import ModelSource
 
         predictor = ModelSource(run="output/demo/balloons_run").load()
     """
