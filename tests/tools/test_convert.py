@@ -7,20 +7,9 @@ import tifffile
 from PIL import Image
 
 
-def _camvid(root):
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    values = np.zeros((24, 32), np.uint8)
-    values[12:] = 1
-    values[:, :2] = 11
-    for stem in ("a", "b", "c", "d"):
-        Image.new("RGB", (32, 24), (1, 2, 3)).save(root / "images" / f"{stem}.png")
-        Image.fromarray(values).save(root / "labels" / f"{stem}_L.png")
-    return root
 
-
-def test_semantic_folder_converts_and_summarises(run_tool, tmp_path):
-    root = _camvid(tmp_path / "camvid")
+def test_semantic_folder_converts_and_summarises(run_tool, tmp_path, camvid_folder):
+    root = camvid_folder
     code, out, err = run_tool(
         "convert", "--format", "semantic", "--images", root / "images", "--labels-dir",
         root / "labels", "--label-suffix", "_L", "--class-names", "sky,road", "--ignore-value",
