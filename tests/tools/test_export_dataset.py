@@ -5,7 +5,6 @@ import json
 import yaml
 
 
-
 def test_export_dataset_to_yolo_and_labelme(run_tool, tmp_path, camvid_folder):
     root = camvid_folder
     code, _, err = run_tool(
