@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
-from d2seg.modeling.backbone.backbone import check_in_features
 from d2seg.modeling.box_head import head_norm
+from d2seg.modeling.heads.sem_seg import SemSegHead
 from d2seg.modeling.losses import SemSegLoss
 from d2seg.modeling.registry import SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
@@ -32,7 +32,7 @@ def _conv_block(in_channels: int, out_channels: int, norm: str) -> list[nn.Modul
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class SemSegFPNHead(nn.Module):
+class SemSegFPNHead(SemSegHead):
     """FPN levels → N×``num_classes``×H×W logits at the input resolution, and their loss.
 
     ``forward(features, targets)`` returns ``(logits, {})`` in eval mode and ``(None,
@@ -72,9 +72,8 @@ class SemSegFPNHead(nn.Module):
             norm: "", "GN" (32 groups), "BN" or "SyncBN".
             loss: the training loss; default plain cross-entropy.
         """
-        super().__init__()
-        check_in_features("MODEL.SEM_SEG_HEAD.IN_FEATURES", in_features, input_shape)
-        self.in_features = list(in_features)
+        super().__init__(input_shape=input_shape, in_features=in_features,
+                         num_classes=num_classes, loss=loss)
         self.common_stride = common_stride
         branches = []
         for name in self.in_features:
@@ -95,43 +94,18 @@ class SemSegFPNHead(nn.Module):
         self.scale_heads = nn.ModuleList(branches)
         self.predictor = nn.Conv2d(conv_dims, num_classes, kernel_size=1)
         c2_msra_fill(self.predictor)
-        self.loss = loss if loss is not None else SemSegLoss(num_classes=num_classes)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        return {
-            "input_shape": input_shape,
-            "in_features": list(head.IN_FEATURES),
-            "num_classes": head.NUM_CLASSES,
-            "conv_dims": head.CONVS_DIM,
-            "common_stride": head.COMMON_STRIDE,
-            "norm": head.NORM,
-            "loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
-        }
-
-    @property
-    def ignore_value(self) -> int:
-        """The target label that counts in no loss (padding and unlabelled pixels)."""
-        return self.loss.ignore_value
+        return {**super().from_config(cfg, input_shape), "conv_dims": head.CONVS_DIM,
+                "common_stride": head.COMMON_STRIDE, "norm": head.NORM}
 
     def layers(self, features: dict[str, Tensor]) -> Tensor:
-        """FPN levels by name → N×num_classes×(H/common_stride)×(W/common_stride) logits."""
+        """FPN levels by name → N×num_classes×H×W logits: the branches' sum at
+        ``common_stride``, classified, upsampled ×``common_stride``."""
         x = self.scale_heads[0](features[self.in_features[0]])
         for name, branch in zip(self.in_features[1:], self.scale_heads[1:]):
             x = x + branch(features[name])
-        return self.predictor(x)
-
-    def forward(
-        self, features: dict[str, Tensor], targets: Optional[Tensor] = None
-    ) -> tuple[Optional[Tensor], dict[str, Tensor]]:
-        """``targets``: N×H×W long labels at the input size (training only)."""
-        logits = F.interpolate(
-            self.layers(features), scale_factor=self.common_stride, mode="bilinear",
-            align_corners=False,
-        )
-        if self.training:
-            if targets is None:
-                raise ValueError("SemSegFPNHead needs targets in training mode")
-            return None, {"loss_sem_seg": self.loss(logits, targets)}
-        return logits, {}
+        return F.interpolate(self.predictor(x), scale_factor=self.common_stride,
+                             mode="bilinear", align_corners=False)
