@@ -259,8 +259,15 @@ def validate(coco: dict, source: str) -> None:
         )
     image_ids = _check_unique_ids(coco["images"], "images", source)
     category_ids = _check_unique_ids(coco["categories"], "categories", source)
+    stuff_ids = {c["id"] for c in coco["categories"] if not _is_thing(c)}
     for i, ann in enumerate(coco["annotations"]):
         _check_annotation(ann, f"{source}: annotations[{i}]", image_ids, category_ids)
+        if ann["category_id"] in stuff_ids:
+            raise DatasetError(
+                f"{source}: annotations[{i}] has category_id {ann['category_id']}, a stuff "
+                f"category (isthing 0), which has no instances; fix: set that category's "
+                f"isthing to 1 or remove the annotation"
+            )
     _check_unique_ids(coco["annotations"], "annotations", source)
 
 
@@ -300,10 +307,16 @@ def _annotation_to_dict(
     }, fixed
 
 
+def _is_thing(category: dict) -> bool:
+    return bool(category.get("isthing", 1))
+
+
 def contiguous_categories(coco: dict) -> tuple[list[str], dict[int, int]]:
     """``(thing_classes, thing_dataset_id_to_contiguous_id)`` of a validated COCO dict: the
-    category names in the order of their sorted ids, and each id's index in that order."""
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    thing category names in the order of their sorted ids, and each id's index in that order.
+    Categories marked ``isthing: 0`` (stuff, as the converter writes for label-map classes)
+    are no instance classes and are left out."""
+    categories = sorted(filter(_is_thing, coco["categories"]), key=lambda c: c["id"])
     return [c["name"] for c in categories], {c["id"]: i for i, c in enumerate(categories)}
 
 

@@ -140,6 +140,13 @@ class DatasetMapper:
                 dataset_dict["annotations"], height, width, dataset_dict["file_name"]
             )
         sem_seg_file = dataset_dict.get("sem_seg_file_name")
+        if sem_seg_file is not None and pan_seg_file is None and self.panoptic_semantic:
+            raise DatasetError(
+                f"{dataset_dict['file_name']}: a panoptic model needs panoptic labels and this "
+                f"dataset has semantic ones only (its classes are not the panoptic model's "
+                f"things/stuff labels); fix: give the panoptic json in DATASETS.TRAIN/TEST (for "
+                f"a converted folder with stuff classes: OUT/panoptic/<split>.json)"
+            )
         if sem_seg_file is not None:
             labels = read_sem_seg(sem_seg_file)
             _check_same_size(sem_seg_file, labels.shape, dataset_dict, height, width)

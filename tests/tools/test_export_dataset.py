@@ -18,10 +18,11 @@ def test_export_dataset_to_yolo_and_labelme(run_tool, tmp_path, camvid_folder):
     assert code == 0, err
     assert "train" in out and (tmp_path / "yolo/labels/val").is_dir()
     data = yaml.safe_load((tmp_path / "yolo/data.yaml").read_text())
-    assert data == {"path": ".", "names": {0: "sky", 1: "road"}, "train": "images/train",
+    # YOLO-seg holds instances: its classes are the thing classes (sky is stuff)
+    assert data == {"path": ".", "names": {0: "road"}, "train": "images/train",
                     "val": "images/val"}
     lines = (tmp_path / "yolo/labels/train/a.txt").read_text().splitlines()
-    assert [line.split()[0] for line in lines] == ["1"]  # the road: one thing instance
+    assert [line.split()[0] for line in lines] == ["0"]  # the road: one thing instance
     code, out, err = run_tool("export_dataset", tmp_path / "out", "--to", "labelme", "--output",
                               tmp_path / "labelme", "--json")
     assert code == 0, err

@@ -132,10 +132,8 @@ def export_dataset(converted_dir: str | Path, output_dir: str | Path, *, to: str
             json_file = layout.annotations_json(split)
             coco = read_json(json_file, "COCO annotation file")
             validate(coco, str(json_file))
-            names, _ = contiguous_categories(coco)
+            names, class_of = contiguous_categories(coco)  # YOLO ids: things only
             label_of = {c["id"]: c["name"] for c in coco["categories"]}
-            ids = sorted(c["id"] for c in coco["categories"])
-            class_of = {category_id: i for i, category_id in enumerate(ids)}
             by_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
             for annotation in coco["annotations"]:
                 by_image[annotation["image_id"]].append(annotation)

@@ -99,6 +99,9 @@ class MaskImageSource(PairedLabelSource):
     def categories(self) -> list[str]:
         return [self.label] if self.classes is None else self.classes.categories
 
+    def stuff_categories(self) -> frozenset[str]:
+        return frozenset()  # every mask class is a thing (see load)
+
     def _index(self, report: ConversionReport | None = None) -> dict[str, Path]:
         """Item (image path relative to the input folder) → its mask file."""
         if self._pairs is not None:

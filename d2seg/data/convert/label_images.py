@@ -345,6 +345,10 @@ class PairedLabelSource(AnnotationSource):
         self.palette = Palette.read(options.palette) if options.palette else None
         self._pairs: dict[str, Path] | None = None
 
+    def stuff_categories(self) -> frozenset[str]:
+        """Every class not in ``--thing-classes`` (see :func:`label_map_instances`)."""
+        return frozenset(self.categories()) - set(self.options.thing_classes)
+
     def pairs(self, report: ConversionReport | None = None) -> dict[str, Path]:
         """Item (image path relative to ``input_dir``) → its label image."""
         if self._pairs is not None:

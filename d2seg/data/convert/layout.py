@@ -67,3 +67,16 @@ class ConvertedLayout:
         if layout.annotations_json(split) == json_file and layout.images_dir.is_dir():
             return layout, split
         return None
+
+    @classmethod
+    def of_panoptic_split(
+        cls, json_file: str | os.PathLike
+    ) -> tuple["ConvertedLayout", str] | None:
+        """``(layout, split)`` when ``json_file`` is a converted split's panoptic json (its
+        :meth:`panoptic_json` beside its PNG folder and an existing :attr:`images_dir`)."""
+        json_file = Path(json_file)
+        layout, split = cls(json_file.parent.parent), json_file.stem
+        if (layout.panoptic_json(split) == json_file and layout.panoptic_dir(split).is_dir()
+                and layout.images_dir.is_dir()):
+            return layout, split
+        return None

@@ -231,17 +231,19 @@ class _SplitEntries:
         tmp: ConvertedLayout,
         name: str,
         categories: list[str],
+        stuff: Collection[str],
         output: ConvertedLayout,
         outputs: Collection[str],
     ) -> dict:
         """Write the split's instances (validated) and panoptic json into ``tmp`` (``output``
         names the files in messages); returns its summary."""
         if "instances" in outputs:
-            coco = coco_json(self.images, self.annotations, categories)
+            coco = coco_json(self.images, self.annotations, categories, stuff=stuff)
             validate(coco, str(output.annotations_json(name)))
             _write_json(tmp.annotations_json(name), coco)
         if "panoptic" in outputs:
-            panoptic = coco_json(self.images, self.panoptic, categories, panoptic=True)
+            panoptic = coco_json(self.images, self.panoptic, categories, stuff=stuff,
+                                 panoptic=True)
             _write_json(tmp.panoptic_json(name), panoptic)
         with_objects = {a["image_id"] for a in self.annotations}
         return {
@@ -297,7 +299,8 @@ def convert_dataset(
     always are); e.g. ``("instances",)`` for a Mask R-CNN dataset saves the time and disk of
     two PNGs per image.
 
-    Summary: ``{"format", "outputs", "categories": [names in id order], "splits": {split: {"images",
+    Summary: ``{"format", "outputs", "categories": [names in id order],
+    "stuff_categories": [those drawn as stuff, see AnnotationSource.stuff_categories], "splits": {split: {"images",
     "annotations", "images_without_objects"[, "groups"]}}, "skipped_files", "report": {action:
     count}}`` (``groups``: the number of groups, with ``group_by``). Raises DatasetError if
     ``output_dir`` exists, ConfigError for bad options (an item ``group_by`` does not match),
@@ -323,6 +326,7 @@ def convert_dataset(
         items = source.items(report)
         groups = dict(zip(items, item_groups(items, group_by))) if group_by else None
         categories = collect_categories(source, items, labels_file, workers)
+        stuff = source.stuff_categories() & set(categories)
         tmp = ConvertedLayout(tmp_dir)
         convert = _ItemConverter(source, categories, tmp, labels_file, outputs)
         converted = []
@@ -335,7 +339,7 @@ def convert_dataset(
         _check_unique_file_names(collected)
         summary_splits = {}
         for name, entries in collected.items():
-            summary_splits[name] = entries.write(tmp, name, categories, output, outputs)
+            summary_splits[name] = entries.write(tmp, name, categories, stuff, output, outputs)
             if groups:
                 summary_splits[name]["groups"] = len({groups[item] for item in entries.items})
         report_json = report.to_json()
@@ -344,6 +348,7 @@ def convert_dataset(
             **source.summary(),
             "outputs": list(outputs),
             "categories": categories,
+            "stuff_categories": [c for c in categories if c in stuff],
             "splits": summary_splits,
             "skipped_files": len(items) - len(converted),
             "report": report_json["counts"],

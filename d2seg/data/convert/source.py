@@ -114,6 +114,11 @@ class AnnotationSource(ABC):
         file's categories, ``data.yaml``), else None (collected from :meth:`labels`)."""
         return None
 
+    def stuff_categories(self) -> frozenset[str]:
+        """Categories whose regions are "stuff": drawn in the semantic map and as one panoptic
+        segment per image (``isthing: 0``), never COCO instances. Default: none."""
+        return frozenset()
+
     def summary(self) -> dict:
         """Facts about the input to add to the conversion summary (e.g. the RLE order used)."""
         return {}

@@ -15,11 +15,14 @@ Conventions:
   over earlier ones, then the ignore region on top.
 - Panoptic maps: RGB with segment id = R + 256·G + 256²·B, 0 = void (background and ignore);
   segment ids are 1..K per image in annotation order; ``segments_info`` area/bbox are those of the
-  visible part. Every category is a thing (``isthing: 1``).
+  visible part. A stuff region (a label-map class that is not a thing) is one segment of its
+  category; stuff categories are ``isthing: 0``, in the panoptic json and (so that loaders
+  leave them out of the instance classes) in the instances json.
 """
 
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
@@ -96,8 +99,8 @@ def label_maps(
 
     ``annotations`` are :func:`instance_annotations` of ``record`` (same order). Returns
     (uint8 H×W semantic map, uint8 H×W×3 panoptic RGB, segments). Instances hidden entirely by
-    later ones (or by the ignore region) get no segment; stuff regions (``isthing`` False) are
-    drawn in the semantic map only (void in the panoptic PNG).
+    later ones (or by the ignore region) get no segment; a stuff region (``isthing`` False)
+    is a segment like an instance.
     """
     # One painting pass: segment k = instance k-1; the semantic map is a lookup of it.
     segment_ids = np.zeros((record.height, record.width), dtype=np.int32)
@@ -108,11 +111,6 @@ def label_maps(
     if record.ignore_mask is not None:
         semantic[record.ignore_mask] = IGNORE_VALUE
         segment_ids[record.ignore_mask] = 0
-    stuff = [i for i, instance in enumerate(record.instances, start=1) if not instance.isthing]
-    if stuff:
-        keep = np.ones(len(annotations) + 1, dtype=bool)
-        keep[stuff] = False
-        segment_ids = np.where(keep[segment_ids], segment_ids, 0)
     visible_areas = np.bincount(segment_ids.ravel(), minlength=len(annotations) + 1)
     segments = []
     for segment_id, annotation in enumerate(annotations, start=1):
@@ -179,22 +177,33 @@ def write_image(record: ImageRecord, images_dir: Path, *, copy: bool = False) ->
 
 
 def coco_json(
-    images: list[dict], annotations: list[dict], categories: list[str], *, panoptic: bool = False
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[str],
+    *,
+    stuff: Collection[str] = (),
+    panoptic: bool = False,
 ) -> dict:
     """A COCO instances (or, with ``panoptic``, COCO panoptic) json.
 
     ``images`` and ``annotations`` carry their ids already; panoptic ``annotations`` are per
     image ``{image_id, file_name, segments_info}``. Category ids are 1..N in ``categories`` order.
-    Panoptic categories are all things: stuff regions are void there (see :func:`label_maps`).
+    Categories named in ``stuff`` get ``isthing: 0``; in a panoptic json every other one gets
+    ``isthing: 1`` (an instances json of things only stays plain COCO).
     """
-    thing = {"isthing": 1} if panoptic else {}
+
+    def kind(name: str) -> dict:
+        if name in stuff:
+            return {"isthing": 0}
+        return {"isthing": 1} if panoptic else {}
+
     return {
         "info": {"description": "converted by d2seg (tools/convert_labelme.py)"},
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": i, "name": name, "supercategory": "", **thing}
+            {"id": i, "name": name, "supercategory": "", **kind(name)}
             for i, name in enumerate(categories, start=1)
         ],
     }

@@ -11,6 +11,16 @@ from d2seg.data.io import read_json
 logger = logging.getLogger(__name__)
 
 
+def read_coco_instances(
+    json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> tuple[dict, list[dict]]:
+    """The validated COCO dict of ``json_file`` and its dataset dicts
+    (:func:`~d2seg.data.coco.coco_dataset_dicts`); no metadata is set."""
+    coco = read_json(json_file, "COCO annotation file")
+    validate(coco, str(json_file))
+    return coco, coco_dataset_dicts(coco, json_file, image_root)
+
+
 def load_coco_json(
     json_file: str | os.PathLike, image_root: str | os.PathLike, dataset_name: str | None = None
 ) -> list[dict]:
@@ -20,14 +30,12 @@ def load_coco_json(
     ``image_root``). With ``dataset_name`` it sets ``thing_classes`` and
     ``thing_dataset_id_to_contiguous_id`` in that dataset's metadata.
     """
-    coco = read_json(json_file, "COCO annotation file")
-    validate(coco, str(json_file))
+    coco, dataset_dicts = read_coco_instances(json_file, image_root)
     thing_classes, category_map = contiguous_categories(coco)
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).set(
             thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=category_map
         )
-    dataset_dicts = coco_dataset_dicts(coco, json_file, image_root)
     logger.info(
         "Loaded %d images with %d annotations in %d categories from %s",
         len(dataset_dicts),

@@ -10,7 +10,7 @@ from d2seg.data.io import read_json
 from d2seg.errors import DatasetError
 
 
-def _panoptic_category_maps(categories: list[dict]) -> dict[str, Any]:
+def panoptic_category_maps(categories: list[dict]) -> dict[str, Any]:
     """Detectron2's panoptic class maps with SEPARATE contiguous ids for things and stuff.
 
     Categories sorted by dataset id; ``isthing`` (default 1) splits them. Returns
@@ -131,7 +131,7 @@ def register_coco_panoptic(
     """Register a COCO panoptic dataset (PNGs in ``panoptic_root`` + ``panoptic_json``).
 
     When ``metadata`` has no ``thing_dataset_id_to_contiguous_id``, the class maps and names are
-    read from the json's categories now (see :func:`_panoptic_category_maps`); given maps must
+    read from the json's categories now (see :func:`panoptic_category_maps`); given maps must
     number things 0..T-1 and stuff 0..S-1 separately. The dataset dicts' ``segments_info`` then
     carry those contiguous ids and ``isthing``, which is what
     :func:`~d2seg.data.detection_utils.panoptic_to_targets` and
@@ -142,7 +142,7 @@ def register_coco_panoptic(
     """
     if "thing_dataset_id_to_contiguous_id" not in metadata:
         categories = read_json(panoptic_json, "COCO panoptic file").get("categories", [])
-        metadata = {**_panoptic_category_maps(categories), **metadata}
+        metadata = {**panoptic_category_maps(categories), **metadata}
     _check_panoptic_maps(name, metadata)
     DatasetCatalog.register(
         name,

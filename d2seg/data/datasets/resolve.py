@@ -5,8 +5,9 @@ train.json",)``): it is registered under its absolute path. A split written by
 ``tools/convert_labelme.py`` (:meth:`ConvertedLayout.of_split
 <d2seg.data.convert.layout.ConvertedLayout.of_split>`) is registered as a converted split
 (:func:`~d2seg.data.datasets.converted.load_converted_split`: images in the converter's images
-folder, its semantic and panoptic labels attached); any other json finds its images in its own
-folder.
+folder, its semantic and panoptic labels attached), a converted split's panoptic json
+(``OUT/panoptic/<split>.json``) as its panoptic dataset; any other json finds its images in its
+own folder.
 """
 
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from d2seg.data.catalog import DatasetCatalog
 from d2seg.data.convert.layout import ConvertedLayout
 from d2seg.data.datasets.coco import register_coco_instances
-from d2seg.data.datasets.converted import register_converted_split
+from d2seg.data.datasets.converted import register_converted_panoptic, register_converted_split
 from d2seg.errors import DatasetError
 
 
@@ -38,6 +39,8 @@ def resolve_dataset(name_or_path: str) -> str:
         json_file = Path(name)
         if ConvertedLayout.of_split(json_file) is not None:
             register_converted_split(name, json_file)
+        elif ConvertedLayout.of_panoptic_split(json_file) is not None:
+            register_converted_panoptic(name, json_file)
         else:
             register_coco_instances(name, {}, name, json_file.parent)
         return name

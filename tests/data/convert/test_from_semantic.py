@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d2seg.config import get_cfg
+from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.convert.source import SourceOptions
-from d2seg.data.io import read_sem_seg
-from d2seg.errors import AnnotationError, ConfigError
+from d2seg.data.datasets import resolve_dataset
+from d2seg.data.io import read_panoptic_ids, read_sem_seg
+from d2seg.data.mapper import DatasetMapper
+from d2seg.errors import AnnotationError, ConfigError, DatasetError
+
+REPO = Path(__file__).resolve().parents[3]
 
 HEIGHT, WIDTH = 48, 64
 NAMES = ("sky", "road", "car", "void")  # CamVid-like: the last value is void
@@ -81,11 +87,51 @@ def test_thing_classes_become_instances_and_panoptic_segments(tmp_path):
     first = [a for a in coco["annotations"] if a["image_id"] == 1]
     assert sorted(a["bbox"] for a in first) == [[5.0, 30.0, 15.0, 10.0], [40.0, 30.0, 20.0, 10.0]]
     assert {a["category_id"] for a in first} == {3} and sorted(a["area"] for a in first) == [150, 200]
+    assert [c.get("isthing", 1) for c in coco["categories"]] == [0, 0, 1]
     panoptic = json.loads((tmp_path / "out/panoptic/all.json").read_text())
+    assert [c["isthing"] for c in panoptic["categories"]] == [0, 0, 1]
     segments = panoptic["annotations"][0]["segments_info"]
-    assert [s["category_id"] for s in segments] == [3, 3]  # stuff is void in the panoptic PNG
+    # sky and road one stuff segment each, the two cars one segment each
+    assert [s["category_id"] for s in segments] == [1, 2, 3, 3]
+    ids = read_panoptic_ids(tmp_path / "out/panoptic/all/0001.png")
+    category_of = np.zeros(ids.max() + 1, np.uint8)
+    for segment in segments:
+        category_of[segment["id"]] = segment["category_id"]
+        assert segment["area"] == int((ids == segment["id"]).sum())
     semantic = read_sem_seg(tmp_path / "out/sem_seg/all/0001.png")
     np.testing.assert_array_equal(semantic, _expected_semantic())
+    # the panoptic PNG paints every class the semantic map has; the ignore strip is void
+    np.testing.assert_array_equal(np.where(semantic == 255, 0, semantic), category_of[ids])
+
+
+def test_a_split_with_stuff_is_instances_semantic_and_a_panoptic_dataset(tmp_path):
+    _camvid(tmp_path, colour=False)
+    options = SourceOptions(labels_dir=str(tmp_path / "labels"), label_suffix="_L",
+                            class_names=NAMES, ignore_value=3, thing_classes=("car",))
+    convert_dataset(tmp_path / "images", tmp_path / "out", fmt="semantic", options=options)
+    split = resolve_dataset(str(tmp_path / "out/annotations/all.json"))
+    dicts = DatasetCatalog.get(split)
+    meta = MetadataCatalog.get(split)
+    assert meta.thing_classes == ["car"]  # the stuff categories are no instance classes
+    assert meta.stuff_classes == ["background", "sky", "road", "car"]  # the PNG's values
+    assert {a["category_id"] for d in dicts for a in d["annotations"]} == {0}
+    assert all("pan_seg_file_name" not in d and "sem_seg_file_name" in d for d in dicts)
+
+    panoptic = resolve_dataset(str(tmp_path / "out/panoptic/all.json"))
+    pan_dicts = DatasetCatalog.get(panoptic)
+    pan_meta = MetadataCatalog.get(panoptic)
+    assert (pan_meta.thing_classes, pan_meta.stuff_classes) == (["car"], ["sky", "road"])
+    segments = pan_dicts[0]["segments_info"]
+    assert [(s["category_id"], s["isthing"]) for s in segments] == [
+        (0, False), (1, False), (0, True), (0, True)]
+    assert pan_dicts[0]["sem_seg_file_name"].endswith("sem_seg/all/0001.png")
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs/tiny/panoptic_unet_R_18_tiny.yaml"))
+    mapper = DatasetMapper(cfg, is_train=True)
+    assert mapper(pan_dicts[0])["instances"]["classes"].tolist() == [0, 0]
+    with pytest.raises(DatasetError, match="OUT/panoptic/<split>.json"):
+        mapper(dicts[0])
 
 
 def test_size_mismatch_is_skipped_or_resized(tmp_path):
