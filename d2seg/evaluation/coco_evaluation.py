@@ -74,10 +74,13 @@ def _coco_classes(backend: str) -> tuple[type, type]:
 def load_coco_gt(json_file: str | os.PathLike, backend: Backend = "pycocotools") -> Any:
     """Read, validate (``d2seg.data.coco.validate``) and index a COCO ground-truth file.
 
-    Returns the backend's ``COCO`` object (pycocotools or faster-coco-eval).
+    Returns the backend's ``COCO`` object (pycocotools or faster-coco-eval). Stuff categories
+    (``isthing: 0``, which the converter writes for label-map classes) are left out: they have
+    no instances, and the evaluated classes are the instance classes.
     """
     coco_dict = read_json(json_file, "COCO ground-truth file")
     validate(coco_dict, str(json_file))
+    coco_dict["categories"] = [c for c in coco_dict["categories"] if c.get("isthing", 1)]
     coco_class, _ = _coco_classes(backend)
     coco_gt = coco_class()
     coco_gt.dataset = coco_dict

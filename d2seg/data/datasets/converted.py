@@ -136,6 +136,8 @@ def _converted_panoptic_metadata(json_file: Path) -> dict[str, Any]:
     }
     if layout.sem_seg_dir(split).is_dir():
         metadata["sem_seg_root"] = str(layout.sem_seg_dir(split))
+    if layout.annotations_json(split).is_file():  # the COCO evaluator's ground truth
+        metadata["json_file"] = str(layout.annotations_json(split))
     return metadata
 
 
@@ -159,7 +161,8 @@ def register_converted_panoptic(name: str, json_file: str | os.PathLike) -> None
     """Register a converted split's panoptic json (an absolute path) as ``name``, the dataset a
     panoptic model trains on when the split has stuff categories. Metadata: Detectron2's
     separate thing/stuff maps and names (``stuff_classes`` = the stuff categories, no
-    "background"), its folders and ``ignore_label`` 255."""
+    "background"), its folders, the split's instances json as ``json_file`` (for
+    COCO evaluation) and ``ignore_label`` 255."""
     json_file = Path(json_file)
     metadata = _converted_panoptic_metadata(json_file)
     DatasetCatalog.register(name, functools.partial(load_converted_panoptic, str(json_file), name))

@@ -15,6 +15,7 @@ from d2seg.data.datasets import resolve_dataset
 from d2seg.data.io import read_panoptic_ids, read_sem_seg
 from d2seg.data.mapper import DatasetMapper
 from d2seg.errors import AnnotationError, ConfigError, DatasetError
+from d2seg.evaluation.coco_evaluation import load_coco_gt
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -125,6 +126,8 @@ def test_a_split_with_stuff_is_instances_semantic_and_a_panoptic_dataset(tmp_pat
     assert [(s["category_id"], s["isthing"]) for s in segments] == [
         (0, False), (1, False), (0, True), (0, True)]
     assert pan_dicts[0]["sem_seg_file_name"].endswith("sem_seg/all/0001.png")
+    # COCO evaluation of its instances: the thing categories only
+    assert load_coco_gt(pan_meta.json_file).getCatIds() == [3]
 
     cfg = get_cfg()
     cfg.merge_from_file(str(REPO / "configs/tiny/panoptic_unet_R_18_tiny.yaml"))
