@@ -41,6 +41,7 @@ setup(
         ],
         "annotate": ["labelme"],
         "tune": ["optuna>=4.0"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+        "serve": ["fastapi>=0.110", "fastapi-offline>=1.7", "uvicorn>=0.29",
+                  "python-multipart>=0.0.9"],
     },
 )

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -145,8 +146,10 @@ def create_app(model: str | os.PathLike | ModelSource | DefaultPredictor,
         await loading
         service.stop()
 
-    app = FastAPI(title="d2seg serve", version=d2seg.__version__, lifespan=lifespan,
-                  description="Segmentation predictions of one trained d2seg model.")
+    # fastapi-offline serves Swagger UI's files itself: /docs works without a CDN, offline.
+    app = FastAPIOffline(title="d2seg serve", version=d2seg.__version__, lifespan=lifespan,
+                         description="Segmentation predictions of one trained d2seg model.",
+                         redoc_url=None, static_url="/docs-static")
     app.state.service = service
 
     @app.exception_handler(ApiError)

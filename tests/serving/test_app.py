@@ -218,3 +218,15 @@ def test_a_run_that_cannot_load_is_reported_by_health(tmp_path, serve):
     assert "config.yaml not found" in health["error"]
     assert predict.status_code == 503 and "could not be loaded" in predict.json()["error"][
         "message"]
+
+
+def test_openapi_docs_work_offline(predictor, serve):
+    with serve(create_app(predictor)) as url:
+        docs = httpx.get(f"{url}/docs")
+        assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text
+        assert "cdn." not in docs.text and "https://" not in docs.text.split("<body>")[0]
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            response = httpx.get(f"{url}/docs-static/{asset}")
+            assert response.status_code == 200 and len(response.content) > 100_000
+        paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+        assert {"/v1/predict", "/v1/health", "/v1/model"} <= set(paths)
