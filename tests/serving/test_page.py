@@ -101,3 +101,27 @@ def test_upload_shows_overlay_table_and_slider_refilters(balloon_run, serve, bro
     (tmp_path / "serve_page.png").write_bytes(shot)
     if os.environ.get("D2SEG_SERVE_SCREENSHOT"):
         shutil.copy(tmp_path / "serve_page.png", os.environ["D2SEG_SERVE_SCREENSHOT"])
+
+
+def test_a_semantic_model_shows_its_class_areas(car_run, serve, browser):
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    photo = sorted(car_run["images"].iterdir())[0]
+    with serve(create_app(car_run["run"])) as url:
+        answer = httpx.post(f"{url}/v1/predict", files={"file": photo.open("rb")},
+                            timeout=60).json()
+        browser.get(f"{url}/")
+        assert answer["model"]["classes"] == ["background", "object"]  # the masks' label
+        _wait(lambda: "object" in browser.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        _wait(lambda: "class(es)" in browser.find_element(By.ID, "status").text)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+        listed = [(r.find_element(By.CSS_SELECTOR, "td.class").text,
+                   int(r.find_elements(By.TAG_NAME, "td")[1].text)) for r in rows]
+        assert listed == [(c["name"], c["area"]) for c in answer["sem_seg"]["classes"]]
+        assert sum(area for _, area in listed) == 64 * 96  # every pixel has one class
+        size = browser.execute_script("""
+            const canvas = document.getElementById('overlay');
+            return [canvas.width, canvas.height];""")
+        assert size == [96, 64]
