@@ -231,7 +231,7 @@ _C.MODEL.POINT_HEAD.COARSE_PRED_EACH_LAYER = True
 # PointRend project key: the coarse head of PointRendSemSegHead.
 _C.MODEL.POINT_HEAD.COARSE_SEM_SEG_HEAD_NAME = "SemSegFPNHead"
 
-# PointRend project keys of Implicit PointRend (not implemented: refused unless at default).
+# PointRend project keys of Implicit PointRend (ROI_MASK_HEAD.NAME ImplicitPointRendMaskHead).
 _C.MODEL.IMPLICIT_POINTREND = CN()
 _C.MODEL.IMPLICIT_POINTREND.IMAGE_FEATURE_ENABLED = True
 _C.MODEL.IMPLICIT_POINTREND.POS_ENC_ENABLED = True

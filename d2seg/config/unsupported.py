@@ -97,25 +97,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "federated loss (LVIS)", "set it False"),
     Unsupported("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "sigmoid box classifier", "set it False"),
     Unsupported(
-        "MODEL.ROI_MASK_HEAD.NAME",
-        "Implicit PointRend",
-        "use PointRendMaskHead",
-        refused=("ImplicitPointRendMaskHead",),
-    ),
-    Unsupported(
-        "MODEL.POINT_HEAD.NAME",
-        "Implicit PointRend",
-        "use StandardPointHead",
-        refused=("ImplicitPointHead",),
-    ),
-    Unsupported("MODEL.IMPLICIT_POINTREND.", "Implicit PointRend", _KEEP),
-    Unsupported(
-        "MODEL.SEM_SEG_HEAD.NAME",
-        "PointRend semantic segmentation",
-        "use SemSegFPNHead (PointRend's coarse head alone)",
-        refused=("PointRendSemSegHead",),
-    ),
-    Unsupported(
         "MODEL.ROI_HEADS.NAME",
         "Cascade R-CNN",
         "use StandardROIHeads (one box stage)",

@@ -108,6 +108,16 @@ class SemSegHead(nn.Module):
             return None, {"loss_sem_seg": self.loss(logits, targets)}
         return logits, {}
 
+    @property
+    def logit_stride(self) -> int:
+        """Input pixels per logit of :meth:`strided_layers` (1: they are at the input size)."""
+        return 1
+
+    def strided_layers(self, features: dict[str, Tensor]) -> Tensor:
+        """Logits before any final upsampling, N×K×(H/logit_stride)×(W/logit_stride): what a
+        refining head (PointRend) starts from. By default :meth:`layers`."""
+        return self.layers(features)
+
     @abstractmethod
     def layers(self, features: dict[str, Tensor]) -> Tensor:
         """``features``: the backbone's maps by name, from an N×C×H×W input whose H and W are
