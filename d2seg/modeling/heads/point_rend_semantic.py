@@ -67,6 +67,10 @@ class PointRendSemSegHead(SemSegHead):
         logits, _ = head(features)   # 1×3×64×64
     """
 
+    # Tracing fixes the number of cells re-predicted per step, min(points, cells), at the traced
+    # size: at another size the graph would re-predict another number of pixels.
+    supports_dynamic_shapes = False
+
     def __init__(
         self,
         *,

@@ -91,6 +91,9 @@ class SemSegHead(nn.Module):
             "loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
         }
 
+    #: Whether a graph traced at one input size is right at every other (ONNX ``--dynamic``).
+    supports_dynamic_shapes: bool = True
+
     @property
     def ignore_value(self) -> int:
         """The target label that counts in no loss (padding and unlabelled pixels)."""
