@@ -329,8 +329,8 @@ _C.INPUT.CROP = CN({"ENABLED": False})
 # "relative_range", "relative", "absolute" or "absolute_range".
 _C.INPUT.CROP.TYPE = "relative_range"
 _C.INPUT.CROP.SIZE = [0.9, 0.9]
-# PointRend project keys (semantic crops that avoid one class filling the crop; SSD colour
-# augmentation).
+# Detectron2's semantic recipe (DeepLab/PointRend): < 1.0 redraws a crop (after the resize)
+# until no class covers this share of it; COLOR_AUG_SSD: SSD's photometric distortions.
 _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
 _C.INPUT.COLOR_AUG_SSD = False
 # d2seg: brightness/contrast/saturation jitter strength, 0 = off.

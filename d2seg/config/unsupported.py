@@ -129,10 +129,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported(
         "FLOAT32_PRECISION", "FLOAT32_PRECISION", "set it '' (PyTorch's default precision)"
     ),
-    Unsupported(
-        "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "category-aware crops (PointRend)", "set it 1.0"
-    ),
-    Unsupported("INPUT.COLOR_AUG_SSD", "SSD colour augmentation", "use INPUT.COLOR_JITTER"),
 )
 
 # d2seg defaults that differ from Detectron2's, and why (every other key has its default).

@@ -40,9 +40,6 @@ REFUSED = {
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml": "normalisation inside the FPN",
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_gn.yaml": "normalisation inside the FPN",
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn.yaml": "normalisation inside the FPN",
-    # PointRendSemSegHead runs; this file also asks for PointRend's data augmentations.
-    "projects/PointRend/configs/SemanticSegmentation/"
-    "pointrend_semantic_R_101_FPN_1x_cityscapes.yaml": "category-aware crops",
 }
 OUTPUTS = {
     "GeneralizedRCNN": {"instances"},
