@@ -8,7 +8,10 @@ Two kinds of files, both as Detectron2 publishes them:
 * Detectron2-trained models (``model_final_*.pkl`` / ``.pth``): ``{"model": {name: array}}``
   with Detectron2 module names (``backbone.bottom_up.res2.0.conv1.weight``,
   ``backbone.fpn_lateral2.weight``, ``proposal_generator.rpn_head.objectness_logits.weight``,
-  ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``, ...).
+  ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``;
+  PointRend's ``roi_heads.mask_head.{coarse,parameter}_head.fc1.weight``,
+  ``sem_seg_head.coarse_sem_seg_head.scale_heads.1.0.norm.weight``,
+  ``sem_seg_head.point_head.fc1.weight``, ...).
 
 :func:`load_pkl` unpickles with a restricted unpickler: only dicts, lists, tuples, numbers,
 strings and numpy arrays can be built; any other global in the pickle raises
@@ -173,8 +176,8 @@ def _head_name(name: str, model: nn.Module) -> str | None:
             return new + name[len(old):]
     # PointRend's ConvFCHead (coarse head; Implicit PointRend's parameter head): fc<k> (named
     # coarse_mask_fc<k> before Detectron2's version 2) follows a ReLU in d2seg's Sequential.
-    conv_fc = re.match(r"(roi_heads\.mask_head\.(?:coarse|parameter)_head)\."
-                       r"(reduce_spatial_dim_conv|(?:coarse_mask_)?fc(\d+)|prediction)\.(.*)$", name)
+    conv_fc = re.match(r"(roi_heads\.mask_head\.(?:coarse|parameter)_head)\.(reduce_spatial_dim_conv"
+                       r"|(?:coarse_mask_)?fc(\d+)|prediction)\.(.*)$", name)
     if conv_fc:
         layer = {"reduce_spatial_dim_conv": "reduce", "prediction": "predictor"}.get(
             conv_fc[2], f"layers.{2 * int(conv_fc[3] or 0)}")

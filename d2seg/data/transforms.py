@@ -154,11 +154,12 @@ class RandomCrop(v2.Transform):
 
 
 class CategoryAreaCrop(RandomCrop):
-    """Detectron2's ``RandomCrop_CategoryAreaConstraint``
-    (``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``): a :class:`RandomCrop` redrawn up to 10 times until at least two classes appear in it and none
-    covers ``single_category_max_area`` or more of its labelled pixels (``ignore_value`` pixels do
-    not count); after 10 misses the last draw stands. Reads the sample's ``"sem_seg"`` (1×H×W);
-    a sample without one is cropped as by :class:`RandomCrop`.
+    """Detectron2's ``RandomCrop_CategoryAreaConstraint`` (``INPUT.CROP.
+    SINGLE_CATEGORY_MAX_AREA``): a :class:`RandomCrop` redrawn up to 10 times until at least two
+    classes appear in it and none covers ``single_category_max_area`` or more of its labelled
+    pixels (``ignore_value`` pixels do not count); after 10 misses the last draw stands. Reads
+    the sample's ``"sem_seg"`` (1×H×W); a sample without one is cropped as by
+    :class:`RandomCrop`.
     """
 
     attempts = 10

@@ -436,7 +436,8 @@ def test_detectron2_named_implicit_pointrend_weights_load(tmp_path):
     head = "roi_heads.mask_head."
     _load_detectron2_names(model, {
         "proposal_generator.rpn_head.objectness_logits.weight": "rpn.head.cls_logits.weight",
-        head + "parameter_head.reduce_spatial_dim_conv.weight": head + "parameter_head.reduce.weight",
+        head + "parameter_head.reduce_spatial_dim_conv.weight":
+            head + "parameter_head.reduce.weight",
         head + "parameter_head.fc1.weight": head + "parameter_head.layers.2.weight",
         head + "parameter_head.fc2.bias": head + "parameter_head.layers.4.bias",
         head + "parameter_head.prediction.weight": head + "parameter_head.predictor.weight",
