@@ -21,6 +21,11 @@ fine-grained features + NUM_CLASSES coarse logits, e.g. 256 + 80 = 336 inputs); 
 target is the matched mask cropped by aligned RoIAlign and thresholded at 0.5
 (:func:`~d2seg.modeling.heads.mask_head.mask_targets`); the coarse head's FCs start from
 ``c2_xavier_fill``, its convs and the point MLP from ``c2_msra_fill``.
+
+The point sampling, :func:`subdivide` and :class:`StandardPointHead` are shared with
+:mod:`~d2seg.modeling.heads.point_rend_semantic` (class-margin uncertainty over K logits) and
+:mod:`~d2seg.modeling.heads.implicit_point_rend` (whose parameter head is a
+:class:`CoarseMaskHead`).
 """
 
 import math

@@ -55,7 +55,7 @@ class PointRendSemSegHead(SemSegHead):
 
         shapes = {f"p{i}": ShapeSpec(channels=16, stride=2**i) for i in (2, 3, 4, 5)}
         coarse = SemSegFPNHead(input_shape=shapes, in_features=list(shapes), num_classes=3,
-                               conv_dims=16, common_stride=4)
+                               conv_dims=32, common_stride=4)
         point_head = StandardPointHead(fine_grained_channels=16, num_mask_channels=3,
                                        fc_dim=32, num_fc=3, coarse_pred_each_layer=False)
         head = PointRendSemSegHead(
