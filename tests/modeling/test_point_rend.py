@@ -4,6 +4,8 @@ head, the semantic head (PointRendSemSegHead) and Implicit PointRend.
 Training PointRend end to end: tests/modeling/test_rcnn.py (overfitting two images).
 """
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -444,3 +446,22 @@ def test_detectron2_named_implicit_pointrend_weights_load(tmp_path):
         head + "point_head.positional_encoding_gaussian_matrix":
             head + "point_head.positional_encoding_gaussian_matrix",
     }, tmp_path)
+
+
+@pytest.mark.slow
+def test_pointrend_semantic_trains_and_evaluates_under_train_net(tmp_path, train_run, car_split):
+    """tools/train_net.py end to end with Detectron2's semantic recipe: class counts from the
+    data, the category-area crop after the resize, SSD colour augmentation, evaluation."""
+    run = tmp_path / "run"
+    train_run(
+        str(SEMANTIC_CONFIG), run,
+        "DATASETS.TRAIN", f"('{car_split['train']}',)", "DATASETS.TEST", f"('{car_split['val']}',)",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "0", "SOLVER.MAX_ITER", "4",
+        "INPUT.MIN_SIZE_TRAIN", "(64, 96)", "INPUT.CROP.ENABLED", "True",
+        "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "(64, 64)",
+        "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "0.75", "INPUT.COLOR_AUG_SSD", "True",
+    )
+    records = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
+    losses = [r for r in records if "loss_sem_seg_point" in r]
+    assert losses and all(math.isfinite(r["loss_sem_seg_point"]) for r in losses)
+    assert any("sem_seg/mIoU" in r for r in records)
