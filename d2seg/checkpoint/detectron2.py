@@ -176,10 +176,11 @@ def _head_name(name: str, model: nn.Module) -> str | None:
             return new + name[len(old):]
     # PointRend's ConvFCHead (coarse head; Implicit PointRend's parameter head): fc<k> (named
     # coarse_mask_fc<k> before Detectron2's version 2) follows a ReLU in d2seg's Sequential.
-    conv_fc = re.match(r"(roi_heads\.mask_head\.(?:coarse|parameter)_head)\.(reduce_spatial_dim_conv"
+    conv_fc = re.match(r"(roi_heads\.mask_head\.(?:coarse|parameter)_head)\.(reduce_(?:spatial|channel)_dim_conv"
                        r"|(?:coarse_mask_)?fc(\d+)|prediction)\.(.*)$", name)
     if conv_fc:
-        layer = {"reduce_spatial_dim_conv": "reduce", "prediction": "predictor"}.get(
+        layer = {"reduce_spatial_dim_conv": "reduce", "prediction": "predictor",
+                 "reduce_channel_dim_conv": "reduce_channels.0"}.get(
             conv_fc[2], f"layers.{2 * int(conv_fc[3] or 0)}")
         return f"{conv_fc[1]}.{layer}.{conv_fc[4]}"
     point_fc = re.match(r"(roi_heads\.mask_head|sem_seg_head)\.point_head\.fc(\d+)\.(.*)$", name)

@@ -433,6 +433,24 @@ def test_point_heads_are_checked_against_their_mask_head():
         _tiny(IMPLICIT_CONFIG, "MODEL.POINT_HEAD.NAME", "StandardPointHead")
 
 
+def test_detectron2_named_pointrend_weights_load_with_a_channel_reducing_coarse_head(tmp_path):
+    """p2 (32 channels) wider than ROI_MASK_HEAD.CONV_DIM (16): as Detectron2's ConvFCHead, a
+    1×1 conv reduces the channels first; old (coarse_mask_fc) and new (fc) names both load."""
+    model = _tiny(TINY_CONFIG, "MODEL.ROI_MASK_HEAD.CONV_DIM", 16)
+    coarse = model.roi_heads.mask_head.coarse_head
+    assert coarse.reduce_channels[0].in_channels == 32 and coarse.reduce.in_channels == 16
+    head = "roi_heads.mask_head."
+    _load_detectron2_names(model, {
+        "proposal_generator.rpn_head.objectness_logits.weight": "rpn.head.cls_logits.weight",
+        head + "coarse_head.reduce_channel_dim_conv.weight":
+            head + "coarse_head.reduce_channels.0.weight",
+        head + "coarse_head.reduce_spatial_dim_conv.bias": head + "coarse_head.reduce.bias",
+        head + "coarse_head.coarse_mask_fc1.weight": head + "coarse_head.layers.2.weight",
+        head + "coarse_head.fc2.weight": head + "coarse_head.layers.4.weight",
+        head + "point_head.fc2.weight": head + "point_head.fc_layers.1.weight",
+    }, tmp_path)
+
+
 def test_detectron2_named_implicit_pointrend_weights_load(tmp_path):
     model = _tiny(IMPLICIT_CONFIG)
     head = "roi_heads.mask_head."

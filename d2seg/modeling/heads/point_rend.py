@@ -311,8 +311,9 @@ class StandardPointHead(nn.Module):
 
 
 class CoarseMaskHead(nn.Module):
-    """Box features C×S×S → one output of ``output_shape`` per box: a stride-``reduce_stride``
-    conv, FCs, a linear layer (Detectron2's ``ConvFCHead``).
+    """Box features C×S×S → one output of ``output_shape`` per box: [a 1×1 conv to ``conv_dim``
+    when C is wider], a stride-``reduce_stride`` conv, FCs, a linear layer (Detectron2's
+    ``ConvFCHead``).
 
     PointRend predicts coarse logits K×s×s with it; Implicit PointRend the parameters of each
     box's point MLP, ``(num_params,)``.
@@ -331,8 +332,14 @@ class CoarseMaskHead(nn.Module):
     ):
         super().__init__()
         self.output_shape = tuple(output_shape)
-        self.reduce = nn.Conv2d(in_channels, conv_dim, kernel_size=reduce_stride,
-                                stride=reduce_stride)
+        # As Detectron2's ConvFCHead, inputs wider than conv_dim first pass a 1×1 conv + ReLU.
+        wide = in_channels > conv_dim
+        self.reduce_channels = (
+            nn.Sequential(nn.Conv2d(in_channels, conv_dim, kernel_size=1), nn.ReLU(inplace=True))
+            if wide else nn.Identity()
+        )
+        self.reduce = nn.Conv2d(conv_dim if wide else in_channels, conv_dim,
+                                kernel_size=reduce_stride, stride=reduce_stride)
         layers: list[nn.Module] = [nn.ReLU(inplace=True), nn.Flatten()]
         width = conv_dim * (input_side // reduce_stride) ** 2
         for _ in range(num_fc):
@@ -340,7 +347,9 @@ class CoarseMaskHead(nn.Module):
             width = fc_dim
         self.layers = nn.Sequential(*layers)
         self.predictor = nn.Linear(width, math.prod(self.output_shape))
-        c2_msra_fill(self.reduce)
+        for conv in [self.reduce, *self.reduce_channels.children()]:
+            if isinstance(conv, nn.Conv2d):
+                c2_msra_fill(conv)
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
                 c2_xavier_fill(layer)
@@ -348,7 +357,7 @@ class CoarseMaskHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, box_features: Tensor) -> Tensor:
-        x = self.predictor(self.layers(self.reduce(box_features)))
+        x = self.predictor(self.layers(self.reduce(self.reduce_channels(box_features))))
         return x.view(-1, *self.output_shape)
 
 
