@@ -8,7 +8,10 @@ Two kinds of files, both as Detectron2 publishes them:
 * Detectron2-trained models (``model_final_*.pkl`` / ``.pth``): ``{"model": {name: array}}``
   with Detectron2 module names (``backbone.bottom_up.res2.0.conv1.weight``,
   ``backbone.fpn_lateral2.weight``, ``proposal_generator.rpn_head.objectness_logits.weight``,
-  ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``, ...).
+  ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``;
+  PointRend's ``roi_heads.mask_head.{coarse,parameter}_head.fc1.weight``,
+  ``sem_seg_head.coarse_sem_seg_head.scale_heads.1.0.norm.weight``,
+  ``sem_seg_head.point_head.fc1.weight``, ...).
 
 :func:`load_pkl` unpickles with a restricted unpickler: only dicts, lists, tuples, numbers,
 strings and numpy arrays can be built; any other global in the pickle raises
@@ -163,22 +166,29 @@ def _head_name(name: str, model: nn.Module) -> str | None:
         ("proposal_generator.rpn_head.anchor_deltas.", "rpn.head.bbox_pred."),
         ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
         ("roi_heads.mask_head.deconv.", "roi_heads.mask_head.predictor.conv5_mask."),
-        ("roi_heads.mask_head.coarse_head.reduce_spatial_dim_conv.",
-         "roi_heads.mask_head.coarse_head.reduce."),
-        ("roi_heads.mask_head.coarse_head.coarse_mask_fc1.",
-         "roi_heads.mask_head.coarse_head.layers.2."),
-        ("roi_heads.mask_head.coarse_head.coarse_mask_fc2.",
-         "roi_heads.mask_head.coarse_head.layers.4."),
-        ("roi_heads.mask_head.coarse_head.prediction.",
-         "roi_heads.mask_head.coarse_head.predictor."),
         ("roi_heads.mask_head.point_head.predictor.", "roi_heads.mask_head.point_head.predictor."),
+        ("roi_heads.mask_head.point_head.positional_encoding_gaussian_matrix",
+         "roi_heads.mask_head.point_head.positional_encoding_gaussian_matrix"),
         ("roi_heads.mask_head.predictor.", "roi_heads.mask_head.predictor.mask_fcn_logits."),
+        ("sem_seg_head.point_head.predictor.", "sem_seg_head.point_head.predictor."),
     ):
         if name.startswith(old):
             return new + name[len(old):]
-    point_fc = re.match(r"roi_heads\.mask_head\.point_head\.fc(\d+)\.(.*)$", name)
+    # PointRend's ConvFCHead (coarse head; Implicit PointRend's parameter head): fc<k> (named
+    # coarse_mask_fc<k> before Detectron2's version 2) follows a ReLU in d2seg's Sequential.
+    conv_fc = re.match(r"(roi_heads\.mask_head\.(?:coarse|parameter)_head)\.(reduce_(?:spatial|channel)_dim_conv"
+                       r"|(?:coarse_mask_)?fc(\d+)|prediction)\.(.*)$", name)
+    if conv_fc:
+        layer = {"reduce_spatial_dim_conv": "reduce", "prediction": "predictor",
+                 "reduce_channel_dim_conv": "reduce_channels.0"}.get(
+            conv_fc[2], f"layers.{2 * int(conv_fc[3] or 0)}")
+        return f"{conv_fc[1]}.{layer}.{conv_fc[4]}"
+    point_fc = re.match(r"(roi_heads\.mask_head|sem_seg_head)\.point_head\.fc(\d+)\.(.*)$", name)
     if point_fc:
-        return f"roi_heads.mask_head.point_head.fc_layers.{int(point_fc[1]) - 1}.{point_fc[2]}"
+        return f"{point_fc[1]}.point_head.fc_layers.{int(point_fc[2]) - 1}.{point_fc[3]}"
+    semantic = _semantic_fpn_name(name, model)
+    if semantic:
+        return semantic
     mask_conv = re.match(r"roi_heads\.mask_head\.mask_fcn(\d+)\.(norm\.)?(.*)$", name)
     if mask_conv:
         return f"roi_heads.mask_head.convs.{int(mask_conv[1]) - 1}.{1 if mask_conv[2] else 0}." \
@@ -201,6 +211,30 @@ def _head_name(name: str, model: nn.Module) -> str | None:
             rest = re.sub("^" + pattern, new, rest)
         return f"roi_heads.res5.{rest}"
     return None
+
+
+def _semantic_fpn_name(name: str, model: nn.Module) -> str | None:
+    """Detectron2's ``SemSegFPNHead`` (Panoptic FPN's ``sem_seg_head``, PointRend's
+    ``sem_seg_head.coarse_sem_seg_head``) → d2seg's. Each Detectron2 branch is [conv (norm
+    inside), Upsample]×n, d2seg's [conv, norm, ReLU, Upsample]×n: the k-th conv maps to the k-th
+    conv, its norm to the module after it."""
+    match = re.match(r"(sem_seg_head\.(?:coarse_sem_seg_head\.)?)(scale_heads\.\d+)\.(\d+)\."
+                     r"(norm\.)?(.*)$", name)
+    if match is None:
+        prefix = re.match(r"sem_seg_head\.(coarse_sem_seg_head\.)?predictor\.", name)
+        return name if prefix else None
+    try:
+        branch = model.get_submodule((match[1] + match[2]))
+    except AttributeError:
+        return None
+    children = list(branch.named_children())
+    convs = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.Conv2d)]
+    upsamples = any(isinstance(m, nn.Upsample) for _, m in children)
+    k = int(match[3]) // 2 if upsamples else int(match[3])
+    if k >= len(convs):
+        return None
+    index = convs[k] + (1 if match[4] else 0)
+    return f"{match[1]}{match[2]}.{children[index][0]}.{match[5]}"
 
 
 def _trunk_prefixes(model: nn.Module) -> list[str]:

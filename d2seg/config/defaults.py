@@ -231,7 +231,7 @@ _C.MODEL.POINT_HEAD.COARSE_PRED_EACH_LAYER = True
 # PointRend project key: the coarse head of PointRendSemSegHead.
 _C.MODEL.POINT_HEAD.COARSE_SEM_SEG_HEAD_NAME = "SemSegFPNHead"
 
-# PointRend project keys of Implicit PointRend (not implemented: refused unless at default).
+# PointRend project keys of Implicit PointRend (ROI_MASK_HEAD.NAME ImplicitPointRendMaskHead).
 _C.MODEL.IMPLICIT_POINTREND = CN()
 _C.MODEL.IMPLICIT_POINTREND.IMAGE_FEATURE_ENABLED = True
 _C.MODEL.IMPLICIT_POINTREND.POS_ENC_ENABLED = True
@@ -329,8 +329,8 @@ _C.INPUT.CROP = CN({"ENABLED": False})
 # "relative_range", "relative", "absolute" or "absolute_range".
 _C.INPUT.CROP.TYPE = "relative_range"
 _C.INPUT.CROP.SIZE = [0.9, 0.9]
-# PointRend project keys (semantic crops that avoid one class filling the crop; SSD colour
-# augmentation).
+# Detectron2's semantic recipe (DeepLab/PointRend): < 1.0 redraws a crop (after the resize)
+# until no class covers this share of it; COLOR_AUG_SSD: SSD's photometric distortions.
 _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
 _C.INPUT.COLOR_AUG_SSD = False
 # d2seg: brightness/contrast/saturation jitter strength, 0 = off.

@@ -97,25 +97,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "federated loss (LVIS)", "set it False"),
     Unsupported("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "sigmoid box classifier", "set it False"),
     Unsupported(
-        "MODEL.ROI_MASK_HEAD.NAME",
-        "Implicit PointRend",
-        "use PointRendMaskHead",
-        refused=("ImplicitPointRendMaskHead",),
-    ),
-    Unsupported(
-        "MODEL.POINT_HEAD.NAME",
-        "Implicit PointRend",
-        "use StandardPointHead",
-        refused=("ImplicitPointHead",),
-    ),
-    Unsupported("MODEL.IMPLICIT_POINTREND.", "Implicit PointRend", _KEEP),
-    Unsupported(
-        "MODEL.SEM_SEG_HEAD.NAME",
-        "PointRend semantic segmentation",
-        "use SemSegFPNHead (PointRend's coarse head alone)",
-        refused=("PointRendSemSegHead",),
-    ),
-    Unsupported(
         "MODEL.ROI_HEADS.NAME",
         "Cascade R-CNN",
         "use StandardROIHeads (one box stage)",
@@ -148,10 +129,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported(
         "FLOAT32_PRECISION", "FLOAT32_PRECISION", "set it '' (PyTorch's default precision)"
     ),
-    Unsupported(
-        "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "category-aware crops (PointRend)", "set it 1.0"
-    ),
-    Unsupported("INPUT.COLOR_AUG_SSD", "SSD colour augmentation", "use INPUT.COLOR_JITTER"),
 )
 
 # d2seg defaults that differ from Detectron2's, and why (every other key has its default).

@@ -12,6 +12,8 @@ DataLoader worker's torch RNG makes its augmentations reproducible.
 
 from typing import Any, Sequence
 
+import cv2
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -151,6 +153,129 @@ class RandomCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+class CategoryAreaCrop(RandomCrop):
+    """Detectron2's ``RandomCrop_CategoryAreaConstraint`` (``INPUT.CROP.
+    SINGLE_CATEGORY_MAX_AREA``): a :class:`RandomCrop` redrawn up to 10 times until at least two
+    classes appear in it and none covers ``single_category_max_area`` or more of its labelled
+    pixels (``ignore_value`` pixels do not count); after 10 misses the last draw stands. Reads
+    the sample's ``"sem_seg"`` (1×H×W); a sample without one is cropped as by
+    :class:`RandomCrop`.
+    """
+
+    attempts = 10
+
+    def __init__(
+        self,
+        crop_type: str,
+        crop_size: Sequence[float],
+        single_category_max_area: float,
+        ignore_value: int = 255,
+    ) -> None:
+        super().__init__(crop_type, crop_size)
+        if not 0 < single_category_max_area <= 1:
+            raise ConfigError(
+                f"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = {single_category_max_area}; fix: a share "
+                "of the crop in (0, 1] (1.0 = no constraint)"
+            )
+        self.single_category_max_area = single_category_max_area
+        self.ignore_value = ignore_value
+        self._labels: torch.Tensor | None = None
+
+    def forward(self, *inputs: Any) -> Any:
+        # make_params sees bare tv_tensors, where the semantic labels and the instance masks are
+        # both Masks: the labels are taken from the sample by name for the duration of the call.
+        sample = inputs[0] if len(inputs) == 1 else None
+        labels = sample.get("sem_seg") if isinstance(sample, dict) else None
+        self._labels = None if labels is None else labels.as_subclass(torch.Tensor)[0]
+        try:
+            return super().forward(*inputs)
+        finally:
+            self._labels = None
+
+    def _acceptable(self, params: dict[str, Any]) -> bool:
+        top, left = params["top"], params["left"]
+        crop = self._labels[top : top + params["height"], left : left + params["width"]]
+        values, counts = crop.unique(return_counts=True)
+        counts = counts[values != self.ignore_value]
+        return len(counts) > 1 and int(counts.max()) < float(counts.sum()) * (
+            self.single_category_max_area
+        )
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        params = super().make_params(flat_inputs)
+        if self._labels is None:
+            return params
+        for _ in range(self.attempts - 1):
+            if self._acceptable(params):
+                break
+            params = super().make_params(flat_inputs)
+        return params
+
+
+class ColorAugSSD(v2.Transform):
+    """SSD's photometric distortions (Liu et al. 2016; Detectron2 PointRend's
+    ``ColorAugSSDTransform``), ``INPUT.COLOR_AUG_SSD``, on a 3-channel uint8 image.
+
+    Each step happens with probability 1/2: brightness + U(-32, 32); then contrast × U(0.5, 1.5),
+    saturation × U(0.5, 1.5) and hue + U{-18..18} (OpenCV's 0-179 hue, wrapping), the contrast
+    first or last at random. Values clip to 0-255 and truncate to integers after every step;
+    saturation and hue are OpenCV's HSV of the image in BGR order. Targets are left alone.
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, image_format: str) -> None:
+        super().__init__()
+        if image_format not in ("RGB", "BGR"):
+            raise ConfigError(
+                f"INPUT.COLOR_AUG_SSD True needs a 3-channel INPUT.FORMAT, not {image_format!r}; "
+                "fix: set INPUT.COLOR_AUG_SSD False or INPUT.FORMAT 'RGB'/'BGR'"
+            )
+        self.image_format = image_format
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        applied = (torch.rand(4) < 0.5).tolist()
+        uniform = torch.rand(3).tolist()
+        return {
+            "brightness": (uniform[0] * 64 - 32) if applied[0] else None,
+            "contrast": (0.5 + uniform[1]) if applied[1] else None,
+            "saturation": (0.5 + uniform[2]) if applied[2] else None,
+            "hue": int(torch.randint(-18, 19, ())) if applied[3] else None,
+            "contrast_first": bool(torch.rand(()) < 0.5),
+        }
+
+    @staticmethod
+    def _scale(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        bgr = inpt.as_subclass(torch.Tensor).permute(1, 2, 0).numpy()
+        if self.image_format == "RGB":
+            bgr = bgr[:, :, ::-1]
+        image = np.ascontiguousarray(bgr)
+        if params["brightness"] is not None:
+            image = self._scale(image, beta=params["brightness"])
+
+        def contrast(img: np.ndarray) -> np.ndarray:
+            return img if params["contrast"] is None else self._scale(img, alpha=params["contrast"])
+
+        if params["contrast_first"]:
+            image = contrast(image)
+        if params["saturation"] is not None or params["hue"] is not None:
+            hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+            if params["saturation"] is not None:
+                hsv[:, :, 1] = self._scale(hsv[:, :, 1], alpha=params["saturation"])
+            if params["hue"] is not None:
+                hsv[:, :, 0] = ((hsv[:, :, 0].astype(int) + params["hue"]) % 180).astype(np.uint8)
+            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+        if not params["contrast_first"]:
+            image = contrast(image)
+        if self.image_format == "RGB":
+            image = image[:, :, ::-1]
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return tv_tensors.wrap(chw.contiguous(), like=inpt)
+
+
 class ColorJitterInFormat(v2.ColorJitter):
     """Brightness/contrast/saturation jitter of a 3-channel image in ``"RGB"`` or ``"BGR"`` order.
 
@@ -173,18 +298,29 @@ def build_transforms(cfg: CfgNode, is_train: bool) -> v2.Compose:
     """Detectron2's ``build_augmentation`` (+ d2seg's colour jitter) from ``cfg.INPUT``.
 
     Training: [RandomCrop if CROP.ENABLED] → ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
-    MIN_SIZE_TRAIN_SAMPLING) → flip (RANDOM_FLIP) → colour jitter (COLOR_JITTER > 0).
+    MIN_SIZE_TRAIN_SAMPLING) → [ColorAugSSD if COLOR_AUG_SSD] → flip (RANDOM_FLIP) → colour
+    jitter (COLOR_JITTER > 0). With ``CROP.SINGLE_CATEGORY_MAX_AREA`` < 1 the crop is a
+    :class:`CategoryAreaCrop` after the resize instead, as in Detectron2's semantic training
+    recipe (its DeepLab and PointRend ``train_net.py``, the only users of that key).
     Test: ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST); MIN_SIZE_TEST 0 = no resize.
     """
     inp = cfg.INPUT
     if not is_train:
         return v2.Compose([ResizeShortestEdge((inp.MIN_SIZE_TEST,), inp.MAX_SIZE_TEST)])
     transforms: list[v2.Transform] = []
-    if inp.CROP.ENABLED:
+    constrained = inp.CROP.SINGLE_CATEGORY_MAX_AREA < 1.0
+    if inp.CROP.ENABLED and not constrained:
         transforms.append(RandomCrop(inp.CROP.TYPE, inp.CROP.SIZE))
     transforms.append(
         ResizeShortestEdge(inp.MIN_SIZE_TRAIN, inp.MAX_SIZE_TRAIN, inp.MIN_SIZE_TRAIN_SAMPLING)
     )
+    if inp.CROP.ENABLED and constrained:
+        transforms.append(CategoryAreaCrop(
+            inp.CROP.TYPE, inp.CROP.SIZE, inp.CROP.SINGLE_CATEGORY_MAX_AREA,
+            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        ))
+    if inp.COLOR_AUG_SSD:
+        transforms.append(ColorAugSSD(inp.FORMAT))
     if inp.RANDOM_FLIP == "horizontal":
         transforms.append(v2.RandomHorizontalFlip(p=0.5))
     elif inp.RANDOM_FLIP == "vertical":

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
 from d2seg.errors import ConfigError
+from d2seg.modeling.heads.implicit_point_rend import ImplicitPointRendMaskHead
 from d2seg.modeling.heads.point_rend import PointRendMaskHead
 from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
 from d2seg.modeling.meta_arch.semantic import SemanticSegmentor
@@ -202,6 +203,13 @@ def export_semantic_onnx(
     (what ``d2seg.export.edge`` lowers to C++). ``dynamic=True``: N, H and W are symbolic
     (``height``/``width`` only size the tracing example). The model's train/eval mode is kept.
     """
+    head = model.sem_seg_head
+    if dynamic and not head.supports_dynamic_shapes:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.NAME = {type(head).__name__!r} cannot be exported with dynamic "
+            "shapes: its graph is only right at the traced size; fix: export a static graph "
+            "(without --dynamic; --height/--width set its size)"
+        )
     axes = {0: "batch", 2: "height", 3: "width"}
     return _trace_to_onnx(
         SemanticExportModel(model, dynamic=dynamic),
@@ -216,9 +224,11 @@ def export_semantic_onnx(
 
 def check_rcnn_exportable(model: GeneralizedRCNN) -> None:
     """Raise :class:`ConfigError` for a ``GeneralizedRCNN`` whose graph would be wrong."""
-    if isinstance(model.roi_heads.mask_head, PointRendMaskHead):
+    mask_head = model.roi_heads.mask_head
+    if isinstance(mask_head, (PointRendMaskHead, ImplicitPointRendMaskHead)):
         raise ConfigError(
-            "MODEL.ROI_MASK_HEAD.NAME = 'PointRendMaskHead' cannot be exported to ONNX: its "
+            f"MODEL.ROI_MASK_HEAD.NAME = {type(mask_head).__name__!r} cannot be exported to "
+            "ONNX: its "
             "adaptive subdivision branches in Python on the number of detections, which the "
             "tracer freezes into the graph, so the graph is only right for the traced count; fix: "
             "serve PointRend from PyTorch, or export a MaskRCNNConvUpsampleHead model"

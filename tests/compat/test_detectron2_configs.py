@@ -40,16 +40,6 @@ REFUSED = {
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml": "normalisation inside the FPN",
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_gn.yaml": "normalisation inside the FPN",
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn.yaml": "normalisation inside the FPN",
-    "projects/PointRend/configs/InstanceSegmentation/Base-Implicit-PointRend.yaml":
-        "Implicit PointRend",
-    "projects/PointRend/configs/InstanceSegmentation/implicit_pointrend_R_50_FPN_1x_coco.yaml":
-        "Implicit PointRend",
-    "projects/PointRend/configs/InstanceSegmentation/implicit_pointrend_R_50_FPN_3x_coco.yaml":
-        "Implicit PointRend",
-    "projects/PointRend/configs/SemanticSegmentation/Base-PointRend-Semantic-FPN.yaml":
-        "PointRend semantic segmentation",
-    "projects/PointRend/configs/SemanticSegmentation/"
-    "pointrend_semantic_R_101_FPN_1x_cityscapes.yaml": "PointRend semantic segmentation",
 }
 OUTPUTS = {
     "GeneralizedRCNN": {"instances"},

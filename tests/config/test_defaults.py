@@ -62,7 +62,7 @@ def test_every_unsupported_entry_names_existing_keys():
         ("MODEL.META_ARCHITECTURE", "RetinaNet", "RetinaNet"),
         ("MODEL.RETINANET.NUM_CLASSES", 3, "RetinaNet"),
         ("TEST.AUG.ENABLED", True, "test-time augmentation"),
-        ("MODEL.ROI_MASK_HEAD.NAME", "ImplicitPointRendMaskHead", "Implicit PointRend"),
+        ("MODEL.ROI_HEADS.NAME", "RROIHeads", "Rotated R-CNN"),
         ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool", "RoIPool"),
         ("DATASETS.PROPOSAL_FILES_TRAIN", ("p.pkl",), "precomputed proposals"),
     ],

@@ -321,3 +321,18 @@ def test_cli_exports_a_checkpoint_and_rejects_a_corrupt_one(shared_data, tmp_pat
         "error: the following arguments are required: --output; fix: see python "
         "deploy/export_onnx.py --help"
     ]
+
+
+def test_pointrend_semantic_exports_a_static_graph_and_refuses_a_dynamic_one(tmp_path):
+    """PointRendSemSegHead's subdivision (TopK, GatherElements, ScatterElements, GridSample)
+    exports; the number of pixels it re-predicts is fixed at the traced size, so only static."""
+    _, model = tiny_model("pointrend_semantic_R_18_tiny.yaml")
+    path = export_semantic_onnx(model, height=64, width=96, path=tmp_path / "p.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"TopK", "ScatterElements", "GridSample"} <= ops
+    batch = pixels(1, 3, 64, 96)
+    (logits,) = session(path).run(None, {"image": batch.numpy()})
+    np.testing.assert_allclose(logits, torch_logits(model, batch), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ConfigError, match="'PointRendSemSegHead' cannot be exported with dynamic"):
+        export_semantic_onnx(model, height=64, width=96, path=tmp_path / "d.onnx", dynamic=True)
+    assert not (tmp_path / "d.onnx").exists()

@@ -21,9 +21,15 @@ fine-grained features + NUM_CLASSES coarse logits, e.g. 256 + 80 = 336 inputs); 
 target is the matched mask cropped by aligned RoIAlign and thresholded at 0.5
 (:func:`~d2seg.modeling.heads.mask_head.mask_targets`); the coarse head's FCs start from
 ``c2_xavier_fill``, its convs and the point MLP from ``c2_msra_fill``.
+
+The point sampling, :func:`subdivide` and :class:`StandardPointHead` are shared with
+:mod:`~d2seg.modeling.heads.point_rend_semantic` (class-margin uncertainty over K logits) and
+:mod:`~d2seg.modeling.heads.implicit_point_rend` (whose parameter head is a
+:class:`CoarseMaskHead`).
 """
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -38,18 +44,30 @@ from d2seg.modeling.shape_spec import ShapeSpec
 from d2seg.modeling.weight_init import c2_msra_fill, c2_xavier_fill
 
 
-def point_sample(features: Tensor, points: Tensor) -> Tensor:
-    """Bilinear samples of ``features`` (N×C×H×W) at ``points`` (N×P×2, (x, y) in [0, 1]).
+def point_sample(features: Tensor, points: Tensor, mode: str = "bilinear") -> Tensor:
+    """Samples of ``features`` (N×C×H×W) at ``points`` (N×P×2, (x, y) in [0, 1]).
 
-    Returns N×C×P. Points outside [0, 1] read zeros.
+    Returns N×C×P. ``mode``: "bilinear" or "nearest" (labels). Points outside [0, 1] read zeros.
     """
     grid = 2.0 * points.unsqueeze(2) - 1.0
-    return F.grid_sample(features, grid, align_corners=False).squeeze(3)
+    return F.grid_sample(features, grid, mode=mode, align_corners=False).squeeze(3)
 
 
 def uncertainty(logits: Tensor) -> Tensor:
-    """Uncertainty of foreground logits: ``-|logit|`` (highest where the logit is 0)."""
+    """Uncertainty of foreground logits N×1×...: ``-|logit|`` (highest where the logit is 0)."""
     return -logits.abs()
+
+
+def class_margin_uncertainty(logits: Tensor) -> Tensor:
+    """Uncertainty of class logits N×K×... → N×1×...: the second-best logit minus the best
+    (highest, 0, where two classes tie); for one sigmoid logit (K = 1) :func:`uncertainty`."""
+    if logits.shape[1] == 1:
+        return uncertainty(logits)
+    top2 = logits.topk(2, dim=1).values
+    return (top2[:, 1] - top2[:, 0]).unsqueeze(1)
+
+
+Uncertainty = Callable[[Tensor], Tensor]
 
 
 def regular_grid_points(side: int, num_boxes: int, device: torch.device) -> Tensor:
@@ -60,16 +78,21 @@ def regular_grid_points(side: int, num_boxes: int, device: torch.device) -> Tens
 
 
 def uncertain_points_with_randomness(
-    logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+    logits: Tensor,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+    uncertainty_of: Uncertainty = uncertainty,
 ) -> Tensor:
-    """Training points for foreground logits R×1×H×W → box points R×num_points×2.
+    """Training points for logits R×C×H×W → points R×num_points×2 in [0, 1]² of the map.
 
-    ``importance_sample_ratio``·num_points are the most uncertain of ``oversample_ratio``·num_points
-    uniform candidates; the remainder are uniform random points (coverage of the whole box).
+    ``importance_sample_ratio``·num_points are the most uncertain (``uncertainty_of``: R×C×P →
+    R×1×P; default for foreground logits, C = 1) of ``oversample_ratio``·num_points uniform
+    candidates; the remainder are uniform random points (coverage of the whole map).
     """
     num_boxes = logits.shape[0]
     candidates = torch.rand(num_boxes, int(num_points * oversample_ratio), 2, device=logits.device)
-    candidate_uncertainty = uncertainty(point_sample(logits, candidates))[:, 0]
+    candidate_uncertainty = uncertainty_of(point_sample(logits, candidates))[:, 0]
     num_uncertain = int(importance_sample_ratio * num_points)
     top = candidate_uncertainty.topk(num_uncertain, dim=1).indices
     uncertain = torch.gather(candidates, 1, top.unsqueeze(2).expand(-1, -1, 2))
@@ -77,18 +100,49 @@ def uncertain_points_with_randomness(
     return torch.cat([uncertain, uniform], dim=1)
 
 
-def uncertain_grid_cells(logits: Tensor, num_points: int) -> tuple[Tensor, Tensor]:
-    """The ``num_points`` most uncertain cells of foreground logits R×1×H×W.
+def uncertain_grid_cells(
+    logits: Tensor, num_points: int, uncertainty_of: Uncertainty = uncertainty
+) -> tuple[Tensor, Tensor]:
+    """The ``num_points`` most uncertain cells of logits R×C×H×W (``uncertainty_of`` as in
+    :func:`uncertain_points_with_randomness`).
 
-    Returns (flat cell indices R×P into H·W, their centres as box points R×P×2),
-    P = min(num_points, H·W).
+    Returns (flat cell indices R×P into H·W, their centres as points R×P×2 in [0, 1]² of the
+    map), P = min(num_points, H·W).
     """
     num_boxes, _, height, width = logits.shape
     num_points = min(num_points, height * width)
-    indices = uncertainty(logits).view(num_boxes, height * width).topk(num_points, dim=1).indices
+    scores = uncertainty_of(logits).reshape(num_boxes, height * width)
+    indices = scores.topk(num_points, dim=1).indices
     x = (indices % width).float().add(0.5) / width
     y = torch.div(indices, width, rounding_mode="floor").float().add(0.5) / height
     return indices, torch.stack([x, y], dim=2)
+
+
+def subdivide(
+    logits: Tensor,
+    steps: int,
+    num_points: int,
+    point_logits_at: Callable[[Tensor], Tensor],
+    uncertainty_of: Uncertainty = uncertainty,
+) -> Tensor:
+    """Adaptive subdivision: logits N×C×h×w → N×C×(h·2^steps)×(w·2^steps).
+
+    Each step upsamples ×2 (bilinear) and replaces the ``num_points`` most uncertain cells by
+    ``point_logits_at(points)`` (points N×P×2 in [0, 1]² → N×C×P). A step whose successor
+    re-predicts every cell is skipped: its predictions could not change the result.
+    """
+    for step in range(steps):
+        logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+        num_maps, channels, height, width = logits.shape
+        if num_points >= 4 * height * width and step != steps - 1:
+            continue
+        indices, points = uncertain_grid_cells(logits, num_points, uncertainty_of)
+        logits = (
+            logits.reshape(num_maps, channels, height * width)
+            .scatter(2, indices.unsqueeze(1).expand(-1, channels, -1), point_logits_at(points))
+            .view(num_maps, channels, height, width)
+        )
+    return logits
 
 
 def box_points_to_image(points: Tensor, boxes: Tensor) -> Tensor:
@@ -129,6 +183,34 @@ def sample_box_point_features(
     return torch.cat(sampled, dim=1)
 
 
+def grid_pooled_box_features(
+    features: list[Tensor], strides: list[int], boxes: list[Tensor], side: int
+) -> Tensor:
+    """Features sampled at the cell centres of a side×side grid in each box, R×ΣC_i×side×side
+    (RoIAlign with one sample per bin, every map of ``features`` concatenated)."""
+    num_boxes = sum(len(b) for b in boxes)
+    grid = regular_grid_points(side, num_boxes, features[0].device)
+    pooled = sample_box_point_features(features, strides, boxes, grid)
+    return pooled.view(num_boxes, pooled.shape[1], side, side)
+
+
+def check_point_head_classes(cfg: CfgNode, head: str) -> None:
+    """The per-class masks and class count every PointRend mask head (``head``) needs."""
+    point_cfg = cfg.MODEL.POINT_HEAD
+    if point_cfg.CLS_AGNOSTIC_MASK:
+        raise ConfigError(
+            f"MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK True is not supported by {head}; "
+            "fix: set it to False (one mask per class)"
+        )
+    # 0 means "as many as the RoI heads" (which may themselves come from the data).
+    if point_cfg.NUM_CLASSES not in (0, cfg.MODEL.ROI_HEADS.NUM_CLASSES):
+        raise ConfigError(
+            f"MODEL.POINT_HEAD.NUM_CLASSES ({point_cfg.NUM_CLASSES}) differs from "
+            f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES}); fix: set both "
+            "to the number of foreground classes (or POINT_HEAD.NUM_CLASSES 0 to follow it)"
+        )
+
+
 def sample_mask_point_labels(
     gt_masks: list[Tensor], matched_idxs: list[Tensor], boxes: list[Tensor], points: Tensor
 ) -> Tensor:
@@ -157,6 +239,22 @@ def select_class(logits: Tensor, labels: Tensor) -> Tensor:
     """The channel of each box's class: logits R×K×... (one channel per foreground class) and
     torchvision labels R (1..K) → R×1×..."""
     return logits[torch.arange(len(labels), device=logits.device), labels - 1].unsqueeze(1)
+
+
+def build_point_head(
+    cfg: CfgNode, input_shape: dict[str, ShapeSpec], num_classes: int
+) -> nn.Module:
+    """``MODEL.POINT_HEAD.NAME`` over the ``POINT_HEAD.IN_FEATURES`` of ``input_shape``, with
+    ``num_classes`` logit channels per point."""
+    import d2seg.modeling.heads  # noqa: F401  (registers the point heads)
+    from d2seg.modeling.build import build_from_registry
+
+    names = cfg.MODEL.POINT_HEAD.IN_FEATURES
+    check_in_features("MODEL.POINT_HEAD.IN_FEATURES", names, input_shape)
+    fine_channels = sum(input_shape[n].channels for n in names)
+    return build_from_registry(
+        POINT_HEAD_REGISTRY, "MODEL.POINT_HEAD.NAME", cfg, fine_channels, num_classes
+    )
 
 
 @POINT_HEAD_REGISTRY.register()
@@ -191,10 +289,13 @@ class StandardPointHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, fine_grained_channels: int) -> dict[str, Any]:
+    def from_config(
+        cls, cfg: CfgNode, fine_grained_channels: int, num_classes: int
+    ) -> dict[str, Any]:
+        """``num_classes``: the owning head's logit channels (foreground classes for masks)."""
         return {
             "fine_grained_channels": fine_grained_channels,
-            "num_mask_channels": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "num_mask_channels": num_classes,
             "fc_dim": cfg.MODEL.POINT_HEAD.FC_DIM,
             "num_fc": cfg.MODEL.POINT_HEAD.NUM_FC,
             "coarse_pred_each_layer": cfg.MODEL.POINT_HEAD.COARSE_PRED_EACH_LAYER,
@@ -210,7 +311,13 @@ class StandardPointHead(nn.Module):
 
 
 class CoarseMaskHead(nn.Module):
-    """Box features K_in×S×S → coarse logits K×s×s: a stride-(S/s) conv, FCs, a linear layer."""
+    """Box features C×S×S → one output of ``output_shape`` per box: [a 1×1 conv to ``conv_dim``
+    when C is wider], a stride-``reduce_stride`` conv, FCs, a linear layer (Detectron2's
+    ``ConvFCHead``).
+
+    PointRend predicts coarse logits K×s×s with it; Implicit PointRend the parameters of each
+    box's point MLP, ``(num_params,)``.
+    """
 
     def __init__(
         self,
@@ -220,26 +327,29 @@ class CoarseMaskHead(nn.Module):
         conv_dim: int,
         fc_dim: int,
         num_fc: int,
-        output_side: int,
-        num_mask_channels: int,
+        output_shape: tuple[int, ...],
+        reduce_stride: int,
     ):
         super().__init__()
-        if input_side % output_side:
-            raise ConfigError(
-                f"MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION ({input_side}) must be a multiple of "
-                f"OUTPUT_SIDE_RESOLUTION ({output_side}); fix: e.g. 14 and 7"
-            )
-        self.output_shape = (num_mask_channels, output_side, output_side)
-        stride = input_side // output_side
-        self.reduce = nn.Conv2d(in_channels, conv_dim, kernel_size=stride, stride=stride)
+        self.output_shape = tuple(output_shape)
+        # As Detectron2's ConvFCHead, inputs wider than conv_dim first pass a 1×1 conv + ReLU.
+        wide = in_channels > conv_dim
+        self.reduce_channels = (
+            nn.Sequential(nn.Conv2d(in_channels, conv_dim, kernel_size=1), nn.ReLU(inplace=True))
+            if wide else nn.Identity()
+        )
+        self.reduce = nn.Conv2d(conv_dim if wide else in_channels, conv_dim,
+                                kernel_size=reduce_stride, stride=reduce_stride)
         layers: list[nn.Module] = [nn.ReLU(inplace=True), nn.Flatten()]
-        width = conv_dim * output_side * output_side
+        width = conv_dim * (input_side // reduce_stride) ** 2
         for _ in range(num_fc):
             layers += [nn.Linear(width, fc_dim), nn.ReLU(inplace=True)]
             width = fc_dim
         self.layers = nn.Sequential(*layers)
-        self.predictor = nn.Linear(width, num_mask_channels * output_side * output_side)
-        c2_msra_fill(self.reduce)
+        self.predictor = nn.Linear(width, math.prod(self.output_shape))
+        for conv in [self.reduce, *self.reduce_channels.children()]:
+            if isinstance(conv, nn.Conv2d):
+                c2_msra_fill(conv)
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
                 c2_xavier_fill(layer)
@@ -247,7 +357,7 @@ class CoarseMaskHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, box_features: Tensor) -> Tensor:
-        x = self.predictor(self.layers(self.reduce(box_features)))
+        x = self.predictor(self.layers(self.reduce(self.reduce_channels(box_features))))
         return x.view(-1, *self.output_shape)
 
 
@@ -285,38 +395,32 @@ class PointRendMaskHead(MaskHead):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        import d2seg.modeling.heads  # noqa: F401  (registers the point heads)
-        from d2seg.modeling.build import build_from_registry
-
         mask_cfg, point_cfg = cfg.MODEL.ROI_MASK_HEAD, cfg.MODEL.POINT_HEAD
-        if point_cfg.CLS_AGNOSTIC_MASK:
-            raise ConfigError(
-                "MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK True is not supported by PointRendMaskHead; "
-                "fix: set it to False (one mask per class)"
-            )
-        # 0 means "as many as the RoI heads" (which may themselves come from the data).
-        if point_cfg.NUM_CLASSES not in (0, cfg.MODEL.ROI_HEADS.NUM_CLASSES):
-            raise ConfigError(
-                f"MODEL.POINT_HEAD.NUM_CLASSES ({point_cfg.NUM_CLASSES}) differs from "
-                f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES}); fix: set both "
-                "to the number of foreground classes (or POINT_HEAD.NUM_CLASSES 0 to follow it)"
-            )
+        check_point_head_classes(cfg, cls.__name__)
         check_in_features("MODEL.ROI_MASK_HEAD.IN_FEATURES", mask_cfg.IN_FEATURES, input_shape)
-        check_in_features("MODEL.POINT_HEAD.IN_FEATURES", point_cfg.IN_FEATURES, input_shape)
         num_mask_channels = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        input_side, output_side = mask_cfg.POOLER_RESOLUTION, mask_cfg.OUTPUT_SIDE_RESOLUTION
+        if input_side % output_side:
+            raise ConfigError(
+                f"MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION ({input_side}) must be a multiple of "
+                f"OUTPUT_SIDE_RESOLUTION ({output_side}); fix: e.g. 14 and 7"
+            )
         coarse_head = CoarseMaskHead(
             in_channels=sum(input_shape[n].channels for n in mask_cfg.IN_FEATURES),
-            input_side=mask_cfg.POOLER_RESOLUTION,
+            input_side=input_side,
             conv_dim=mask_cfg.CONV_DIM,
             fc_dim=mask_cfg.FC_DIM,
             num_fc=mask_cfg.NUM_FC,
-            output_side=mask_cfg.OUTPUT_SIDE_RESOLUTION,
-            num_mask_channels=num_mask_channels,
+            output_shape=(num_mask_channels, output_side, output_side),
+            reduce_stride=input_side // output_side,
         )
-        fine_channels = sum(input_shape[n].channels for n in point_cfg.IN_FEATURES)
-        point_head = build_from_registry(
-            POINT_HEAD_REGISTRY, "MODEL.POINT_HEAD.NAME", cfg, fine_channels
-        )
+        point_head = build_point_head(cfg, input_shape, num_mask_channels)
+        if not isinstance(point_head, StandardPointHead):
+            raise ConfigError(
+                f"MODEL.POINT_HEAD.NAME = {point_cfg.NAME!r} does not take coarse predictions, "
+                "which PointRendMaskHead gives it; fix: StandardPointHead (or ROI_MASK_HEAD.NAME "
+                "ImplicitPointRendMaskHead for ImplicitPointHead)"
+            )
         return {
             "coarse_in_features": list(mask_cfg.IN_FEATURES),
             "point_in_features": list(point_cfg.IN_FEATURES),
@@ -340,11 +444,12 @@ class PointRendMaskHead(MaskHead):
 
     def coarse_logits(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
         """Coarse logits R×K×s×s from features pooled on a regular grid in each box."""
-        num_boxes = sum(len(b) for b in boxes)
-        side = self.coarse_pooler_side
-        grid = regular_grid_points(side, num_boxes, features[self.coarse_in_features[0]].device)
-        pooled = self._point_features(self.coarse_in_features, features, boxes, grid)
-        return self.coarse_head(pooled.view(num_boxes, pooled.shape[1], side, side))
+        names = self.coarse_in_features
+        pooled = grid_pooled_box_features(
+            [features[n] for n in names], [self.feature_strides[n] for n in names], boxes,
+            self.coarse_pooler_side,
+        )
+        return self.coarse_head(pooled)
 
     def losses(self, features, proposals, image_shapes, gt_masks, gt_labels, matched_idxs):
         """``loss_mask`` (coarse prediction vs. the matched mask cropped to the proposal,
@@ -383,20 +488,11 @@ class PointRendMaskHead(MaskHead):
             empty = torch.cat(boxes).new_zeros(0, 1, side, side)
             return [empty for _ in boxes]
         coarse = self.coarse_logits(features, boxes)
-        logits = select_class(coarse, all_labels)
-        for step in range(self.subdivision_steps):
-            logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
-            height, width = logits.shape[-2:]
-            is_last = step == self.subdivision_steps - 1
-            if self.subdivision_num_points >= 4 * height * width and not is_last:
-                continue
-            indices, points = uncertain_grid_cells(logits, self.subdivision_num_points)
+
+        def point_logits_at(points: Tensor) -> Tensor:
             fine = self._point_features(self.point_in_features, features, boxes, points)
-            point_logits = self.point_head(fine, point_sample(coarse, points))
-            refined = select_class(point_logits, all_labels)
-            logits = (
-                logits.view(num_boxes, 1, height * width)
-                .scatter(2, indices.unsqueeze(1), refined)
-                .view(num_boxes, 1, height, width)
-            )
+            return select_class(self.point_head(fine, point_sample(coarse, points)), all_labels)
+
+        logits = subdivide(select_class(coarse, all_labels), self.subdivision_steps,
+                           self.subdivision_num_points, point_logits_at)
         return list(logits.sigmoid().split([len(b) for b in boxes]))

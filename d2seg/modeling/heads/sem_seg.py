@@ -91,6 +91,9 @@ class SemSegHead(nn.Module):
             "loss": SemSegLoss(**SemSegLoss.from_config(cfg)),
         }
 
+    #: Whether a graph traced at one input size is right at every other (ONNX ``--dynamic``).
+    supports_dynamic_shapes: bool = True
+
     @property
     def ignore_value(self) -> int:
         """The target label that counts in no loss (padding and unlabelled pixels)."""
@@ -107,6 +110,16 @@ class SemSegHead(nn.Module):
                 raise ValueError(f"{type(self).__name__} needs targets in training mode")
             return None, {"loss_sem_seg": self.loss(logits, targets)}
         return logits, {}
+
+    @property
+    def logit_stride(self) -> int:
+        """Input pixels per logit of :meth:`strided_layers` (1: they are at the input size)."""
+        return 1
+
+    def strided_layers(self, features: dict[str, Tensor]) -> Tensor:
+        """Logits before any final upsampling, N×K×(H/logit_stride)×(W/logit_stride): what a
+        refining head (PointRend) starts from. By default :meth:`layers`."""
+        return self.layers(features)
 
     @abstractmethod
     def layers(self, features: dict[str, Tensor]) -> Tensor:

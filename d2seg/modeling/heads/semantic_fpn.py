@@ -12,12 +12,11 @@ import math
 from typing import Optional
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 from d2seg.modeling.box_head import head_norm
-from d2seg.modeling.heads.sem_seg import SemSegHead
+from d2seg.modeling.heads.sem_seg import SemSegHead, upsample
 from d2seg.modeling.losses import SemSegLoss
 from d2seg.modeling.registry import SEM_SEG_HEADS_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
@@ -101,11 +100,19 @@ class SemSegFPNHead(SemSegHead):
         return {**super().from_config(cfg, input_shape), "conv_dims": head.CONVS_DIM,
                 "common_stride": head.COMMON_STRIDE, "norm": head.NORM}
 
-    def layers(self, features: dict[str, Tensor]) -> Tensor:
-        """FPN levels by name → N×num_classes×H×W logits: the branches' sum at
-        ``common_stride``, classified, upsampled ×``common_stride``."""
+    @property
+    def logit_stride(self) -> int:
+        return self.common_stride
+
+    def strided_layers(self, features: dict[str, Tensor]) -> Tensor:
+        """FPN levels by name → N×num_classes×(H/common_stride)×(W/common_stride) logits: the
+        branches' sum at ``common_stride``, classified."""
         x = self.scale_heads[0](features[self.in_features[0]])
         for name, branch in zip(self.in_features[1:], self.scale_heads[1:]):
             x = x + branch(features[name])
-        return F.interpolate(self.predictor(x), scale_factor=self.common_stride,
-                             mode="bilinear", align_corners=False)
+        return self.predictor(x)
+
+    def layers(self, features: dict[str, Tensor]) -> Tensor:
+        """FPN levels by name → N×num_classes×H×W logits: :meth:`strided_layers` upsampled
+        ×``common_stride``."""
+        return upsample(self.strided_layers(features), self.common_stride)
