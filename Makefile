@@ -77,7 +77,7 @@ system-deps:
 
 # pytest exits 5 when it collected no test: that is a failure here.
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -ra; rc=$$?; \
+	$(PY) -m pytest -q -ra --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
