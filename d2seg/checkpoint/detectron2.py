@@ -149,14 +149,15 @@ def _trunk_name(name: str) -> str | None:
 
 def _head_name(name: str, model: nn.Module) -> str | None:
     """A Detectron2 name outside the trunk → d2seg's, for the modules ``model`` has."""
-    fpn = re.match(r"backbone\.fpn_(lateral|output)(\d)\.(.*)$", name)
+    fpn = re.match(r"backbone\.fpn_(lateral|output)(\d)\.(norm\.)?(.*)$", name)
     if fpn:
         blocks = "inner_blocks" if fpn[1] == "lateral" else "layer_blocks"
         levels = sorted(int(f[-1]) for f in getattr(getattr(model, "backbone", None),
                                                    "in_features", []))
         if int(fpn[2]) not in levels:
             return None
-        return f"backbone.fpn.{blocks}.{levels.index(int(fpn[2]))}.0.{fpn[3]}"
+        layer = 1 if fpn[3] else 0  # torchvision's Conv2dNormActivation: conv, then norm
+        return f"backbone.fpn.{blocks}.{levels.index(int(fpn[2]))}.{layer}.{fpn[4]}"
     for old, new in (
         ("proposal_generator.rpn_head.conv.", "rpn.head.conv.0.0."),
         ("proposal_generator.rpn_head.objectness_logits.", "rpn.head.cls_logits."),

@@ -123,11 +123,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     ),
     Unsupported("MODEL.FPN.FUSE_TYPE", "FPN average fusion", "set it 'sum'"),
     Unsupported(
-        "MODEL.FPN.NORM",
-        "normalisation inside the FPN (torchvision's FPN has plain convs)",
-        "set it ''",
-    ),
-    Unsupported(
         "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
         "RoIPool and rotated RoIAlign",
         "use 'ROIAlignV2' (or 'ROIAlign')",
