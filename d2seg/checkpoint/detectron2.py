@@ -8,7 +8,9 @@ Two kinds of files, both as Detectron2 publishes them:
 * Detectron2-trained models (``model_final_*.pkl`` / ``.pth``): ``{"model": {name: array}}``
   with Detectron2 module names (``backbone.bottom_up.res2.0.conv1.weight``,
   ``backbone.fpn_lateral2.weight``, ``proposal_generator.rpn_head.objectness_logits.weight``,
-  ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``, ...).
+  ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``, ...;
+  Cascade R-CNN's stages as ``roi_heads.box_head.<stage>.fc1.weight``,
+  ``roi_heads.box_predictor.<stage>.cls_score.weight``).
 
 :func:`load_pkl` unpickles with a restricted unpickler: only dicts, lists, tuples, numbers,
 strings and numpy arrays can be built; any other global in the pickle raises
@@ -184,16 +186,24 @@ def _head_name(name: str, model: nn.Module) -> str | None:
     if mask_conv:
         return f"roi_heads.mask_head.convs.{int(mask_conv[1]) - 1}.{1 if mask_conv[2] else 0}." \
                f"{mask_conv[3]}"
-    box = re.match(r"roi_heads\.box_head\.(conv|fc)(\d+)\.(norm\.)?(.*)$", name)
+    box = re.match(r"roi_heads\.box_head\.((\d+)\.)?(conv|fc)(\d+)\.(norm\.)?(.*)$", name)
     if box and hasattr(getattr(model, "roi_heads", None), "box_head"):
-        children = list(model.roi_heads.box_head.named_children())
+        head, prefix = model.roi_heads.box_head, "roi_heads.box_head."
+        # Cascade R-CNN: one box head per stage, box_head.<stage>. in both trees.
+        if isinstance(head, nn.ModuleList) != bool(box[1]):
+            return None
+        if box[1]:
+            if int(box[2]) >= len(head):
+                return None
+            head, prefix = head[int(box[2])], f"{prefix}{box[1]}"
+        children = list(head.named_children())
         convs = [n for n, m in children if not isinstance(m, (nn.Linear, nn.Flatten, nn.ReLU))]
         fcs = [n for n, m in children if isinstance(m, nn.Linear)]
-        index = int(box[2]) - 1
-        if box[1] == "conv" and index < len(convs):
-            return f"roi_heads.box_head.{convs[index]}.{1 if box[3] else 0}.{box[4]}"
-        if box[1] == "fc" and index < len(fcs):
-            return f"roi_heads.box_head.{fcs[index]}.{box[4]}"
+        index = int(box[4]) - 1
+        if box[3] == "conv" and index < len(convs):
+            return f"{prefix}{convs[index]}.{1 if box[5] else 0}.{box[6]}"
+        if box[3] == "fc" and index < len(fcs):
+            return f"{prefix}{fcs[index]}.{box[6]}"
         return None
     res5 = re.match(r"roi_heads\.res5\.(.*)$", name)
     if res5:
@@ -229,10 +239,11 @@ def _warn_if_stride_in_3x3(model: nn.Module) -> None:
 def _background_first(name: str, value: Tensor, own: Tensor) -> Tensor:
     """Detectron2 puts the background score last and has no background box/mask slot;
     torchvision's predictors have it first."""
-    if name.endswith(("box_predictor.cls_score.weight", "box_predictor.cls_score.bias")):
+    if re.search(r"box_predictor\.(\d+\.)?cls_score\.(weight|bias)$", name):
         if value.shape[0] == own.shape[0]:
             return torch.cat([value[-1:], value[:-1]])
-    if ".box_predictor.bbox_pred." in name and value.shape[0] + 4 == own.shape[0]:
+    if re.search(r"\.box_predictor\.(\d+\.)?bbox_pred\.", name) \
+            and value.shape[0] + 4 == own.shape[0]:
         return torch.cat([value.new_zeros((4, *value.shape[1:])), value])
     if name.endswith(("mask_fcn_logits.weight", "mask_fcn_logits.bias")):
         if value.shape[0] + 1 == own.shape[0]:

@@ -115,12 +115,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
         "use SemSegFPNHead (PointRend's coarse head alone)",
         refused=("PointRendSemSegHead",),
     ),
-    Unsupported(
-        "MODEL.ROI_HEADS.NAME",
-        "Cascade R-CNN",
-        "use StandardROIHeads (one box stage)",
-        refused=("CascadeROIHeads",),
-    ),
     Unsupported("MODEL.FPN.FUSE_TYPE", "FPN average fusion", "set it 'sum'"),
     Unsupported(
         "MODEL.ROI_BOX_HEAD.POOLER_TYPE",

@@ -31,10 +31,6 @@ ZOO_NAMES = [p.relative_to(SHARED / "detectron2_configs").as_posix() for p in _z
 
 # Config families d2seg refuses, and the feature each refusal names.
 REFUSED = {
-    "configs/Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml": "Cascade R-CNN",
-    "configs/Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml": "Cascade R-CNN",
-    "configs/Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv.yaml": "Cascade R-CNN",
-    "configs/Misc/panoptic_fpn_R_101_dconv_cascade_gn_3x.yaml": "Cascade R-CNN",
     "configs/Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml": "precise BatchNorm statistics",
     "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn.yaml": "precise BatchNorm statistics",
     "projects/PointRend/configs/InstanceSegmentation/Base-Implicit-PointRend.yaml":
