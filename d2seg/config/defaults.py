@@ -425,6 +425,7 @@ _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
+# Recompute BatchNorm statistics from NUM_ITER training batches every EVAL_PERIOD and at the end.
 _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # d2seg: "pycocotools" or "faster" (faster-coco-eval, identical numbers).

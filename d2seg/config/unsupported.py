@@ -132,7 +132,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("SOLVER.NUM_DECAYS", "WarmupStepWithFixedGammaLR", _KEEP),
     Unsupported("SOLVER.RESCALE_INTERVAL", "WarmupStepWithFixedGammaLR", _KEEP),
     Unsupported("TEST.AUG.", "test-time augmentation", _KEEP),
-    Unsupported("TEST.PRECISE_BN.", "precise BatchNorm statistics", _KEEP),
     Unsupported("VIS_PERIOD", "training-time visualisation", "set it 0"),
     Unsupported(
         "FLOAT32_PRECISION", "FLOAT32_PRECISION", "set it '' (PyTorch's default precision)"

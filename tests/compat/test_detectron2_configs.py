@@ -31,8 +31,6 @@ ZOO_NAMES = [p.relative_to(SHARED / "detectron2_configs").as_posix() for p in _z
 
 # Config families d2seg refuses, and the feature each refusal names.
 REFUSED = {
-    "configs/Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml": "precise BatchNorm statistics",
-    "configs/Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn.yaml": "precise BatchNorm statistics",
     "projects/PointRend/configs/InstanceSegmentation/Base-Implicit-PointRend.yaml":
         "Implicit PointRend",
     "projects/PointRend/configs/InstanceSegmentation/implicit_pointrend_R_50_FPN_1x_coco.yaml":
