@@ -87,6 +87,7 @@ _C.MODEL.EFFICIENTNET.OUT_FEATURES = ["c1", "c2", "c3", "c4", "c5"]
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = []
 _C.MODEL.FPN.OUT_CHANNELS = 256
+# After the lateral and output convs: "", "GN", "BN", "SyncBN" (BN on one process), "FrozenBN".
 _C.MODEL.FPN.NORM = ""
 _C.MODEL.FPN.FUSE_TYPE = "sum"
 

@@ -282,8 +282,11 @@ class CascadeROIHeads(MaskRoIHeads):
             **kwargs,
         )
         self.stage_coders = [BoxCoder(tuple(w)) for w in stage_reg_weights]
-        self.stage_matchers = [Matcher(iou, iou, allow_low_quality_matches=False)
-                               for iou in stage_ious]
+        # Stage 0 samples with torchvision's proposal_matcher; the later stages match by stage.
+        self.stage_matchers = {
+            stage: Matcher(iou, iou, allow_low_quality_matches=False)
+            for stage, iou in enumerate(stage_ious) if stage > 0
+        }
 
     @property
     def num_stages(self) -> int:
@@ -307,7 +310,7 @@ class CascadeROIHeads(MaskRoIHeads):
         decoded = self.stage_coders[stage].decode_single(
             box_regression.detach()[:, :4], torch.cat(boxes)
         )
-        per_image = decoded.split([len(b) for b in boxes])
+        per_image = decoded.split([b.shape[0] for b in boxes])  # shape[0], not len: symbolic when traced
         return [box_ops.clip_boxes_to_image(b, s) for b, s in zip(per_image, image_shapes)]
 
     def stage_training_samples(
@@ -369,6 +372,7 @@ class CascadeROIHeads(MaskRoIHeads):
         # boxes and probabilities: zero deltas decode to the boxes themselves, and the softmax
         # of log-probabilities gives the probabilities back.
         boxes, scores, labels = self.postprocess_detections(
-            scores.log(), scores.new_zeros(len(scores), 4 * scores.shape[1]), final, image_shapes
+            scores.log(), scores.new_zeros(scores.shape[0], 4 * scores.shape[1]), final,
+            image_shapes,
         )
         return self.results_with_masks(features, boxes, scores, labels, image_shapes), {}

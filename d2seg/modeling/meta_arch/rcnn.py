@@ -180,7 +180,8 @@ class GeneralizedRCNN(nn.Module):
     "masks": N×H×W uint8}}`` (instances needed in training only; N may be 0):
 
     * training → ``{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"
-      (MASK_ON), "loss_mask_point" (PointRend)}``;
+      (MASK_ON), "loss_mask_point" (PointRend)}``; Cascade R-CNN has ``loss_cls_stage{k}`` and
+      ``loss_box_reg_stage{k}`` per stage instead of ``loss_cls`` and ``loss_box_reg``;
     * inference → per image ``{"instances": {"boxes": R×4, "scores": R, "classes": R long,
       "masks": R×height×width bool (MASK_ON)}}`` on the input image's device.
 
