@@ -242,7 +242,9 @@ class DefaultTrainer(SimpleTrainer):
             hooks.IterationTimer(),
             hooks.LRScheduler(self.optimizer, self.scheduler),
         ]
-        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+        if cfg.TEST.PRECISE_BN.ENABLED and not get_bn_modules(self.model):
+            logger.info("TEST.PRECISE_BN: the model has no BatchNorm that trains; nothing to do")
+        elif cfg.TEST.PRECISE_BN.ENABLED:
             out.append(hooks.PreciseBN(
                 cfg.TEST.EVAL_PERIOD,
                 self.model,

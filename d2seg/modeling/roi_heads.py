@@ -310,7 +310,8 @@ class CascadeROIHeads(MaskRoIHeads):
         decoded = self.stage_coders[stage].decode_single(
             box_regression.detach()[:, :4], torch.cat(boxes)
         )
-        per_image = decoded.split([b.shape[0] for b in boxes])  # shape[0], not len: symbolic when traced
+        # shape[0], not len(): the split sizes stay symbolic when traced for ONNX.
+        per_image = decoded.split([b.shape[0] for b in boxes])
         return [box_ops.clip_boxes_to_image(b, s) for b, s in zip(per_image, image_shapes)]
 
     def stage_training_samples(
