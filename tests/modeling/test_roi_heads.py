@@ -76,6 +76,22 @@ def test_each_stage_scores_the_boxes_the_stage_before_refined():
     torch.testing.assert_close(stage2, stage1, atol=1e-3, rtol=0)
 
 
+def test_later_stages_label_their_boxes_at_their_own_iou():
+    """IOUS (0.5, 0.6, 0.7): a box at IoU 0.67 with the ground truth is foreground for stage 1
+    and background for stage 2; empty boxes are dropped; the ground-truth box itself has zero
+    regression targets."""
+    heads = cascade_model().roi_heads
+    gt = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
+    shifted = [gt + torch.tensor([d, 0.0, d, 0.0]) for d in (6.0, 4.0, 3.0)]  # IoU .54 .67 .74
+    boxes = torch.cat([gt, *shifted, torch.tensor([[5.0, 5.0, 5.0, 9.0]])])
+    target = {"boxes": gt, "labels": torch.tensor([2])}
+    for stage, expected in ((1, [2, 0, 2, 2]), (2, [2, 0, 0, 2])):
+        kept, labels, deltas = heads.stage_training_samples([boxes], [target], stage)
+        assert torch.equal(kept[0], boxes[:4])
+        assert labels[0].tolist() == expected
+        assert not deltas[0][0].any()
+
+
 def test_scores_are_the_class_probabilities_averaged_over_stages():
     model = cascade_model("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0).eval()
     biases = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 3.0, 1.0]])
