@@ -11,7 +11,9 @@ Two kinds of files, both as Detectron2 publishes them:
   ``roi_heads.box_predictor.cls_score.weight``, ``roi_heads.mask_head.mask_fcn1.weight``;
   PointRend's ``roi_heads.mask_head.{coarse,parameter}_head.fc1.weight``,
   ``sem_seg_head.coarse_sem_seg_head.scale_heads.1.0.norm.weight``,
-  ``sem_seg_head.point_head.fc1.weight``, ...).
+  ``sem_seg_head.point_head.fc1.weight``; Cascade R-CNN's stages as
+  ``roi_heads.box_head.<stage>.fc1.weight``, ``roi_heads.box_predictor.<stage>.cls_score.weight``,
+  ...).
 
 :func:`load_pkl` unpickles with a restricted unpickler: only dicts, lists, tuples, numbers,
 strings and numpy arrays can be built; any other global in the pickle raises
@@ -152,14 +154,15 @@ def _trunk_name(name: str) -> str | None:
 
 def _head_name(name: str, model: nn.Module) -> str | None:
     """A Detectron2 name outside the trunk → d2seg's, for the modules ``model`` has."""
-    fpn = re.match(r"backbone\.fpn_(lateral|output)(\d)\.(.*)$", name)
+    fpn = re.match(r"backbone\.fpn_(lateral|output)(\d)\.(norm\.)?(.*)$", name)
     if fpn:
         blocks = "inner_blocks" if fpn[1] == "lateral" else "layer_blocks"
         levels = sorted(int(f[-1]) for f in getattr(getattr(model, "backbone", None),
                                                    "in_features", []))
         if int(fpn[2]) not in levels:
             return None
-        return f"backbone.fpn.{blocks}.{levels.index(int(fpn[2]))}.0.{fpn[3]}"
+        layer = 1 if fpn[3] else 0  # torchvision's Conv2dNormActivation: conv, then norm
+        return f"backbone.fpn.{blocks}.{levels.index(int(fpn[2]))}.{layer}.{fpn[4]}"
     for old, new in (
         ("proposal_generator.rpn_head.conv.", "rpn.head.conv.0.0."),
         ("proposal_generator.rpn_head.objectness_logits.", "rpn.head.cls_logits."),
@@ -193,16 +196,24 @@ def _head_name(name: str, model: nn.Module) -> str | None:
     if mask_conv:
         return f"roi_heads.mask_head.convs.{int(mask_conv[1]) - 1}.{1 if mask_conv[2] else 0}." \
                f"{mask_conv[3]}"
-    box = re.match(r"roi_heads\.box_head\.(conv|fc)(\d+)\.(norm\.)?(.*)$", name)
+    box = re.match(r"roi_heads\.box_head\.((\d+)\.)?(conv|fc)(\d+)\.(norm\.)?(.*)$", name)
     if box and hasattr(getattr(model, "roi_heads", None), "box_head"):
-        children = list(model.roi_heads.box_head.named_children())
+        head, prefix = model.roi_heads.box_head, "roi_heads.box_head."
+        # Cascade R-CNN: one box head per stage, box_head.<stage>. in both trees.
+        if isinstance(head, nn.ModuleList) != bool(box[1]):
+            return None
+        if box[1]:
+            if int(box[2]) >= len(head):
+                return None
+            head, prefix = head[int(box[2])], f"{prefix}{box[1]}"
+        children = list(head.named_children())
         convs = [n for n, m in children if not isinstance(m, (nn.Linear, nn.Flatten, nn.ReLU))]
         fcs = [n for n, m in children if isinstance(m, nn.Linear)]
-        index = int(box[2]) - 1
-        if box[1] == "conv" and index < len(convs):
-            return f"roi_heads.box_head.{convs[index]}.{1 if box[3] else 0}.{box[4]}"
-        if box[1] == "fc" and index < len(fcs):
-            return f"roi_heads.box_head.{fcs[index]}.{box[4]}"
+        index = int(box[4]) - 1
+        if box[3] == "conv" and index < len(convs):
+            return f"{prefix}{convs[index]}.{1 if box[5] else 0}.{box[6]}"
+        if box[3] == "fc" and index < len(fcs):
+            return f"{prefix}{fcs[index]}.{box[6]}"
         return None
     res5 = re.match(r"roi_heads\.res5\.(.*)$", name)
     if res5:
@@ -262,10 +273,11 @@ def _warn_if_stride_in_3x3(model: nn.Module) -> None:
 def _background_first(name: str, value: Tensor, own: Tensor) -> Tensor:
     """Detectron2 puts the background score last and has no background box/mask slot;
     torchvision's predictors have it first."""
-    if name.endswith(("box_predictor.cls_score.weight", "box_predictor.cls_score.bias")):
+    if re.search(r"box_predictor\.(\d+\.)?cls_score\.(weight|bias)$", name):
         if value.shape[0] == own.shape[0]:
             return torch.cat([value[-1:], value[:-1]])
-    if ".box_predictor.bbox_pred." in name and value.shape[0] + 4 == own.shape[0]:
+    if re.search(r"\.box_predictor\.(\d+\.)?bbox_pred\.", name) \
+            and value.shape[0] + 4 == own.shape[0]:
         return torch.cat([value.new_zeros((4, *value.shape[1:])), value])
     if name.endswith(("mask_fcn_logits.weight", "mask_fcn_logits.bias")):
         if value.shape[0] + 1 == own.shape[0]:

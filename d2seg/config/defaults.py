@@ -87,6 +87,7 @@ _C.MODEL.EFFICIENTNET.OUT_FEATURES = ["c1", "c2", "c3", "c4", "c5"]
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = []
 _C.MODEL.FPN.OUT_CHANNELS = 256
+# After the lateral and output convs: "", "GN", "BN", "SyncBN" (BN on one process), "FrozenBN".
 _C.MODEL.FPN.NORM = ""
 _C.MODEL.FPN.FUSE_TYPE = "sum"
 
@@ -425,6 +426,7 @@ _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
+# Recompute BatchNorm statistics from NUM_ITER training batches every EVAL_PERIOD and at the end.
 _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # d2seg: "pycocotools" or "faster" (faster-coco-eval, identical numbers).

@@ -96,18 +96,7 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     ),
     Unsupported("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "federated loss (LVIS)", "set it False"),
     Unsupported("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "sigmoid box classifier", "set it False"),
-    Unsupported(
-        "MODEL.ROI_HEADS.NAME",
-        "Cascade R-CNN",
-        "use StandardROIHeads (one box stage)",
-        refused=("CascadeROIHeads",),
-    ),
     Unsupported("MODEL.FPN.FUSE_TYPE", "FPN average fusion", "set it 'sum'"),
-    Unsupported(
-        "MODEL.FPN.NORM",
-        "normalisation inside the FPN (torchvision's FPN has plain convs)",
-        "set it ''",
-    ),
     Unsupported(
         "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
         "RoIPool and rotated RoIAlign",
@@ -124,7 +113,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("SOLVER.NUM_DECAYS", "WarmupStepWithFixedGammaLR", _KEEP),
     Unsupported("SOLVER.RESCALE_INTERVAL", "WarmupStepWithFixedGammaLR", _KEEP),
     Unsupported("TEST.AUG.", "test-time augmentation", _KEEP),
-    Unsupported("TEST.PRECISE_BN.", "precise BatchNorm statistics", _KEEP),
     Unsupported("VIS_PERIOD", "training-time visualisation", "set it 0"),
     Unsupported(
         "FLOAT32_PRECISION", "FLOAT32_PRECISION", "set it '' (PyTorch's default precision)"

@@ -1,5 +1,5 @@
-"""Training hooks: timing, LR schedule, checkpoints, evaluation, best model, early stopping,
-validation loss, metric writers and the training-curves plot."""
+"""Training hooks: timing, LR schedule, precise BatchNorm statistics, checkpoints, evaluation,
+best model, early stopping, validation loss, metric writers and the training-curves plot."""
 
 import copy
 import logging
@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable, Iterable
 
 import torch
+from fvcore.nn.precise_bn import update_bn_stats
 from torch import nn
 
 from d2seg.checkpoint import D2SegCheckpointer, load_checkpoint_file
@@ -41,6 +42,39 @@ class LRScheduler(HookBase):
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("lr", self.optimizer.param_groups[self._group]["lr"])
         self.scheduler.step()
+
+
+class PreciseBN(HookBase):
+    """Detectron2's ``TEST.PRECISE_BN``: every ``period`` iterations (0 = never) and after the
+    last one, the BatchNorm statistics of ``model`` are recomputed with its weights fixed, as
+    the population mean and variance of ``num_iter`` training batches (fvcore's
+    ``update_bn_stats``) instead of the running average over changing weights. Registered
+    before the checkpointer and the evaluation, so that both see the recomputed statistics.
+
+    ``data_loader`` builds the loader of those batches the first time they are needed (a
+    loader of its own: the training stream is not consumed).
+    """
+
+    def __init__(
+        self, period: int, model: nn.Module, data_loader: Callable[[], Iterable[list[dict]]],
+        num_iter: int,
+    ):
+        self.period = period
+        self.model = model
+        self.num_iter = num_iter
+        self._build_loader = data_loader
+        self._batches: Any = None
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if done == self.trainer.max_iter or (self.period > 0 and done % self.period == 0):
+            self.update_stats()
+
+    def update_stats(self) -> None:
+        if self._batches is None:
+            self._batches = iter(self._build_loader())
+        logger.info(f"Precise BatchNorm statistics from {self.num_iter} batches")
+        update_bn_stats(self.model, self._batches, self.num_iter)
 
 
 class PeriodicCheckpointer(HookBase):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -240,13 +241,22 @@ class DefaultTrainer(SimpleTrainer):
         out: list[hooks.HookBase] = [
             hooks.IterationTimer(),
             hooks.LRScheduler(self.optimizer, self.scheduler),
-            hooks.PeriodicCheckpointer(
-                self.checkpointer,
-                cfg.SOLVER.CHECKPOINT_PERIOD,
-                self._checkpoint_state,
-                max_to_keep=cfg.SOLVER.CHECKPOINT_KEEP,
-            ),
         ]
+        if cfg.TEST.PRECISE_BN.ENABLED and not get_bn_modules(self.model):
+            logger.info("TEST.PRECISE_BN: the model has no BatchNorm that trains; nothing to do")
+        elif cfg.TEST.PRECISE_BN.ENABLED:
+            out.append(hooks.PreciseBN(
+                cfg.TEST.EVAL_PERIOD,
+                self.model,
+                lambda: build_detection_train_loader(cfg, seed=self._data_seed),
+                cfg.TEST.PRECISE_BN.NUM_ITER,
+            ))
+        out.append(hooks.PeriodicCheckpointer(
+            self.checkpointer,
+            cfg.SOLVER.CHECKPOINT_PERIOD,
+            self._checkpoint_state,
+            max_to_keep=cfg.SOLVER.CHECKPOINT_KEEP,
+        ))
         mode = cfg.SOLVER.EARLY_STOP.MODE
         if has_test and cfg.TEST.VALIDATION_LOSS:
             # Test-time resizing, but annotations kept: the losses need targets.

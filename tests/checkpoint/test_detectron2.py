@@ -85,9 +85,10 @@ def test_a_pkl_holding_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def _tiny_rcnn() -> nn.Module:
+def _tiny_rcnn(*overrides) -> nn.Module:
     cfg = get_cfg()
     cfg.merge_from_file("configs/tiny/mask_rcnn_R_18_tiny.yaml")
+    cfg.merge_from_list(list(overrides))
     torch.manual_seed(0)
     return build_model(cfg)
 
@@ -134,6 +135,69 @@ def test_detectron2_module_names_and_class_order_are_mapped(tmp_path):
     mask_bias = state["roi_heads.mask_head.predictor.mask_fcn_logits.bias"]
     assert mask_bias[0] == 0
     torch.testing.assert_close(mask_bias[1:], d2["roi_heads.mask_head.predictor.bias"])
+
+
+def _load_detectron2(model: nn.Module, d2: dict, tmp_path) -> dict:
+    """Load ``d2`` plus an RPN tensor (what makes a file Detectron2's) as a model_final.pth."""
+    d2["proposal_generator.rpn_head.objectness_logits.bias"] = torch.zeros_like(
+        model.state_dict()["rpn.head.cls_logits.bias"])
+    torch.save({"model": d2}, tmp_path / "model_final.pth")
+    return D2SegCheckpointer(model).load(str(tmp_path / "model_final.pth"))
+
+
+def test_fpn_norm_names_land_on_the_fpn_norm_layers(tmp_path):
+    """MODEL.FPN.NORM GN: the lateral and output convs lose their bias and gain a GroupNorm;
+    Detectron2's fpn_lateral*/fpn_output*.norm.* tensors load onto it."""
+    model = _tiny_rcnn("MODEL.FPN.NORM", "GN")
+    own = model.state_dict()
+    assert "backbone.fpn.inner_blocks.0.0.bias" not in own
+    assert isinstance(model.backbone.fpn.layer_blocks[3][1], nn.GroupNorm)
+    pairs = {
+        "backbone.fpn_lateral2.weight": "backbone.fpn.inner_blocks.0.0.weight",
+        "backbone.fpn_lateral2.norm.weight": "backbone.fpn.inner_blocks.0.1.weight",
+        "backbone.fpn_lateral2.norm.bias": "backbone.fpn.inner_blocks.0.1.bias",
+        "backbone.fpn_output5.weight": "backbone.fpn.layer_blocks.3.0.weight",
+        "backbone.fpn_output5.norm.weight": "backbone.fpn.layer_blocks.3.1.weight",
+    }
+    d2 = {theirs: torch.randn_like(own[ours]) for theirs, ours in pairs.items()}
+    extra = _load_detectron2(model, d2, tmp_path)
+    assert sorted(extra["detectron2_report"].loaded) == sorted(
+        [*pairs.values(), "rpn.head.cls_logits.bias"])
+    state = model.state_dict()
+    for theirs, ours in pairs.items():
+        torch.testing.assert_close(state[ours], d2[theirs], msg=ours)
+
+
+def test_cascade_stage_names_land_on_their_stage(tmp_path):
+    """roi_heads.box_head.<k>.* and box_predictor.<k>.* go to stage k; each stage's background
+    score moves first; class-agnostic deltas (4 rows) keep their shape."""
+    model = _tiny_rcnn("MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
+                       "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True)
+    own = model.state_dict()
+    d2 = {}
+    for k in range(3):
+        d2[f"roi_heads.box_head.{k}.fc1.weight"] = torch.randn_like(
+            own[f"roi_heads.box_head.{k}.1.weight"])
+        d2[f"roi_heads.box_head.{k}.fc2.bias"] = torch.randn_like(
+            own[f"roi_heads.box_head.{k}.3.bias"])
+        d2[f"roi_heads.box_predictor.{k}.cls_score.bias"] = torch.randn(3)
+        d2[f"roi_heads.box_predictor.{k}.bbox_pred.weight"] = torch.randn_like(
+            own[f"roi_heads.box_predictor.{k}.bbox_pred.weight"])
+    d2["roi_heads.box_head.fc1.weight"] = d2["roi_heads.box_head.0.fc1.weight"]  # no stage
+    extra = _load_detectron2(model, d2, tmp_path)
+    report = extra["detectron2_report"]
+    assert len(report.loaded) == 13 and report.unused == ["roi_heads.box_head.fc1.weight"]
+    state = model.state_dict()
+    for k in range(3):
+        torch.testing.assert_close(state[f"roi_heads.box_head.{k}.1.weight"],
+                                   d2[f"roi_heads.box_head.{k}.fc1.weight"])
+        torch.testing.assert_close(state[f"roi_heads.box_head.{k}.3.bias"],
+                                   d2[f"roi_heads.box_head.{k}.fc2.bias"])
+        scores = d2[f"roi_heads.box_predictor.{k}.cls_score.bias"]
+        torch.testing.assert_close(state[f"roi_heads.box_predictor.{k}.cls_score.bias"],
+                                   torch.cat([scores[-1:], scores[:-1]]))
+        torch.testing.assert_close(state[f"roi_heads.box_predictor.{k}.bbox_pred.weight"],
+                                   d2[f"roi_heads.box_predictor.{k}.bbox_pred.weight"])
 
 
 def test_a_d2seg_checkpoint_is_not_taken_for_a_detectron2_one(tmp_path):

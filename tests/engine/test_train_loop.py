@@ -143,3 +143,26 @@ def test_after_early_stopping_the_best_model_is_evaluated_once_and_named(tmp_pat
     saved = torch.load(tmp_path / "model_best.pth", weights_only=True)["model"]
     assert all(torch.equal(state[k], saved[k]) for k in saved)
     assert not all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
+
+
+def test_precise_bn_sets_the_statistics_of_the_batches_it_is_given():
+    """TEST.PRECISE_BN: after the last iteration (and every period) BatchNorm holds the mean and
+    (population) variance of NUM_ITER batches as a whole, not a running average."""
+    model = ToyRegressor()
+    trainer = SimpleTrainer(model, toy_loader(), torch.optim.SGD(model.parameters(), 0.01))
+    precise = [[{"x": torch.tensor([v])} for v in values]
+               for values in ([1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0])]
+    drawn, built = [], []
+
+    def loader():
+        built.append(1)
+        for batch in itertools.cycle(precise):
+            drawn.append(batch)
+            yield batch
+
+    trainer.register_hooks([hooks.PreciseBN(3, model, loader, 2)])
+    trainer.train(0, 4)
+    assert built == [1] and len(drawn) == 4  # after iteration 3 (the period) and 4 (the last)
+    pooled = torch.arange(1.0, 9.0)
+    torch.testing.assert_close(model.norm.running_mean, pooled.mean().reshape(1))
+    torch.testing.assert_close(model.norm.running_var, pooled.var(correction=0).reshape(1))

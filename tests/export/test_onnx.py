@@ -232,6 +232,23 @@ def test_mask_rcnn_matches_pytorch_and_handles_no_detections(tmp_path):
     assert check["matched"] == 1.0 and check["images"][0]["onnx_detections"] == 0
 
 
+def test_cascade_rcnn_exports_and_matches_pytorch(tmp_path):
+    """Three box stages traced for one size; images with other detections still match (the
+    same boxes and scores; order among equal scores may differ)."""
+    _, model = tiny_model("mask_rcnn_R_18_tiny.yaml", "MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
+                          "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True")
+    path = export_rcnn_onnx(model, height=96, width=128, path=tmp_path / "cascade.onnx")
+    image = pixels(1, 3, 96, 128)[0]
+    for probe in (image, 255 - image):
+        expected = model([{"image": probe.to(torch.uint8)}])[0]["instances"]
+        actual = onnx_instances(path, probe)
+        assert len(actual["scores"]) == len(expected["scores"]) > 0
+        torch.testing.assert_close(actual["scores"].sort().values,
+                                   expected["scores"].sort().values, atol=1e-5, rtol=0)
+        nearest = torch.cdist(expected["boxes"], actual["boxes"]).min(dim=1).values
+        assert nearest.max() < 1e-3
+
+
 def test_mask_rcnn_fp16_trunk_keeps_detection_postprocessing_fp32(tmp_path):
     cfg, model = tiny_model("mask_rcnn_R_18_tiny.yaml")
     report = export_model(cfg, model, tmp_path / "out", height=96, width=128, fp16=True)

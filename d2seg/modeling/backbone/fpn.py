@@ -2,10 +2,13 @@
 
 Levels are named by their stride like Detectron2: ``p2`` (stride 4) .. ``p5`` (stride 32) from
 ``res2`` .. ``res5``, and ``p6`` (stride 64, a stride-2 subsample of ``p5``) for the RPN.
+``MODEL.FPN.NORM`` normalises the lateral and output convs as Detectron2 does (they lose their
+bias then).
 """
 
 import math
 from collections import OrderedDict
+from functools import partial
 
 from torch import Tensor
 from torchvision.ops import FeaturePyramidNetwork
@@ -14,6 +17,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 from d2seg.modeling.backbone.backbone import Backbone, check_in_features
+from d2seg.modeling.backbone.norm import NORMS, get_norm
 from d2seg.modeling.backbone.resnet import ResNet
 from d2seg.modeling.registry import BACKBONE_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
@@ -28,13 +32,18 @@ class FPN(Backbone):
     dense head (PanopticUNet's U-Net) from the trunk.
     """
 
-    def __init__(self, *, bottom_up: Backbone, in_features: list[str], out_channels: int):
+    def __init__(
+        self, *, bottom_up: Backbone, in_features: list[str], out_channels: int, norm: str = ""
+    ):
         """
         Args:
             bottom_up: the trunk; it must return every name in ``in_features``.
             in_features: trunk features the pyramid is built on, shallowest first, strides
                 doubling from one to the next (e.g. res2..res5).
             out_channels: channels of every pyramid level.
+            norm: normalisation after each lateral (1×1) and output (3×3) conv, one of
+                ``norm.NORMS`` ("" = none, convs with bias; "SyncBN" is BatchNorm in one
+                process).
         """
         super().__init__()
         trunk_shapes = bottom_up.output_shape()
@@ -45,6 +54,8 @@ class FPN(Backbone):
                 f"MODEL.FPN.IN_FEATURES = {list(in_features)} have strides {strides}; fix: list "
                 f"consecutive stages shallowest first, e.g. res2, res3, res4, res5"
             )
+        if norm not in NORMS:
+            raise ConfigError(f"MODEL.FPN.NORM = {norm!r}; fix: use one of {list(NORMS)}")
         self.bottom_up = bottom_up
         self.in_features = list(in_features)
         self.out_channels = out_channels
@@ -52,6 +63,7 @@ class FPN(Backbone):
             [trunk_shapes[f].channels for f in in_features],
             out_channels,
             extra_blocks=LastLevelMaxPool(),
+            norm_layer=partial(get_norm, norm) if norm else None,
         )
         strides.append(2 * strides[-1])  # LastLevelMaxPool's extra level
         self._shapes = OrderedDict(
@@ -69,6 +81,7 @@ class FPN(Backbone):
             "bottom_up": ResNet(**trunk_cfg),
             "in_features": list(cfg.MODEL.FPN.IN_FEATURES),
             "out_channels": cfg.MODEL.FPN.OUT_CHANNELS,
+            "norm": cfg.MODEL.FPN.NORM,
         }
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":

@@ -28,7 +28,7 @@ from d2seg.modeling.poolers import ROIPooler
 from d2seg.modeling.postprocess import detector_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor
 from d2seg.modeling.registry import META_ARCH_REGISTRY, ROI_MASK_HEAD_REGISTRY
-from d2seg.modeling.roi_heads import MaskRoIHeads, Res5ROIHeads
+from d2seg.modeling.roi_heads import CascadeROIHeads, MaskRoIHeads, Res5ROIHeads
 from d2seg.modeling.rpn import RPN, build_rpn
 from d2seg.modeling.shape_spec import ShapeSpec
 from d2seg.modeling.torchvision_keys import map_torchvision_maskrcnn_keys
@@ -38,14 +38,15 @@ _LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_
 
 
 def build_roi_heads(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskRoIHeads:
-    """``ROI_HEADS.NAME``: ``StandardROIHeads`` (box head ``ROI_BOX_HEAD`` on pooled features)
-    or ``Res5ROIHeads`` (C4: the res5 stage on pooled res4); mask head ``ROI_MASK_HEAD`` if
+    """``ROI_HEADS.NAME``: ``StandardROIHeads`` (box head ``ROI_BOX_HEAD`` on pooled features),
+    ``CascadeROIHeads`` (one such box head per ``ROI_BOX_CASCADE_HEAD.IOUS`` stage) or
+    ``Res5ROIHeads`` (C4: the res5 stage on pooled res4); mask head ``ROI_MASK_HEAD`` if
     MASK_ON."""
     heads, box = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
-    if heads.NAME not in ("StandardROIHeads", "Res5ROIHeads"):
+    if heads.NAME not in ("StandardROIHeads", "CascadeROIHeads", "Res5ROIHeads"):
         raise ConfigError(
             f"MODEL.ROI_HEADS.NAME = {heads.NAME!r} is not registered; fix: use "
-            "'StandardROIHeads' or 'Res5ROIHeads'"
+            "'StandardROIHeads', 'CascadeROIHeads' or 'Res5ROIHeads'"
         )
     check_in_features("MODEL.ROI_HEADS.IN_FEATURES", heads.IN_FEATURES, input_shape)
     channels = input_shape[heads.IN_FEATURES[0]].channels
@@ -89,24 +90,68 @@ def build_roi_heads(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> MaskRoIH
 
     if box.NAME != "FastRCNNConvFCHead":
         raise ConfigError(
-            f"MODEL.ROI_BOX_HEAD.NAME = {box.NAME!r} with StandardROIHeads; fix: use "
+            f"MODEL.ROI_BOX_HEAD.NAME = {box.NAME!r} with {heads.NAME}; fix: use "
             "'FastRCNNConvFCHead'"
         )
     layers = (channels, resolution, box.NUM_CONV, box.CONV_DIM, box.NUM_FC, box.FC_DIM)
+
+    def box_stage() -> dict[str, nn.Module]:
+        return {
+            "box_head": build_box_head(*layers, norm=box.NORM),
+            "box_predictor": BoxPredictor(
+                box_head_output_size(*layers), heads.NUM_CLASSES + 1,
+                class_agnostic=box.CLS_AGNOSTIC_BBOX_REG,
+            ),
+        }
+
     mask_head = None
     if cfg.MODEL.MASK_ON:
         mask_head = build_from_registry(
             ROI_MASK_HEAD_REGISTRY, "MODEL.ROI_MASK_HEAD.NAME", cfg, input_shape
         )
-    return MaskRoIHeads(
-        mask_head=mask_head,
-        box_head=build_box_head(*layers, norm=box.NORM),
-        box_predictor=BoxPredictor(
-            box_head_output_size(*layers), heads.NUM_CLASSES + 1,
-            class_agnostic=box.CLS_AGNOSTIC_BBOX_REG,
-        ),
-        **common,
-    )
+    if heads.NAME == "CascadeROIHeads":
+        check_cascade(cfg)
+        cascade = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+        stages = [box_stage() for _ in cascade.IOUS]
+        common.pop("bbox_reg_weights")
+        return CascadeROIHeads(
+            mask_head=mask_head,
+            box_heads=[s["box_head"] for s in stages],
+            box_predictors=[s["box_predictor"] for s in stages],
+            stage_ious=list(cascade.IOUS),
+            stage_reg_weights=[tuple(w) for w in cascade.BBOX_REG_WEIGHTS],
+            **common,
+        )
+    return MaskRoIHeads(mask_head=mask_head, **box_stage(), **common)
+
+
+def check_cascade(cfg: CfgNode) -> None:
+    """Raise ConfigError where ``ROI_BOX_CASCADE_HEAD`` and the box head disagree as Detectron2's
+    ``CascadeROIHeads`` does not allow: class-specific deltas, stage counts, stage 0's IoU."""
+    cascade, heads = cfg.MODEL.ROI_BOX_CASCADE_HEAD, cfg.MODEL.ROI_HEADS
+    if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
+        raise ConfigError(
+            "MODEL.ROI_HEADS.NAME CascadeROIHeads refines one box per proposal from stage to "
+            "stage; fix: set MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True (as Detectron2's "
+            "cascade configs do)"
+        )
+    if len(cascade.IOUS) != len(cascade.BBOX_REG_WEIGHTS) or not cascade.IOUS:
+        raise ConfigError(
+            f"MODEL.ROI_BOX_CASCADE_HEAD has {len(cascade.IOUS)} IOUS and "
+            f"{len(cascade.BBOX_REG_WEIGHTS)} BBOX_REG_WEIGHTS; fix: give one IoU and one "
+            "(wx, wy, ww, wh) per stage, e.g. IOUS (0.5, 0.6, 0.7)"
+        )
+    if any(len(w) != 4 for w in cascade.BBOX_REG_WEIGHTS):
+        raise ConfigError(
+            f"MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = {cascade.BBOX_REG_WEIGHTS}; fix: "
+            "four weights (wx, wy, ww, wh) per stage"
+        )
+    if cascade.IOUS[0] != max(heads.IOU_THRESHOLDS):
+        raise ConfigError(
+            f"MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] = {cascade.IOUS[0]} but stage 0 samples its "
+            f"proposals at MODEL.ROI_HEADS.IOU_THRESHOLDS = {list(heads.IOU_THRESHOLDS)}; fix: "
+            "make them equal"
+        )
 
 
 def build_res5_head(cfg: CfgNode, in_channels: int) -> tuple[nn.Module, int]:
@@ -135,7 +180,8 @@ class GeneralizedRCNN(nn.Module):
     "masks": N×H×W uint8}}`` (instances needed in training only; N may be 0):
 
     * training → ``{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"
-      (MASK_ON), "loss_mask_point" (PointRend)}``;
+      (MASK_ON), "loss_mask_point" (PointRend)}``; Cascade R-CNN has ``loss_cls_stage{k}`` and
+      ``loss_box_reg_stage{k}`` per stage instead of ``loss_cls`` and ``loss_box_reg``;
     * inference → per image ``{"instances": {"boxes": R×4, "scores": R, "classes": R long,
       "masks": R×height×width bool (MASK_ON)}}`` on the input image's device.
 
