@@ -12,7 +12,10 @@ An fp16 ONNX (export_onnx.py --fp16) is refused: lower the float32 model.onnx. -
 the arena in the device's RAM regions (report: per region used/left; a model that does not fit
 fails naming its largest live set); stm32h743 also writes board/ (linker script, startup code,
 CMake toolchain file) and ``make -C DIR qemu IN=in.pgm`` builds it for a Cortex-M7 and runs it
-in qemu-system-arm -M mps2-an500.
+in qemu-system-arm -M mps2-an500; esp32s3 writes esp_idf/NAME/, an ESP-IDF component (add
+DIR/esp_idf to EXTRA_COMPONENT_DIRS), and esp_idf/sdkconfig.defaults. --calib-method picks the
+int8 activation ranges; --mask-output ends a one-logit int8 model in its mask (no float after
+the graph; the output holds class indices 0/1).
 """
 
 import argparse

@@ -85,6 +85,7 @@ def _gray(index: int) -> np.ndarray:
     return rgb.mean(axis=2).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_mask_output_equals_the_threshold_of_the_dequantised_logit(binary_onnx, tmp_path):
     path, calib = binary_onnx
     lower_onnx_to_cpp(path, tmp_path / "logit", name="car_logit", int8=True, calib_dir=calib,
