@@ -3,8 +3,10 @@
 eager (1 thread), on the same static ResNet-18 U-Net (random init, eval) at 256² and 512².
 
 Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
-``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_fp32_vs_torch: X`` and
-the arena / liveness lower bound / naive bytes. Builds with -O3 -march=native.
+``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_int8_vs_fp32_avx2``
+(the same, both built with -march=haswell: AVX2 without AVX-512, where the CPU has AVX2),
+``edge_fp32_vs_torch: X`` and the arena / liveness lower bound / naive bytes. Builds with -O3
+-march=native.
 
 Then the microcontroller rows: ``arena_vs_lower_bound`` (arena / largest live set) of every
 configs/edge and configs/tiny semantic model at 128² (int8 layout, host target), and for the
@@ -48,6 +50,7 @@ from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
 
 FLAGS = ("-O3", "-march=native")
+AVX2_FLAGS = ("-O3", "-march=haswell")  # AVX2 + FMA, no AVX-512: the vpmaddwd int8 kernel
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -73,6 +76,11 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
     lower_onnx_to_cpp(path, root / f"int8_{size}", name="unet_int8", int8=True, calib_dir=calib)
     fp32 = load_model(root / f"fp32_{size}", flags=FLAGS)
     int8 = load_model(root / f"int8_{size}", flags=FLAGS)
+    avx2 = "avx2" in Path("/proc/cpuinfo").read_text().split() \
+        if Path("/proc/cpuinfo").is_file() else False
+    if avx2:
+        fp32_avx2 = load_model(root / f"fp32_{size}", flags=AVX2_FLAGS)
+        int8_avx2 = load_model(root / f"int8_{size}", flags=AVX2_FLAGS)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -90,6 +98,9 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
         "onnxruntime": median_seconds(lambda: session.run(None, {name: x}), repeats),
         "torch": median_seconds(run_torch, repeats),
     }
+    if avx2:
+        seconds["edge_fp32_avx2"] = median_seconds(lambda: fp32_avx2(x), repeats)
+        seconds["edge_int8_avx2"] = median_seconds(lambda: int8_avx2(x), repeats)
     delta = np.abs(fp32(x) - session.run(None, {name: x})[0]).max()
     print(f"--- {size}x{size} (median of {repeats})")
     for key, value in seconds.items():
@@ -97,6 +108,9 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
     print(f"edge_fp32_vs_ort: {seconds['edge_fp32'] / seconds['onnxruntime']:.2f}")
     print(f"edge_int8_vs_fp32: {seconds['edge_int8'] / seconds['edge_fp32']:.2f}")
     print(f"edge_fp32_vs_torch: {seconds['edge_fp32'] / seconds['torch']:.2f}")
+    if avx2:
+        print(f"edge_int8_vs_fp32_avx2: "
+              f"{seconds['edge_int8_avx2'] / seconds['edge_fp32_avx2']:.2f} (-march=haswell)")
     print(f"max_abs_logit_delta_vs_ort: {delta:.2e}")
     print(f"arena_bytes: {fp32_report['arena_bytes']}  lower_bound_bytes: "
           f"{fp32_report['liveness_lower_bound_bytes']}  naive_bytes: "
