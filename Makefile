@@ -54,7 +54,7 @@ demo-mcu: $(STAMP) arm-deps
 	$(PY) tools/convert_labelme.py --input annotations/carvana --format masks --mask-label car --output $(MCU_OUT)/carvana_coco --split val=0.25 --seed 0
 	$(PY) tools/train_net.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml OUTPUT_DIR $(MCU_OUT)/run DATASETS.TRAIN "('$(MCU_OUT)/carvana_coco/annotations/train.json',)" DATASETS.TEST "('$(MCU_OUT)/carvana_coco/annotations/val.json',)" $(MCU_TRAIN_OPTS)
 	$(PY) deploy/export_onnx.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml MODEL.WEIGHTS $(MCU_OUT)/run/model_final.pth --output $(MCU_OUT)/onnx --height 128 --width 128
-	$(PY) deploy/lower_to_cpp.py $(MCU_OUT)/onnx/model.onnx --output $(MCU_OUT)/m7 --name car_mcu --int8 --calib $(MCU_OUT)/carvana_coco/images --target stm32h743
+	$(PY) deploy/lower_to_cpp.py $(MCU_OUT)/onnx/model.onnx --output $(MCU_OUT)/m7 --name car_mcu --int8 --calib $(MCU_OUT)/carvana_coco/images --calib-method percentile --mask-output --target stm32h743
 	$(PY) deploy/to_pnm.py annotations/carvana/carvana_0001.jpg --height 128 --width 128 --format L --output $(MCU_OUT)/m7/in.pgm
 	$(MAKE) -C $(MCU_OUT)/m7 prog qemu IN=in.pgm OUT=mask_m7.pgm
 	cd $(MCU_OUT)/m7 && ./prog in.pgm mask_host.pgm

@@ -3,16 +3,27 @@
 eager (1 thread), on the same static ResNet-18 U-Net (random init, eval) at 256² and 512².
 
 Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
-``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_fp32_vs_torch: X`` and
-the arena / liveness lower bound / naive bytes. Builds with -O3 -march=native.
+``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_int8_vs_fp32_avx2``
+(the same, both built with -march=haswell: AVX2 without AVX-512, where the CPU has AVX2),
+``edge_fp32_vs_torch: X`` and the arena / liveness lower bound / naive bytes. Builds with -O3
+-march=native.
 
 Then the microcontroller rows: ``arena_vs_lower_bound`` (arena / largest live set) of every
 configs/edge and configs/tiny semantic model at 128² (int8 layout, host target), and for the
 MCU model lowered for --target stm32h743 and built with arm-none-eabi-g++ (when installed:
 ``make arm-deps``) ``mcu_flash_bytes`` and ``mcu_ram_bytes`` against the H743's budgets.
+
+With ``--trained-runs MCU_RUN REFERENCE_RUN`` (``make demo-mcu`` trains the first; the second is
+configs/edge/unet_R_18_gray_128_reference.yaml on the same data) the accuracy rows of the
+trained MCU model: ``mcu_iou_vs_reference`` (both runs' final val IoU; target within 3 points)
+and per int8 calibration method ``mcu_int8_vs_fp32_agreement[method]`` (share of pixels where
+the int8 C++ mask equals onnxruntime's fp32 mask over the sample cars at 128², target >= 99.5%)
+and ``mcu_int8_iou_drop[method]`` (fp32 IoU - int8 IoU on the val split, in points, target
+<= 1). Calibration uses the train split only.
 """
 
 import argparse
+import json
 import shutil
 import subprocess
 import tempfile
@@ -24,16 +35,22 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from PIL import Image
+from pycocotools.coco import COCO
+
+from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
 from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.boards import elf_memory
 from d2seg.export.edge.harness import load_model
+from d2seg.export.edge.quantize import CALIB_METHODS
 from d2seg.export.edge.targets import TARGETS
 from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
 
 FLAGS = ("-O3", "-march=native")
+AVX2_FLAGS = ("-O3", "-march=haswell")  # AVX2 + FMA, no AVX-512: the vpmaddwd int8 kernel
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -59,6 +76,11 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
     lower_onnx_to_cpp(path, root / f"int8_{size}", name="unet_int8", int8=True, calib_dir=calib)
     fp32 = load_model(root / f"fp32_{size}", flags=FLAGS)
     int8 = load_model(root / f"int8_{size}", flags=FLAGS)
+    avx2 = "avx2" in Path("/proc/cpuinfo").read_text().split() \
+        if Path("/proc/cpuinfo").is_file() else False
+    if avx2:
+        fp32_avx2 = load_model(root / f"fp32_{size}", flags=AVX2_FLAGS)
+        int8_avx2 = load_model(root / f"int8_{size}", flags=AVX2_FLAGS)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -76,6 +98,9 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
         "onnxruntime": median_seconds(lambda: session.run(None, {name: x}), repeats),
         "torch": median_seconds(run_torch, repeats),
     }
+    if avx2:
+        seconds["edge_fp32_avx2"] = median_seconds(lambda: fp32_avx2(x), repeats)
+        seconds["edge_int8_avx2"] = median_seconds(lambda: int8_avx2(x), repeats)
     delta = np.abs(fp32(x) - session.run(None, {name: x})[0]).max()
     print(f"--- {size}x{size} (median of {repeats})")
     for key, value in seconds.items():
@@ -83,6 +108,9 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
     print(f"edge_fp32_vs_ort: {seconds['edge_fp32'] / seconds['onnxruntime']:.2f}")
     print(f"edge_int8_vs_fp32: {seconds['edge_int8'] / seconds['edge_fp32']:.2f}")
     print(f"edge_fp32_vs_torch: {seconds['edge_fp32'] / seconds['torch']:.2f}")
+    if avx2:
+        print(f"edge_int8_vs_fp32_avx2: "
+              f"{seconds['edge_int8_avx2'] / seconds['edge_fp32_avx2']:.2f} (-march=haswell)")
     print(f"max_abs_logit_delta_vs_ort: {delta:.2e}")
     print(f"arena_bytes: {fp32_report['arena_bytes']}  lower_bound_bytes: "
           f"{fp32_report['liveness_lower_bound_bytes']}  naive_bytes: "
@@ -140,11 +168,82 @@ def bench_mcu(root: Path) -> None:
           f"({', '.join(f'{n} {b:,}' for n, b in memory['regions'].items())})")
 
 
+def final_iou(run: Path) -> float:
+    """The binary IoU (sem_seg/IoU, %) of a run's last evaluation in its metrics.json."""
+    records = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
+    return [r["sem_seg/IoU"] for r in records if "sem_seg/IoU" in r][-1]
+
+
+def _sample_cars(run: Path, split: str, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(1×1×size×size float32 gray pixels, size×size bool foreground mask) of each image of the
+    run's train or val COCO json, resized like deploy/to_pnm.py (bilinear; the mask nearest)."""
+    cfg = get_cfg()
+    cfg.merge_from_file(str(run / "config.yaml"))
+    coco = Path(cfg.DATASETS.TRAIN[0] if split == "train" else cfg.DATASETS.TEST[0])
+    dataset = COCO(str(coco))
+    pairs = []
+    for image_id in sorted(dataset.getImgIds()):
+        record = dataset.loadImgs(image_id)[0]
+        gray = Image.open(coco.parent.parent / "images" / record["file_name"]).convert("L")
+        mask = np.zeros((record["height"], record["width"]), np.uint8)
+        for annotation in dataset.loadAnns(dataset.getAnnIds(imgIds=image_id)):
+            mask |= dataset.annToMask(annotation)
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST)) > 0
+        pairs.append((np.asarray(gray.resize((size, size), Image.BILINEAR), np.float32)[None, None],
+                      mask))
+    return pairs
+
+
+def _iou(pred: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    inter = sum(int((p & t).sum()) for p, t in zip(pred, truth))
+    union = sum(int((p | t).sum()) for p, t in zip(pred, truth))
+    return 100.0 * inter / max(union, 1)
+
+
+def bench_trained(mcu_run: Path, reference_run: Path, root: Path, size: int = 128) -> None:
+    """IoU of the trained MCU model vs the R-18 reference; int8 vs fp32 per calibration."""
+    print(f"--- trained MCU model ({mcu_run}) vs reference ({reference_run})")
+    mcu, reference = final_iou(mcu_run), final_iou(reference_run)
+    print(f"mcu_iou_vs_reference: {mcu:.2f} vs {reference:.2f} ({mcu - reference:+.2f} points; "
+          f"target >= -3)")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(mcu_run / "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    D2SegCheckpointer(model).load(str(mcu_run / "model_final.pth"))
+    path = export_semantic_onnx(model, height=size, width=size, path=root / "trained.onnx")
+    calib = root / "trained_calib"
+    calib.mkdir()
+    for k, (x, _) in enumerate(_sample_cars(mcu_run, "train", size)):
+        cv2.imwrite(str(calib / f"{k}.png"), x[0, 0].round().astype(np.uint8))
+    val = _sample_cars(mcu_run, "val", size)
+    samples = _sample_cars(mcu_run, "train", size) + val
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    fp32 = [session.run(None, {name: x})[0][0, 0] > 0 for x, _ in samples]
+    fp32_iou = _iou(fp32[-len(val):], [m for _, m in val])
+    print(f"mcu_fp32_val_iou_{size}: {fp32_iou:.2f} (onnxruntime, {len(val)} val images "
+          f"stretched to {size}x{size})")
+    for method in CALIB_METHODS:
+        folder = root / f"trained_int8_{method}"
+        lower_onnx_to_cpp(path, folder, name=f"car_{method}", int8=True, calib_dir=calib,
+                          calib_method=method, mask_output=True)
+        int8_model = load_model(folder, flags=FLAGS)
+        int8 = [int8_model(x)[0, 0] > 0.5 for x, _ in samples]
+        agree = np.mean([(a == b).mean() for a, b in zip(int8, fp32)])
+        drop = fp32_iou - _iou(int8[-len(val):], [m for _, m in val])
+        print(f"mcu_int8_vs_fp32_agreement[{method}]: {agree:.4%} of {len(samples)} images "
+              f"(target >= 99.5%)")
+        print(f"mcu_int8_iou_drop[{method}]: {drop:+.2f} points (target <= 1)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--repeats", type=int, default=5, help="at 256²; half at 512²")
     parser.add_argument("--mcu-only", action="store_true", help="only the microcontroller rows")
+    parser.add_argument("--trained-runs", nargs=2, type=Path, metavar=("MCU_RUN", "REFERENCE_RUN"),
+                        help="also the accuracy rows of a trained MCU run vs a reference run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -157,6 +256,8 @@ def main() -> None:
             repeats = args.repeats if size <= 256 else max(1, args.repeats // 2)
             bench_size(model, size, repeats, Path(tmp))
         bench_mcu(Path(tmp))
+        if args.trained_runs:
+            bench_trained(*args.trained_runs, Path(tmp))
 
 
 if __name__ == "__main__":

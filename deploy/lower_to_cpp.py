@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Lower a static ONNX segmentation graph to dependency-free C++17.
 
-    python deploy/lower_to_cpp.py model.onnx --output DIR [--int8 --calib IMAGES_DIR] [--name NAME]
+    python deploy/lower_to_cpp.py model.onnx --output DIR [--int8 --calib IMAGES_DIR
+        [--calib-method minmax|percentile|mse] [--mask-output]] [--name NAME]
         [--target host|stm32h743|cortex-m7-generic|esp32s3]
 
 writes DIR/{NAME.h, NAME.cpp, NAME_weights.bin + NAME_weights.S (the constants, linked with
@@ -11,12 +12,16 @@ An fp16 ONNX (export_onnx.py --fp16) is refused: lower the float32 model.onnx. -
 the arena in the device's RAM regions (report: per region used/left; a model that does not fit
 fails naming its largest live set); stm32h743 also writes board/ (linker script, startup code,
 CMake toolchain file) and ``make -C DIR qemu IN=in.pgm`` builds it for a Cortex-M7 and runs it
-in qemu-system-arm -M mps2-an500.
+in qemu-system-arm -M mps2-an500; esp32s3 writes esp_idf/NAME/, an ESP-IDF component (add
+DIR/esp_idf to EXTRA_COMPONENT_DIRS), and esp_idf/sdkconfig.defaults. --calib-method picks the
+int8 activation ranges; --mask-output ends a one-logit int8 model in its mask (no float after
+the graph; the output holds class indices 0/1).
 """
 
 import argparse
 
 from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.quantize import CALIB_METHODS
 from d2seg.export.edge.report import format_report
 from d2seg.export.edge.targets import TARGETS
 from d2seg.utils.cli import run_cli
@@ -30,11 +35,18 @@ def main() -> int:
     parser.add_argument("--int8", action="store_true", help="quantise weights and activations")
     parser.add_argument("--calib", help="folder of calibration images, searched recursively "
                         "(with --int8)")
+    parser.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS,
+                        help="activation ranges: min/max, 0.01-99.99 percentiles, or the "
+                        "squared-error-optimal clipping (with --int8; default minmax)")
+    parser.add_argument("--mask-output", action="store_true",
+                        help="one-logit int8 models: output the mask (int8 logit above its zero "
+                        "point) instead of the logit, so no float runs after the graph")
     parser.add_argument("--target", default="host", choices=sorted(TARGETS),
                         help="memory profile and board project (default host)")
     args = parser.parse_args()
     report = lower_onnx_to_cpp(args.onnx, args.output, name=args.name, int8=args.int8,
-                               calib_dir=args.calib, target=args.target)
+                               calib_dir=args.calib, calib_method=args.calib_method,
+                               mask_output=args.mask_output, target=args.target)
     print(format_report(report))
     print(f"wrote {args.output}")
     return 0

@@ -14,6 +14,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define D2SEG_INT8_VNNI 1
+#elif defined(__AVX2__) && !defined(__AVX512F__)
+#include <immintrin.h>
+#define D2SEG_INT8_AVX2 1
 #endif
 
 #include "d2seg_quant.h"
@@ -193,7 +196,49 @@ typedef int16_t I16xH __attribute__((vector_size(kLanes * 2)));  // half of an I
 // |w0*x0 + w1*x1| <= 2*127*128 = 32512 fits int16 exactly; the sum is then widened into the
 // int32 accumulators. Twice the MACs per instruction of int32 products.
 
-#if !defined(D2SEG_INT8_VNNI)
+#if defined(D2SEG_INT8_AVX2)
+// AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
+// lane, exact here (|w0*x0 + w1*x1| <= 2*127*128). vpmaddubsw would take bytes directly but
+// saturates its int16 pair sums (255*127*2 > 32767), so results would differ from the portable
+// kernel's. Per k pair the rows k and k+1 of B are sign-extended and interleaved (lane: one
+// column's (b[k][j], b[k+1][j])) and each panel row's (w[r][k], w[r][k+1]), adjacent bytes of
+// the packed quad, is broadcast as one int16 pair.
+template <>
+inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
+                                                  const int8_t* __restrict b, long ldb,
+                                                  int depth,
+                                                  int32_t (&acc)[kConvRows][kConvCols]) {
+  static_assert(kConvCols == 16, "the AVX2 tile is 16 columns wide");
+  // lo[r] holds columns 0-3 and 8-11, hi[r] columns 4-7 and 12-15 (the unpacks' lane order).
+  __m256i lo[kConvRows], hi[kConvRows];
+  for (int r = 0; r < kConvRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  for (int k = 0; k < depth; k += 2) {
+    const __m256i r0 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k * ldb)));
+    // Past the last k the panel's weights are zero-padded; B has no row there.
+    const __m256i r1 = k + 1 < depth ? _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                           reinterpret_cast<const __m128i*>(b + (k + 1) * ldb)))
+                                     : _mm256_setzero_si256();
+    const __m256i v0 = _mm256_unpacklo_epi16(r0, r1);
+    const __m256i v1 = _mm256_unpackhi_epi16(r0, r1);
+    const int8_t* pair = a + (k / 4) * kConvRows * 4 + k % 4;
+    for (int r = 0; r < kConvRows; ++r) {
+      const int32_t w = static_cast<uint16_t>(static_cast<int16_t>(pair[4 * r])) |
+                        static_cast<int32_t>(static_cast<uint32_t>(pair[4 * r + 1]) << 16);
+      const __m256i wv = _mm256_set1_epi32(w);
+      lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(v0, wv));
+      hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
+    }
+  }
+  for (int r = 0; r < kConvRows; ++r) {
+    __m256i* out = reinterpret_cast<__m256i*>(&acc[r][0]);
+    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out),
+                                              _mm256_permute2x128_si256(lo[r], hi[r], 0x20)));
+    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1),
+                                                  _mm256_permute2x128_si256(lo[r], hi[r], 0x31)));
+  }
+}
+#elif !defined(D2SEG_INT8_VNNI)
 template <>
 inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
                                                   const int8_t* __restrict b, long ldb,
@@ -238,7 +283,7 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
     std::memcpy(&acc[r][kLanes], &hi[r], sizeof(I32xN));
   }
 }
-#endif  // !D2SEG_INT8_VNNI
+#endif  // D2SEG_INT8_AVX2 / !D2SEG_INT8_VNNI
 #endif  // __GNUC__
 
 #if defined(D2SEG_INT8_VNNI)

@@ -72,6 +72,12 @@ inline void dequantize_f32(const int8_t* __restrict x, int n, float scale, int32
   for (int i = 0; i < n; ++i) y[i] = scale * static_cast<float>(static_cast<int32_t>(x[i]) - zero);
 }
 
+// The mask of a one-logit binary model from its int8 logit: class 1 where the logit is > 0,
+// i.e. q > zero (scale > 0), so no dequantisation runs. y holds the class index (0 or 1).
+inline void binary_mask_s8(const int8_t* __restrict x, int n, int32_t zero, float* __restrict y) {
+  for (int i = 0; i < n; ++i) y[i] = static_cast<int32_t>(x[i]) > zero ? 1.0f : 0.0f;
+}
+
 // y = requantised x from (input_zero, scale_in) to (output_zero, scale_out), where
 // multiplier/shift encode scale_in / scale_out. Used by Concat when the scales differ.
 inline void requantize_s8(const int8_t* __restrict x, int n, int32_t input_zero,

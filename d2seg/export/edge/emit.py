@@ -447,6 +447,8 @@ def _emit_unary(p: _Program, node: Node, step: int) -> None:
         scale, zero = g.quant[x]
         p.statements.append(f"dequantize_f32({p.ref(x)}, {n}, {float(np.float32(scale))!r}f, "
                             f"{zero}, {p.ref(y)});")
+    elif node.op == "BinaryMask":
+        p.statements.append(f"binary_mask_s8({p.ref(x)}, {n}, {g.quant[x][1]}, {p.ref(y)});")
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
@@ -478,8 +480,10 @@ _EMITTERS = {
     "Relu": _emit_unary, "Sigmoid": _emit_unary, "Softmax": _emit_unary, "ArgMax": _emit_unary,
     "Clip": _emit_unary, "HardSigmoid": _emit_unary, "HardSwish": _emit_unary, "SiLU": _emit_unary,
     "GlobalAveragePool": _emit_unary,
-    "QuantizeLinear": _emit_unary, "DequantizeLinear": _emit_unary,
+    "QuantizeLinear": _emit_unary, "DequantizeLinear": _emit_unary, "BinaryMask": _emit_unary,
 }
+# Ops whose output is the class index of every pixel rather than logits.
+INDEX_OPS = ("ArgMax", "BinaryMask")
 
 
 def _buffers(program: _Program) -> list[Buffer]:
@@ -578,7 +582,7 @@ def emit_model(graph: Graph, name: str, source_name: str,
     macro = name.upper()
     precision = "int8" if any(d == "int8" for d in graph.dtypes.values()) else "float32"
     producer = graph.producer(graph.outputs[0])
-    output_is_index = int(producer is not None and producer.op == "ArgMax")
+    output_is_index = int(producer is not None and producer.op in INDEX_OPS)
     int8_guard = (f"static_assert(d2seg_rt::kS8ScratchLayout == {S8_SCRATCH_LAYOUT}, "
                   f"\"regenerate: runtime int8 scratch layout changed\");\n"
                   if precision == "int8" else "")
@@ -596,7 +600,8 @@ def emit_model(graph: Graph, name: str, source_name: str,
 #define {macro}_OUTPUT_C {out_shape[1]}
 #define {macro}_OUTPUT_H {out_shape[2]}
 #define {macro}_OUTPUT_W {out_shape[3]}
-// 1: the output holds class indices (the graph ends in ArgMax), 0: logits or scores.
+// 1: the output holds class indices (the graph ends in ArgMax or an int8 binary mask),
+// 0: logits or scores.
 #define {macro}_OUTPUT_IS_INDEX {output_is_index}
 #define {macro}_PRECISION "{precision}"
 #define {macro}_ARENA_BYTES {plan.size}

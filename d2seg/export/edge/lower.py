@@ -9,7 +9,8 @@ from d2seg.export.edge.ir import load_onnx
 from d2seg.export.edge.passes import optimize
 from d2seg.export.edge.boards import board_files
 from d2seg.export.edge.project import cmake_lists, main_buffer_bytes, main_source, makefile
-from d2seg.export.edge.quantize import calibrate, load_calibration_images, quantize_graph
+from d2seg.export.edge.quantize import (binary_mask_output, calibrate,
+                                        load_calibration_images, quantize_graph)
 from d2seg.export.edge.report import lowering_report
 from d2seg.export.edge.targets import get_target
 from d2seg.utils.io import atomic_directory, atomic_write_json
@@ -22,6 +23,8 @@ def lower_onnx_to_cpp(
     name: str = "model",
     int8: bool = False,
     calib_dir: str | Path | None = None,
+    calib_method: str = "minmax",
+    mask_output: bool = False,
     target: str = "host",
 ) -> dict:
     """Write ``output_dir``/{name}.h, {name}.cpp, {name}_weights.bin/.S (the constants, linked
@@ -34,6 +37,11 @@ def lower_onnx_to_cpp(
         name: C identifier prefix of the generated files and entry point ``{name}_run``.
         int8: quantise (needs ``calib_dir``, a folder of representative images, searched
             recursively).
+        calib_method: how activation ranges are chosen from the calibration images
+            (:data:`d2seg.export.edge.quantize.CALIB_METHODS`: minmax, percentile, mse).
+        mask_output: (int8 one-logit models) output the mask, class 1 where the int8 logit
+            is above its zero point, instead of the dequantised logit: no float after the
+            graph.
         target: memory profile (:data:`d2seg.export.edge.targets.TARGETS`): the arena is
             placed in its RAM regions, the weights checked against its flash budget, and a
             board project written next to the model (stm32h743: linker script, startup code
@@ -60,7 +68,9 @@ def lower_onnx_to_cpp(
                           f"N×C×H×W; fix: export the semantic model (image in, logits out)")
     if int8:
         images = load_calibration_images(calib_dir, input_shape)
-        quantize_graph(graph, calibrate(onnx_path, graph, images))
+        quantize_graph(graph, calibrate(onnx_path, graph, images, method=calib_method))
+    if mask_output:
+        binary_mask_output(graph, str(onnx_path))
     profile = get_target(target)
     io_bytes = main_buffer_bytes(input_shape, output_shape)
     regions = {r.name: (r.size - r.reserved - (io_bytes if r.name == profile.io_region else 0),
@@ -72,6 +82,7 @@ def lower_onnx_to_cpp(
             f"{profile.flash_budget:,}-byte flash budget of --target {target}; fix: lower with "
             f"--int8 (4x smaller) or train a narrower model")
     report = lowering_report(model, name=name, precision="int8" if int8 else "float32",
+                             calib_method=calib_method if int8 else None,
                              input_shape=input_shape, output_shape=output_shape,
                              target=profile, io_bytes=io_bytes)
     with atomic_directory(output_dir) as tmp:

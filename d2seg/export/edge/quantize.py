@@ -1,8 +1,10 @@
 """Post-training int8 quantisation of the IR (TensorFlow Lite's int8 scheme).
 
-Activations: per-tensor asymmetric int8, (scale, zero point) from the min/max each tensor
+Activations: per-tensor asymmetric int8, (scale, zero point) from the range each tensor
 reaches on calibration images (run with onnxruntime on the original graph, every IR tensor
-added as an output). Weights: per-output-channel symmetric int8; biases int32 at scale
+added as an output): its min/max, or (:data:`CALIB_METHODS`) the 0.01/99.99 percentiles of
+its values, or the clipping range that minimises the int8 rounding + clipping squared error
+over its value histogram. Weights: per-output-channel symmetric int8; biases int32 at scale
 ``input_scale * weight_scale``. Nodes with an int8 kernel (Conv incl. depthwise, Add, Mul,
 Concat, MaxPool, Resize, Relu, GlobalAveragePool, and the elementwise ops of
 :data:`ELEMENTWISE_OPS` as 256-entry lookup tables) run on int8; the others stay float, with
@@ -55,31 +57,92 @@ def load_calibration_images(folder: str | Path, shape: tuple[int, ...]) -> list[
     return images
 
 
-def calibrate(onnx_path: str | Path, graph: Graph, images: list[np.ndarray]) -> dict:
-    """Min/max of every IR activation over ``images`` → {name: (min, max)}."""
+CALIB_METHODS = ("minmax", "percentile", "mse")
+HISTOGRAM_BINS = 2048
+PERCENTILE = 99.99  # "percentile": the range keeps this share of values (the rest is clipped)
+# "mse": candidate clipping bounds, as fractions of the observed min and max.
+MSE_FRACTIONS = np.geomspace(1 / 64, 1.0, 48)
+
+
+def _activation_session(onnx_path: str | Path, graph: Graph):
+    """An onnxruntime session of the original graph with every IR tensor as an output."""
     model = onnx.load(str(onnx_path))
     existing = {o.name for o in model.graph.output}
-    names = [n for n in graph.shapes if n not in graph.inputs]
-    for name in names:
-        if name not in existing:
+    for name in graph.shapes:
+        if name not in graph.inputs and name not in existing:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _activations(session, graph: Graph, images: list[np.ndarray]):
+    """Per image, {name: value} of the input and every IR tensor."""
     outputs = [o.name for o in session.get_outputs()]
-    ranges: dict[str, tuple[float, float]] = {}
-
-    def update(name: str, value: np.ndarray) -> None:
-        low, high = float(value.min()), float(value.max())
-        old = ranges.get(name, (low, high))
-        ranges[name] = (min(low, old[0]), max(high, old[1]))
-
     for image in images:
-        for name, value in zip(outputs, session.run(outputs, {graph.inputs[0]: image})):
-            update(name, value)
-        update(graph.inputs[0], image)
-    return ranges
+        values = dict(zip(outputs, session.run(outputs, {graph.inputs[0]: image})))
+        values[graph.inputs[0]] = image
+        yield values
+
+
+def _percentile_range(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    cumulative = np.cumsum(counts) / counts.sum()
+    tail = 1.0 - PERCENTILE / 100.0
+    low = int(np.searchsorted(cumulative, tail, side="right"))
+    high = int(np.searchsorted(cumulative, 1.0 - tail, side="left"))
+    return float(edges[low]), float(edges[high + 1])
+
+
+def _mse_range(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """The (low, high) among :data:`MSE_FRACTIONS` of the observed range whose int8 grid
+    (:func:`activation_params`) has the least squared error over the histogram's bin centres."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    low, high = min(edges[0], 0.0), max(edges[-1], 0.0)
+    lows = np.unique(low * MSE_FRACTIONS) if low < 0 else np.zeros(1)
+    highs = np.unique(high * MSE_FRACTIONS) if high > 0 else np.zeros(1)
+    best, best_error = (low, high), np.inf
+    for candidate_low in lows:
+        scale = np.maximum((highs - candidate_low) / 255.0, 1e-12)[:, None]
+        zero = np.clip(np.round(-128 - candidate_low / scale), -128, 127)
+        q = np.clip(np.round(centres / scale) + zero, -128, 127)
+        error = (((centres - scale * (q - zero)) ** 2) * counts).sum(axis=1)
+        k = int(error.argmin())
+        if error[k] < best_error:
+            best, best_error = (float(candidate_low), float(highs[k])), error[k]
+    return best
+
+
+def calibrate(onnx_path: str | Path, graph: Graph, images: list[np.ndarray], *,
+              method: str = "minmax") -> dict:
+    """The int8 range of every IR activation over ``images`` → {name: (low, high)}.
+
+    ``method`` (:data:`CALIB_METHODS`): "minmax" the extremes; "percentile" and "mse" choose
+    within them from a :data:`HISTOGRAM_BINS`-bin histogram (a second pass over ``images``).
+    """
+    if method not in CALIB_METHODS:
+        raise ConfigError(f"--calib-method {method!r} is not one of {', '.join(CALIB_METHODS)}; "
+                          f"fix: pick one of them (minmax is the default)")
+    session = _activation_session(onnx_path, graph)
+    ranges: dict[str, tuple[float, float]] = {}
+    for values in _activations(session, graph, images):
+        for name, value in values.items():
+            low, high = float(value.min()), float(value.max())
+            old = ranges.get(name, (low, high))
+            ranges[name] = (min(low, old[0]), max(high, old[1]))
+    if method == "minmax":
+        return ranges
+    # A (near-)constant tensor has no distribution to choose from: it keeps its min/max.
+    spread = {name: high - low > 1e-6 * max(abs(low), abs(high))
+              for name, (low, high) in ranges.items()}
+    counts = {name: np.zeros(HISTOGRAM_BINS, np.float64) for name in ranges if spread[name]}
+    for values in _activations(session, graph, images):
+        for name in counts:
+            counts[name] += np.histogram(values[name].astype(np.float64), HISTOGRAM_BINS,
+                                         range=ranges[name])[0]
+    choose = _percentile_range if method == "percentile" else _mse_range
+    return {name: choose(counts[name], np.linspace(*ranges[name], HISTOGRAM_BINS + 1))
+            if name in counts else ranges[name] for name in ranges}
 
 
 def activation_params(low: float, high: float) -> tuple[float, int]:
@@ -174,4 +237,21 @@ def quantize_graph(graph: Graph, ranges: dict) -> Graph:
                                     [float_name]))
             graph.shapes[float_name] = graph.shapes[name]
             graph.outputs[k] = float_name
+    return graph
+
+
+def binary_mask_output(graph: Graph, source_name: str) -> Graph:
+    """End a quantised one-logit model in its int8 mask: the output Dequantize becomes a
+    BinaryMask (class 1 where q > zero point, the sign of the dequantised logit), so no float
+    runs after the int8 graph. The output then holds class indices 0/1."""
+    producer = graph.producer(graph.outputs[0])
+    channels = graph.shapes[graph.outputs[0]][1]
+    if producer is None or producer.op != "DequantizeLinear" or channels != 1:
+        raise ConfigError(f"{source_name}: --mask-output needs a one-logit binary model whose "
+                          f"logits are int8 (this output has {channels} channel(s)"
+                          f"{'' if producer and producer.op == 'DequantizeLinear' else ', float'}"
+                          f"); fix: lower with --int8 a model with SEM_SEG_HEAD.NUM_CLASSES 1, "
+                          f"or leave --mask-output out")
+    producer.op = "BinaryMask"
+    producer.name = f"BinaryMask_{producer.inputs[0]}"
     return graph

@@ -7,6 +7,7 @@ KIB = 1024
 
 
 def lowering_report(model: GeneratedModel, *, name: str, precision: str,
+                    calib_method: str | None,
                     input_shape: tuple[int, ...], output_shape: tuple[int, ...],
                     target: Target, io_bytes: int) -> dict:
     """report.json content: bytes, MACs and, per RAM region of ``target``, what the arena, the
@@ -22,6 +23,7 @@ def lowering_report(model: GeneratedModel, *, name: str, precision: str,
     return {
         "name": name,
         "precision": precision,
+        "calib_method": calib_method,
         "target": target.name,
         "input_shape": list(input_shape),
         "output_shape": list(output_shape),
@@ -40,7 +42,9 @@ def lowering_report(model: GeneratedModel, *, name: str, precision: str,
 def format_report(report: dict) -> str:
     """Human-readable lines of a :func:`lowering_report`."""
     lines = [
-        f"model {report['name']} ({report['precision']}, target {report['target']}): input "
+        f"model {report['name']} ({report['precision']}"
+        + (f", {report['calib_method']} calibration" if report.get("calib_method") else "")
+        + f", target {report['target']}): input "
         f"{report['input_shape']}, output {report['output_shape']}",
         f"weights: {report['weights_bytes']:,} bytes"
         + (f" (flash budget {report['flash_budget_bytes']:,} of {report['flash_bytes']:,})"

@@ -71,7 +71,7 @@ TARGETS = {
         (Region("SRAM", 320 * KIB, 32 * KIB, note="internal; 32 KiB kept for the tasks' stacks"),
          Region("PSRAM", 8 * MIB, 0, attribute="EXT_RAM_BSS_ATTR",
                 note="octal SPI PSRAM, used when the arena exceeds internal SRAM")),
-        io_region="PSRAM", flash=8 * MIB, flash_budget=6 * MIB),
+        io_region="PSRAM", flash=8 * MIB, flash_budget=6 * MIB, board="esp-idf"),
 }
 
 
