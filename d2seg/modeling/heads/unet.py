@@ -4,7 +4,8 @@ The decoder knows only the backbone's feature names, channels and strides (``out
 ResNet's stem/res2..res5, or the ``c1``..``c5`` of VGG, MobileNetV3 and EfficientNet. Starting
 at the deepest feature, each stage upsamples to the next shallower skip's stride (integer
 factors; bilinear by default, or nearest neighbour as segmentation_models_pytorch does: the
-3×3 convs that follow smooth it and it is a few % faster on CPU, see bench/models.py),
+3×3 convs that follow smooth it; in the channels-last decoder both cost the same on CPU, see
+bench/models.py),
 concatenates that skip, and applies two conv3×3 + norm + ReLU (``UNET_CENTER``: two more on the
 deepest feature first). Stages past the last skip
 upsample ×2 without one. A 1×1 conv gives the class logits, bilinearly upsampled to the
