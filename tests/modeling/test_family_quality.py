@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d2seg.config import get_cfg
+from d2seg.config import CfgNode, get_cfg
 from d2seg.data.synthetic import SYNTHETIC_CLASSES, render_sample
 from d2seg.evaluation import SemSegEvaluator, inference_on_dataset
 from d2seg.modeling import build_model
@@ -25,8 +25,8 @@ from d2seg.solver import build_lr_scheduler, build_optimizer
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 CLASSES = ["background", *SYNTHETIC_CLASSES["shapes"]]
-# The tiny configs' BASE_LR (0.001) suits their 100-iteration smoke runs from a pretrained-free
-# start; over a short run to convergence 0.003 learns in half the iterations.
+# The tiny configs' BASE_LR (0.001) is set for their smoke runs; these runs use 0.003 (0.001
+# was not tried here; 0.01 trained DeepLabV3 worse: mIoU 65 vs 70 after 150 steps at 128 px).
 BASE_LR = 0.003
 
 
@@ -40,7 +40,7 @@ def _sample(seed: int, index: int, side: int) -> dict:
     return {"image": image, "sem_seg": torch.from_numpy(labels)}
 
 
-def _model_and_cfg(config: str, iterations: int):
+def _model_and_cfg(config: str, iterations: int) -> tuple[torch.nn.Module, CfgNode]:
     cfg = get_cfg()
     cfg.merge_from_file(str(TINY / f"{config}.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(CLASSES),
