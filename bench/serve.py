@@ -8,6 +8,9 @@ sends ``--requests`` JPEGs of 512² from ``--concurrency`` concurrent httpx clie
 - ``serve_throughput_ratio``: requests/s of the server (``--max-batch 8``) ÷ images/s of a loop
   calling ``DefaultPredictor`` on the decoded images one by one (target ≥ 0.8 on CPU): what
   HTTP, JPEG decoding, the queue and the JSON/RLE records cost;
+- ``serve_vs_worker_thread_ratio``: the same, against the loop run in a worker thread, as the
+  server runs its model (on a loaded machine the main thread's loop is the slower of the two,
+  and the first ratio then exceeds 1);
 - ``batching_gain``: requests/s with ``--max-batch 8`` ÷ with ``--max-batch 1`` (on a CPU the
   model's work grows with the batch, so it may be near 1);
 - p50 / p99 request latency (ms) of each server.
@@ -20,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +57,17 @@ def in_process(predictor: DefaultPredictor, images: list[np.ndarray]) -> float:
     for image in images:
         predictor(image, format="RGB")
     return len(images) / (time.perf_counter() - start)
+
+
+def in_worker_thread(predictor: DefaultPredictor, images: list[np.ndarray]) -> float:
+    """:func:`in_process`, run in a thread of its own as the server runs its model: on a
+    loaded machine torch's intra-op threads serve the main thread much worse than a worker
+    thread, so this is the like-for-like reference of the server's own cost."""
+    rate: list[float] = []
+    worker = threading.Thread(target=lambda: rate.append(in_process(predictor, images)))
+    worker.start()
+    worker.join()
+    return rate[0]
 
 
 def _free_port() -> int:
@@ -138,8 +153,12 @@ def main() -> None:
               f"at concurrency {args.concurrency}")
         decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].copy()
                    for b in bodies]
-        reference = in_process(DefaultPredictor(cfg), decoded)
+        predictor = DefaultPredictor(cfg)
+        reference = in_process(predictor, decoded)
         print(f"in-process DefaultPredictor: {reference:.2f} images/s")
+        threaded = in_worker_thread(predictor, decoded)
+        print(f"in-process DefaultPredictor in a worker thread: {threaded:.2f} images/s")
+        del predictor
         results = {}
         for max_batch in (8, 1):
             rate, latencies = served(weights, args.size, max_batch, bodies, args.concurrency)
@@ -148,6 +167,8 @@ def main() -> None:
             print(f"tools/serve.py --max-batch {max_batch}: {rate:.2f} requests/s, latency p50 "
                   f"{p50:.0f} ms, p99 {p99:.0f} ms")
     print(f"serve_throughput_ratio: {results[8] / reference:.3f}")
+    print(f"serve_vs_worker_thread_ratio: {results[8] / threaded:.3f}  (what HTTP, decoding, "
+          f"the queue and the records cost; 1 = nothing)")
     print(f"batching_gain: {results[8] / results[1]:.3f}")
 
 

@@ -1,12 +1,16 @@
 """Deterministic synthetic datasets for tests, the demo and the benchmarks.
 
-Three kinds, each a small stand-in for a real dataset d2seg is used on:
+Four kinds, each a small stand-in for a real dataset d2seg is used on:
 
 - ``balloons``: coloured balloons (rotated ellipses with a highlight and a string) on a sky
   gradient; one class, ``"balloon"``; one polygon per balloon. Written as Labelme.
 - ``chipsets``: a PCB with traces, ``"chip"`` (a dark body with pins), ``"capacitor"`` (round,
   polygon) and ``"resistor"`` (``rectangle`` shape). Some chips are crossed by a wire, so the
   visible chip is annotated as two polygons sharing a ``group_id``. Written as Labelme.
+- ``shapes``: large discs, squares and triangles (one class each, each with its own range of
+  hues, randomly sized and turned) on a mottled background: a multi-class set whose objects
+  span a quarter to a half of the image side, so models with a coarse output stride (16: 4×4
+  logits at 64 px) can still resolve them. One polygon per object. Written as Labelme.
 - ``carvana``: the side view of a car (body + cabin + wheels) in a studio, written as Carvana
   does: ``<id>.jpg`` and ``<id>_mask.gif`` (palette GIF, 0 = background, 1 = car), no JSON.
 
@@ -43,7 +47,10 @@ SYNTHETIC_CLASSES: dict[str, tuple[str, ...]] = {
     "balloons": ("balloon",),
     "chipsets": ("chip", "capacitor", "resistor"),
     "carvana": ("car",),
+    "shapes": ("disc", "square", "triangle"),
 }
+# ``shapes`` classes: (hue centre 0..1, objects vary ±0.06 around it; corners, 0 = a circle).
+SHAPE_STYLES = {"disc": (0.0, 0), "square": (0.62, 4), "triangle": (0.15, 3)}
 
 Size = tuple[int, int]
 
@@ -350,10 +357,45 @@ def _render_carvana(rng: np.random.Generator, height: int, width: int) -> Synthe
     return SyntheticScene(_finish(image, rng), [car])
 
 
+def _regular_polygon(corners: int, radius: float, angle: float) -> np.ndarray:
+    """corners×2 vertices of a regular polygon around (0, 0), turned by ``angle`` radians."""
+    t = angle + np.arange(corners) * 2 * math.pi / corners
+    return radius * np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+def _render_shapes(rng: np.random.Generator, height: int, width: int) -> SyntheticScene:
+    base = _hsv(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.6))
+    image = base * (0.75 + 0.5 * _smooth_noise(rng, height, width, cells=6)[..., None])
+    side = min(height, width)
+    placer = _Placer(rng, height, width)
+    objects = []
+    for _ in range(int(rng.integers(1, 4))):
+        label = SYNTHETIC_CLASSES["shapes"][int(rng.integers(0, 3))]
+        hue, corners = SHAPE_STYLES[label]
+        radius = side * rng.uniform(0.13, 0.24)
+        # Polygons get a larger circumradius: about the disc's area at the same ``radius``.
+        outline = _regular_polygon(corners, radius * (1 + 0.6 / corners), rng.uniform(0, 6.3)) \
+            if corners else _ellipse_points(0.0, 0.0, radius, radius)
+        low, high = outline.min(axis=0), outline.max(axis=0)
+        spot = placer.place(*(high - low))
+        if spot is None:
+            continue
+        shape = _polygon(outline - low + spot)
+        ys, xs = np.nonzero(shape_mask(shape, height, width))
+        colour = _hsv(hue + rng.uniform(-0.06, 0.06), rng.uniform(0.55, 0.9),
+                      rng.uniform(0.6, 0.95))
+        # Light from the top left: a shading ramp, so no object is one flat colour.
+        ramp = ((xs - xs.min()) + (ys - ys.min())) / max(1, np.ptp(xs) + np.ptp(ys))
+        image[ys, xs] = colour * (1.1 - 0.3 * ramp)[:, None]
+        objects.append(SyntheticObject(label, [shape]))
+    return SyntheticScene(_finish(image, rng), objects)
+
+
 _RENDERERS: dict[str, Callable[[np.random.Generator, int, int], SyntheticScene]] = {
     "balloons": _render_balloons,
     "chipsets": _render_chipsets,
     "carvana": _render_carvana,
+    "shapes": _render_shapes,
 }
 
 
@@ -500,8 +542,18 @@ def make_carvana(out_dir: str | Path, num_images: int, *, size: Size = (128, 192
                          labels_txt=False)
 
 
+def make_shapes(out_dir: str | Path, num_images: int, *, size: Size = (128, 128),
+                seed: int = 0) -> Path:
+    """Write a Labelme set of discs, squares and triangles: ``shape_NNNN.{jpg,json}`` and
+    ``labels.txt``. ``size`` is (height, width) in pixels. Returns ``out_dir``.
+    """
+    return _make_dataset("shapes", out_dir, num_images, size, seed, _write_labelme_item,
+                         labels_txt=True)
+
+
 SYNTHETIC_DATASETS: dict[str, Callable[..., Path]] = {
     "balloons": make_balloons,
     "chipsets": make_chipsets,
     "carvana": make_carvana,
+    "shapes": make_shapes,
 }

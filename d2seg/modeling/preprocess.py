@@ -74,8 +74,10 @@ class ImagePreprocessor(nn.Module):
         height, width = self.padded_size(image_sizes)
         batch = self.pixel_mean.new_zeros((len(images), channels, height, width))
         for slot, image in zip(batch, images):
-            normalised = (image.to(batch.device, torch.float32) - self.pixel_mean) / self.pixel_std
-            slot[:, : image.shape[1], : image.shape[2]].copy_(normalised)
+            # In place in the padded batch (copy_ converts dtype and device): the same values as
+            # (float(image) - mean) / std, without two full-size temporaries per image.
+            region = slot[:, : image.shape[1], : image.shape[2]]
+            region.copy_(image).sub_(self.pixel_mean).div_(self.pixel_std)
         return ImageList(batch, image_sizes)
 
 

@@ -25,7 +25,7 @@ from d2seg.errors import ConfigError, DatasetError
 labelme = pytest.importorskip("labelme")
 
 SIZE = (96, 128)
-LABELME_KINDS = ["balloons", "chipsets"]
+LABELME_KINDS = ["balloons", "chipsets", "shapes"]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Semantic heads: torchvision's FCN and LR-ASPP models as oracles, the DeepLab heads' shapes
-and errors, every loss through every head, and a non-U-Net head under PanopticUNet."""
+and errors, the U-Net decoder against its plain NCHW definition, every loss through every
+head, and a non-U-Net head under PanopticUNet."""
 
 from pathlib import Path
 
@@ -171,3 +172,28 @@ def test_panoptic_unet_runs_a_deeplabv3plus_stuff_head():
     with torch.no_grad():
         output = model([{"image": item["image"]}])[0]
     assert output["sem_seg"].shape == (2, 64, 64) and "panoptic_seg" in output
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+def test_unet_decoder_layout_leaves_the_logits_as_defined(upsample):
+    """The channels-last decoder computes upsample → concat skip → block, stage by stage, as
+    the plain NCHW float64 computation of the same modules does; logits come back NCHW."""
+    torch.manual_seed(0)
+    trunk = ResNet(depth=18, in_channels=3, out_features=["stem", "res2", "res3", "res4", "res5"],
+                   norm="BN").eval()
+    head = UNetHead(input_shape=trunk.output_shape(), in_features=list(trunk.output_shape()),
+                    decoder_channels=[32, 16, 16, 8, 8], num_classes=3, upsample=upsample).eval()
+    with torch.no_grad():
+        features = trunk(torch.randn(2, 3, 64, 96))
+        logits = head.layers(features)
+        double = {name: f.double() for name, f in features.items()}
+        head.double()
+        x = double["res5"]
+        for block, skip in zip(head.blocks, ["res4", "res3", "res2", "stem", None]):
+            x = torch.nn.functional.interpolate(
+                x, scale_factor=2, mode=upsample,
+                **({"align_corners": False} if upsample == "bilinear" else {}))
+            x = block(x if skip is None else torch.cat([x, double[skip]], dim=1))
+        expected = head.predictor(x)
+    assert logits.shape == (2, 3, 64, 96) and logits.is_contiguous()
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4)

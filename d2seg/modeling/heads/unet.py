@@ -4,7 +4,8 @@ The decoder knows only the backbone's feature names, channels and strides (``out
 ResNet's stem/res2..res5, or the ``c1``..``c5`` of VGG, MobileNetV3 and EfficientNet. Starting
 at the deepest feature, each stage upsamples to the next shallower skip's stride (integer
 factors; bilinear by default, or nearest neighbour as segmentation_models_pytorch does: the
-3×3 convs that follow smooth it and it is a few % faster on CPU, see bench/models.py),
+3×3 convs that follow smooth it; in the channels-last decoder both cost the same on CPU, see
+bench/models.py),
 concatenates that skip, and applies two conv3×3 + norm + ReLU (``UNET_CENTER``: two more on the
 deepest feature first). Stages past the last skip
 upsample ×2 without one. A 1×1 conv gives the class logits, bilinearly upsampled to the
@@ -128,7 +129,12 @@ class UNetHead(SemSegHead):
         }
 
     def layers(self, features: dict[str, Tensor]) -> Tensor:
-        x = self.center(features[self.in_features[-1]])
+        # The decoder runs channels-last: PyTorch's CPU bilinear upsampling is several times
+        # faster in that layout than in NCHW (the convs follow their input's layout), which
+        # takes the R-34 U-Net from above smp's latency to below it (bench/models.py). Only the
+        # memory layout changes; the logits are the same up to float rounding.
+        channels_last = torch.channels_last
+        x = self.center(features[self.in_features[-1]]).contiguous(memory_format=channels_last)
         skips = [features[f] for f in reversed(self.in_features[:-1])]
         for i, (block, scale) in enumerate(zip(self.blocks, self._scales)):
             if self.upsample == "nearest":
@@ -136,9 +142,9 @@ class UNetHead(SemSegHead):
             else:
                 x = upsample(x, scale)
             if i < len(skips):
-                x = torch.cat([x, skips[i]], dim=1)
+                x = torch.cat([x, skips[i].contiguous(memory_format=channels_last)], dim=1)
             x = block(x)
-        return upsample(self.predictor(x), self._output_scale)
+        return upsample(self.predictor(x), self._output_scale).contiguous()
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
