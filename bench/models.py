@@ -9,8 +9,9 @@ reference (robust to the load of a shared machine):
 1. ``configs/Semantic/unet_R_34_12cls.yaml`` (``SemanticSegmentor``: the whole model call,
    normalisation and padding included) vs ``segmentation_models_pytorch.Unet("resnet34",
    encoder_weights=None, classes=12)`` on the same uint8 image, which its call normalises as
-   d2seg's does → ``unet_r34_latency_ratio`` (target <= 1.0) with the default bilinear decoder, and ``unet_r34_nearest_latency_ratio``
-   with ``MODEL.SEM_SEG_HEAD.UPSAMPLE nearest``, the upsampling smp uses;
+   d2seg's does → ``unet_r34_latency_ratio`` (target <= 1.0) with the default bilinear
+   decoder, and ``unet_r34_nearest_latency_ratio`` with ``MODEL.SEM_SEG_HEAD.UPSAMPLE
+   nearest``, the upsampling smp uses;
 2. ``configs/InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml`` (``GeneralizedRCNN``) vs
    ``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``
    with its resizing disabled (min/max size = the image). d2seg loads torchvision's random
