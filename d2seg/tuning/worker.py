@@ -168,8 +168,9 @@ def work(
 @contextlib.contextmanager
 def _collect_trials_only() -> Iterator[None]:
     """Exempt what exists now (torch, the job, the study: ~400k objects that outlive every
-    trial) from garbage collection while trials run: the collection after each trial, which
-    frees its model and loaders, then scans that trial's objects only (0.5 s less per trial)."""
+    trial) from garbage collection while trials run, so that the collection after each trial,
+    which frees its model and loaders, scans that trial's objects only (on a loaded 2-core
+    machine 0.86 s -> 0.12 s per trial). The process's collector is as before afterwards."""
     gc.collect()
     gc.freeze()
     try:
