@@ -61,8 +61,9 @@ demo-mcu: $(STAMP) arm-deps
 	$(PY) deploy/mcu_report.py $(MCU_OUT)/m7 --mask mask_m7.pgm --host-mask mask_host.pgm
 
 # Debian packages the tests exercise for real: the Cortex-M7 build and its QEMU run (make
-# demo-mcu, tests/export) and headless Chromium + its WebDriver (the serving page's browser
-# test). apt-get runs only for the missing ones: one update, then one install.
+# demo-mcu, tests/export), headless Chromium + its WebDriver (the serving page's browser
+# test) and a PostgreSQL server (tools/tune.py --storage postgresql://). apt-get runs only for
+# the missing ones: one update, then one install.
 ARM_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
 BROWSER_PACKAGES := chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -73,7 +74,7 @@ arm-deps:
 browser-deps:
 	$(call apt_install,$(BROWSER_PACKAGES))
 system-deps:
-	$(call apt_install,$(ARM_PACKAGES) $(BROWSER_PACKAGES))
+	$(call apt_install,$(ARM_PACKAGES) $(BROWSER_PACKAGES) postgresql)
 
 # pytest exits 5 when it collected no test: that is a failure here.
 test: $(STAMP) system-deps

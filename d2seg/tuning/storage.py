@@ -6,7 +6,8 @@
   :class:`~optuna.storages.JournalStorage` on an append-only file; many processes on one
   machine or on NFS.
 * ``postgresql://user:pass@host/db``, ``mysql+pymysql://...``: several machines (needs the
-  database's Python driver, e.g. ``psycopg2-binary``).
+  database's Python driver: ``psycopg[binary]``, SQLAlchemy's default for ``postgresql://``, is
+  pinned in requirements.txt; ``postgresql+psycopg2://`` selects ``psycopg2-binary``).
 
 Database storages record a heartbeat of each running trial: a trial whose process stopped
 beating for :data:`GRACE_SECONDS` is marked failed and retried by the next worker that looks
@@ -80,7 +81,7 @@ def open_storage(url: str, on_stale: Callable[[optuna.Study, optuna.trial.Frozen
     except ImportError as e:
         raise ConfigError(
             f"--storage {url}: no database driver ({e}); fix: pip install the driver, e.g. "
-            f"psycopg2-binary for postgresql, pymysql for mysql+pymysql"
+            f"'psycopg[binary]' for postgresql://, pymysql for mysql+pymysql://"
         ) from None
     except Exception as e:  # sqlalchemy's connection and URL errors have no common base
         message = " ".join(str(e).split())[:300]

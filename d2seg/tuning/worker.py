@@ -17,12 +17,14 @@ Example::
     work(job, study, n_trials=16)
 """
 
+import contextlib
+import gc
 import logging
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,33 +145,48 @@ def work(
     delete the checkpoints of every trial of this machine outside the best ``keep_best`` and
     call ``on_trial`` with it."""
     run = objective(job)
-    while True:
-        fail_orphans(study)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        now = census(study)
-        if now.counted >= n_trials:
-            return
-        if now.waiting or now.counted + now.running < n_trials:
-            finished: list[FrozenTrial] = []
-            study.optimize(run, n_trials=1, catch=(TrialFailed,),
-                           callbacks=[lambda _, trial: finished.append(trial)])
-            remove_checkpoints(study, job, keep_best)
-            if on_trial is not None:
-                on_trial(finished[0])
-        else:
-            time.sleep(POLL_SECONDS)
+    with _collect_trials_only():
+        while True:
+            fail_orphans(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            now = census(study)
+            if now.counted >= n_trials:
+                return
+            if now.waiting or now.counted + now.running < n_trials:
+                finished: list[FrozenTrial] = []
+                study.optimize(run, n_trials=1, catch=(TrialFailed,),
+                               callbacks=[lambda _, trial: finished.append(trial)])
+                remove_checkpoints(study, job, keep_best)
+                if on_trial is not None:
+                    on_trial(finished[0])
+            else:
+                time.sleep(POLL_SECONDS)
+
+
+@contextlib.contextmanager
+def _collect_trials_only() -> Iterator[None]:
+    """Exempt what exists now (torch, the job, the study: ~400k objects that outlive every
+    trial) from garbage collection while trials run, so that the collection after each trial,
+    which frees its model and loaders, scans that trial's objects only (on a loaded 2-core
+    machine 0.86 s -> 0.12 s per trial). The process's collector is as before afterwards."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def remove_checkpoints(study: optuna.Study, job: TuneJob, keep_best: int) -> None:
     """Delete ``*.pth`` and ``last_checkpoint`` in every local trial folder except those of the
     ``keep_best`` best complete trials."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    ranked = sorted(complete, key=lambda t: t.value,
+    trials = study.get_trials(deepcopy=False)
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
                     reverse=job.direction == "maximize")
     keep = {t.number for t in ranked[:keep_best]}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         if trial.number in keep or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         folder = job.trial_dir(trial.number)

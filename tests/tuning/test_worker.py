@@ -1,5 +1,6 @@
 """Trials run by a worker: real training runs of a tiny U-Net, reported to an Optuna study."""
 
+import gc
 import json
 import os
 import socket
@@ -57,6 +58,7 @@ def test_a_complete_trial_is_a_training_run_valued_by_its_best_evaluation(job):
     evaluated = {r["iteration"] + 1: r["sem_seg/mIoU"] for r in rows if "sem_seg/mIoU" in r}
     assert evaluated == pytest.approx(trial.intermediate_values)
     assert (folder / "model_best.pth").is_file()  # the best trial keeps its checkpoints
+    assert gc.get_freeze_count() == 0  # the objects work() kept out of collections are back
 
 
 def test_a_config_that_cannot_train_fails_with_its_reason_and_the_study_goes_on(
