@@ -182,10 +182,10 @@ def test_two_workers_share_one_postgresql_study_and_a_rerun_continues_it(tmp_pat
     assert len({t.user_attrs["worker"]["pid"] for t in first}) == 2
     assert not (output / "study.db").exists()  # the study lives on the server
 
-    again = tune(6)
+    again = tune(5)
     assert [(t.number, t.params, t.value) for t in again[:len(first)]] == [
         (t.number, t.params, t.value) for t in first]
     numbers = [t.number for t in again]
     assert len(numbers) == len(set(numbers))
-    assert sum(t.state == TrialState.COMPLETE for t in again) >= 6
+    assert sum(t.state == TrialState.COMPLETE for t in again) >= 5
     assert sorted(p.name for p in output.glob("trial_*")) == [f"trial_{n:04d}" for n in numbers]
