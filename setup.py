@@ -40,7 +40,7 @@ setup(
             "psutil>=5.9",  # server memory in the serving soak test
         ],
         "annotate": ["labelme"],
-        "tune": ["optuna>=4.0"],
+        "tune": ["optuna>=4.0", "psycopg[binary]>=3.1"],  # psycopg: --storage postgresql://
         "serve": ["fastapi>=0.110", "fastapi-offline>=1.7", "uvicorn>=0.29",
                   "python-multipart>=0.0.9"],
     },
