@@ -25,6 +25,15 @@ from d2seg.errors import DatasetError
 logger = logging.getLogger(__name__)
 
 
+def _image_and_semantic_files(layout: ConvertedLayout, split: str) -> dict[str, Any]:
+    """The metadata both views of a split share: ``image_root``, ``ignore_label`` and, where
+    the converter wrote them, ``sem_seg_root``."""
+    files: dict[str, Any] = {"image_root": str(layout.images_dir), "ignore_label": IGNORE_VALUE}
+    if layout.sem_seg_dir(split).is_dir():
+        files["sem_seg_root"] = str(layout.sem_seg_dir(split))
+    return files
+
+
 def _split_of(json_file: Path) -> tuple[ConvertedLayout, str]:
     found = ConvertedLayout.of_split(json_file)
     if found is None:
@@ -38,13 +47,7 @@ def _split_of(json_file: Path) -> tuple[ConvertedLayout, str]:
 def _converted_split_metadata(json_file: Path) -> dict[str, Any]:
     """Metadata of a converted split: its files (the label parts only where they exist)."""
     layout, split = _split_of(json_file)
-    metadata: dict[str, Any] = {
-        "json_file": str(json_file),
-        "image_root": str(layout.images_dir),
-        "ignore_label": IGNORE_VALUE,
-    }
-    if layout.sem_seg_dir(split).is_dir():
-        metadata["sem_seg_root"] = str(layout.sem_seg_dir(split))
+    metadata = {"json_file": str(json_file), **_image_and_semantic_files(layout, split)}
     panoptic_json, panoptic_root = layout.panoptic_json(split), layout.panoptic_dir(split)
     if panoptic_json.is_file() and panoptic_root.is_dir():
         metadata.update(panoptic_root=str(panoptic_root), panoptic_json=str(panoptic_json))
@@ -81,7 +84,7 @@ def load_converted_split(json_file: str | os.PathLike, dataset_name: str) -> lis
         thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=thing_map,
         stuff_classes=["background", *(c["name"] for c in categories)],
     )
-    _attach_sem_seg(dataset_dicts, files)
+    _attach_sem_seg(dataset_dicts, image_root, files.get("sem_seg_root"))
     if "panoptic_json" in files and len(thing_classes) == len(categories):
         panoptic = load_coco_panoptic_json(
             files["panoptic_json"], image_root, files["panoptic_root"], thing_map, {}
@@ -97,13 +100,14 @@ def load_converted_split(json_file: str | os.PathLike, dataset_name: str) -> lis
     return dataset_dicts
 
 
-def _attach_sem_seg(dataset_dicts: list[dict], files: dict[str, Any]) -> None:
-    """Set ``sem_seg_file_name`` on the dicts whose semantic PNG exists."""
-    if "sem_seg_root" not in files:
+def _attach_sem_seg(dataset_dicts: list[dict], image_root: str, sem_seg_root: str | None) -> None:
+    """Set ``sem_seg_file_name`` on the dicts whose semantic PNG exists under
+    ``sem_seg_root`` (none when it is None)."""
+    if sem_seg_root is None:
         return
     for record in dataset_dicts:
-        file_name = Path(os.path.relpath(record["file_name"], files["image_root"])).as_posix()
-        label_file = Path(files["sem_seg_root"], ConvertedLayout.label_map_name(file_name))
+        file_name = Path(os.path.relpath(record["file_name"], image_root)).as_posix()
+        label_file = Path(sem_seg_root, ConvertedLayout.label_map_name(file_name))
         if label_file.is_file():
             record["sem_seg_file_name"] = str(label_file)
 
@@ -129,13 +133,10 @@ def _converted_panoptic_metadata(json_file: Path) -> dict[str, Any]:
     categories = read_json(json_file, "COCO panoptic file").get("categories", [])
     metadata: dict[str, Any] = {
         **panoptic_category_maps(categories),
-        "image_root": str(layout.images_dir),
+        **_image_and_semantic_files(layout, split),
         "panoptic_root": str(layout.panoptic_dir(split)),
         "panoptic_json": str(json_file),
-        "ignore_label": IGNORE_VALUE,
     }
-    if layout.sem_seg_dir(split).is_dir():
-        metadata["sem_seg_root"] = str(layout.sem_seg_dir(split))
     if layout.annotations_json(split).is_file():  # the COCO evaluator's ground truth
         metadata["json_file"] = str(layout.annotations_json(split))
     return metadata
@@ -151,9 +152,7 @@ def load_converted_panoptic(json_file: str | os.PathLike, dataset_name: str) -> 
         json_file, metadata.image_root, metadata.panoptic_root,
         metadata.thing_dataset_id_to_contiguous_id, metadata.stuff_dataset_id_to_contiguous_id,
     )
-    sem_seg_root = metadata.get("sem_seg_root")
-    _attach_sem_seg(dataset_dicts, {"image_root": metadata.image_root,
-                                    **({"sem_seg_root": sem_seg_root} if sem_seg_root else {})})
+    _attach_sem_seg(dataset_dicts, metadata.image_root, metadata.get("sem_seg_root"))
     return dataset_dicts
 
 
