@@ -109,3 +109,16 @@ def car_split(tmp_path_factory) -> dict[str, Path]:
         lambda folder: make_carvana(folder, 8, size=(64, 96), seed=0),
         fmt="masks",
     )
+
+
+@pytest.fixture(scope="session")
+def car_run(tmp_path_factory, train_run, car_split) -> dict[str, Path]:
+    """A 6-iteration grayscale binary U-Net trained on ``car_split`` (a semantic model):
+    ``{"run": run folder, **car_split}``. Tests only read it."""
+    run = tmp_path_factory.mktemp("car_run") / "run"
+    train_run(
+        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), run,
+        "DATASETS.TRAIN", f"('{car_split['train']}',)",
+        "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0",
+    )
+    return {"run": run, **car_split}

@@ -41,18 +41,6 @@ def balloon_run(tmp_path_factory, train_run, balloon_split) -> dict:
     return {"run": run, "val": balloon_split["val"], "images": balloon_split["images"]}
 
 
-@pytest.fixture(scope="module")
-def carvana_run(tmp_path_factory, train_run, car_split) -> Path:
-    """A 6-iteration grayscale binary U-Net on synthetic cars; returns the run folder."""
-    run = tmp_path_factory.mktemp("carvana") / "run"
-    train_run(
-        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), run,
-        "DATASETS.TRAIN", f"('{car_split['train']}',)",
-        "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0",
-    )
-    return run
-
-
 @pytest.mark.slow
 def test_predictor_reproduces_the_evaluators_predictions_exactly(balloon_run):
     evaluated = json.loads(
@@ -73,10 +61,10 @@ def test_predictor_reproduces_the_evaluators_predictions_exactly(balloon_run):
 
 
 @pytest.mark.slow
-def test_from_run_names_classes_with_no_dataset_registered(balloon_run, carvana_run, tmp_path):
+def test_from_run_names_classes_with_no_dataset_registered(balloon_run, car_run, tmp_path):
     # Only the run folder survives: the data it was trained on is gone.
     copies = {}
-    for name, run in (("balloons", balloon_run["run"]), ("cars", carvana_run)):
+    for name, run in (("balloons", balloon_run["run"]), ("cars", car_run["run"])):
         copies[name] = tmp_path / name
         copies[name].mkdir()
         for file in ("config.yaml", run_weights(run).name):
@@ -98,8 +86,8 @@ def test_from_run_names_classes_with_no_dataset_registered(balloon_run, carvana_
 
 
 @pytest.mark.slow
-def test_predictor_takes_grayscale_images_and_batches(carvana_run):
-    predictor = DefaultPredictor.from_run(carvana_run)
+def test_predictor_takes_grayscale_images_and_batches(car_run):
+    predictor = DefaultPredictor.from_run(car_run["run"])
     gray = np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)
     single = predictor(gray)["sem_seg"]
     assert single.shape == (1, 50, 70)  # one sigmoid logit, at the original size
@@ -123,19 +111,19 @@ def test_bgr_images_are_converted_for_an_rgb_model(balloon_run):
 
 
 @pytest.mark.slow
-def test_checkpoints_carry_metadata_and_best_final_are_lean(carvana_run):
+def test_checkpoints_carry_metadata_and_best_final_are_lean(car_run):
     for name in ("model_final.pth",):
-        checkpoint = load_checkpoint_file(str(carvana_run / name))
+        checkpoint = load_checkpoint_file(str(car_run["run"] / name))
         assert "optimizer" not in checkpoint and "scheduler" not in checkpoint, name
         assert checkpoint["metadata"]["stuff_classes"] == ["background", "object"]
         assert checkpoint["metadata"]["headline_metric"] == "sem_seg/IoU"  # binary: foreground
 
 
 @pytest.mark.slow
-def test_checkpoint_without_metadata_warns_that_names_are_missing(carvana_run, tmp_path, caplog):
-    checkpoint = load_checkpoint_file(str(run_weights(carvana_run)))
+def test_checkpoint_without_metadata_warns_that_names_are_missing(car_run, tmp_path, caplog):
+    checkpoint = load_checkpoint_file(str(run_weights(car_run["run"])))
     torch.save(checkpoint["model"], tmp_path / "plain.pth")  # a bare state dict
-    config = (carvana_run / "config.yaml").read_text()
+    config = (car_run["run"] / "config.yaml").read_text()
     config = config.replace("  - background\n  - object\n", "").replace(
         "STUFF_CLASSES:\n", "STUFF_CLASSES: []\n").replace(
         "THING_CLASSES:\n  - object\n", "THING_CLASSES: []\n")

@@ -1,4 +1,4 @@
-"""Fixtures of the serving tests: a tiny trained balloon model and car model, and a server on a free
+"""Fixtures of the serving tests: a tiny trained balloon model, and a server on a free
 loopback port in a thread of the test process that is stopped at the end of the block."""
 
 import contextlib
@@ -25,18 +25,6 @@ def balloon_run(tmp_path_factory, train_run, balloon_split) -> dict:
         "INPUT.MAX_SIZE_TEST", "128", "SOLVER.MAX_ITER", "12", "DATALOADER.NUM_WORKERS", "0",
     )
     return {"run": run, **balloon_split}
-
-
-@pytest.fixture(scope="session")
-def car_run(tmp_path_factory, train_run, car_split) -> dict:
-    """A 6-iteration grayscale binary U-Net on the synthetic cars (a semantic model)."""
-    run = tmp_path_factory.mktemp("serve_cars") / "run"
-    train_run(
-        str(REPO_ROOT / "configs" / "tiny" / "unet_R_18_gray_binary_tiny.yaml"), run,
-        "DATASETS.TRAIN", f"('{car_split['train']}',)", "DATASETS.TEST", "()",
-        "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0",
-    )
-    return {"run": run, **car_split}
 
 
 @contextlib.contextmanager
