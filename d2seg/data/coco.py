@@ -259,7 +259,7 @@ def validate(coco: dict, source: str) -> None:
         )
     image_ids = _check_unique_ids(coco["images"], "images", source)
     category_ids = _check_unique_ids(coco["categories"], "categories", source)
-    stuff_ids = {c["id"] for c in coco["categories"] if not _is_thing(c)}
+    stuff_ids = {c["id"] for c in coco["categories"] if not is_thing(c)}
     for i, ann in enumerate(coco["annotations"]):
         _check_annotation(ann, f"{source}: annotations[{i}]", image_ids, category_ids)
         if ann["category_id"] in stuff_ids:
@@ -307,7 +307,9 @@ def _annotation_to_dict(
     }, fixed
 
 
-def _is_thing(category: dict) -> bool:
+def is_thing(category: dict) -> bool:
+    """Whether a COCO category is a thing: its ``isthing`` (COCO panoptic's field), 1 when
+    absent as in plain COCO instances files."""
     return bool(category.get("isthing", 1))
 
 
@@ -316,7 +318,7 @@ def contiguous_categories(coco: dict) -> tuple[list[str], dict[int, int]]:
     thing category names in the order of their sorted ids, and each id's index in that order.
     Categories marked ``isthing: 0`` (stuff, as the converter writes for label-map classes)
     are no instance classes and are left out."""
-    categories = sorted(filter(_is_thing, coco["categories"]), key=lambda c: c["id"])
+    categories = sorted(filter(is_thing, coco["categories"]), key=lambda c: c["id"])
     return [c["name"] for c in categories], {c["id"]: i for i, c in enumerate(categories)}
 
 

@@ -24,7 +24,7 @@ import torch
 from pycocotools import mask as mask_util
 
 from d2seg.config import CfgNode
-from d2seg.data.coco import check_segmentation, validate
+from d2seg.data.coco import check_segmentation, is_thing, validate
 from d2seg.data.io import read_json
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
@@ -80,7 +80,7 @@ def load_coco_gt(json_file: str | os.PathLike, backend: Backend = "pycocotools")
     """
     coco_dict = read_json(json_file, "COCO ground-truth file")
     validate(coco_dict, str(json_file))
-    coco_dict["categories"] = [c for c in coco_dict["categories"] if c.get("isthing", 1)]
+    coco_dict["categories"] = list(filter(is_thing, coco_dict["categories"]))
     coco_class, _ = _coco_classes(backend)
     coco_gt = coco_class()
     coco_gt.dataset = coco_dict

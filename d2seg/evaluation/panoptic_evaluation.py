@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from d2seg.config import CfgNode
+from d2seg.data.coco import is_thing
 from d2seg.data.detection_utils import PANOPTIC_BACKGROUND_LABEL, PANOPTIC_FIRST_STUFF_LABEL
 from d2seg.data.io import read_json, read_panoptic_ids
 from d2seg.errors import DatasetError
@@ -130,7 +131,7 @@ def panoptic_metrics(
     for suffix, isthing in (("", None), ("_th", True), ("_st", False)):
         group = [
             values for c, values in per_class.items()
-            if isthing is None or bool(categories[c].get("isthing", 1)) == isthing
+            if isthing is None or is_thing(categories[c]) == isthing
         ]
         for i, name in enumerate(("PQ", "SQ", "RQ")):
             metrics[f"{name}{suffix}"] = (

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from d2seg.data.catalog import DatasetCatalog, MetadataCatalog
+from d2seg.data.coco import is_thing
 from d2seg.data.io import read_json
 from d2seg.errors import DatasetError
 
@@ -21,8 +22,8 @@ def panoptic_category_maps(categories: list[dict]) -> dict[str, Any]:
     ``stuff_dataset_id_to_contiguous_id`` (→ 0..S-1).
     """
     categories = sorted(categories, key=lambda c: c["id"])
-    things = [c for c in categories if c.get("isthing", 1)]
-    stuff = [c for c in categories if not c.get("isthing", 1)]
+    things = [c for c in categories if is_thing(c)]
+    stuff = [c for c in categories if not is_thing(c)]
     return {
         "thing_classes": [c["name"] for c in things],
         "stuff_classes": [c["name"] for c in stuff],
