@@ -3,7 +3,8 @@
 // vectorises them at -O3. Weights are packed at generation time (d2seg/export/edge/emit.py) in
 // panels of kConvRows output channels, K padded to a multiple of kDepthGroup<T> (rows past M
 // and k past K are zero): see packed_weight. With AVX-512 VNNI the int8 columns are also packed
-// once per column block (gemm_packed_s8). Layout is NCHW, batch 1; nothing allocates.
+// once per column block (gemm_packed_s8); with AVX2 the weight panels are widened to int16 per
+// K-block (gemm_widened_s8). Layout is NCHW, batch 1; nothing allocates.
 #ifndef D2SEG_CONV_H
 #define D2SEG_CONV_H
 
@@ -196,49 +197,7 @@ typedef int16_t I16xH __attribute__((vector_size(kLanes * 2)));  // half of an I
 // |w0*x0 + w1*x1| <= 2*127*128 = 32512 fits int16 exactly; the sum is then widened into the
 // int32 accumulators. Twice the MACs per instruction of int32 products.
 
-#if defined(D2SEG_INT8_AVX2)
-// AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
-// lane, exact here (|w0*x0 + w1*x1| <= 2*127*128). vpmaddubsw would take bytes directly but
-// saturates its int16 pair sums (255*127*2 > 32767), so results would differ from the portable
-// kernel's. Per k pair the rows k and k+1 of B are sign-extended and interleaved (lane: one
-// column's (b[k][j], b[k+1][j])) and each panel row's (w[r][k], w[r][k+1]), adjacent bytes of
-// the packed quad, is broadcast as one int16 pair.
-template <>
-inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
-                                                  const int8_t* __restrict b, long ldb,
-                                                  int depth,
-                                                  int32_t (&acc)[kConvRows][kConvCols]) {
-  static_assert(kConvCols == 16, "the AVX2 tile is 16 columns wide");
-  // lo[r] holds columns 0-3 and 8-11, hi[r] columns 4-7 and 12-15 (the unpacks' lane order).
-  __m256i lo[kConvRows], hi[kConvRows];
-  for (int r = 0; r < kConvRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
-  for (int k = 0; k < depth; k += 2) {
-    const __m256i r0 =
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k * ldb)));
-    // Past the last k the panel's weights are zero-padded; B has no row there.
-    const __m256i r1 = k + 1 < depth ? _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                           reinterpret_cast<const __m128i*>(b + (k + 1) * ldb)))
-                                     : _mm256_setzero_si256();
-    const __m256i v0 = _mm256_unpacklo_epi16(r0, r1);
-    const __m256i v1 = _mm256_unpackhi_epi16(r0, r1);
-    const int8_t* pair = a + (k / 4) * kConvRows * 4 + k % 4;
-    for (int r = 0; r < kConvRows; ++r) {
-      const int32_t w = static_cast<uint16_t>(static_cast<int16_t>(pair[4 * r])) |
-                        static_cast<int32_t>(static_cast<uint32_t>(pair[4 * r + 1]) << 16);
-      const __m256i wv = _mm256_set1_epi32(w);
-      lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(v0, wv));
-      hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
-    }
-  }
-  for (int r = 0; r < kConvRows; ++r) {
-    __m256i* out = reinterpret_cast<__m256i*>(&acc[r][0]);
-    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out),
-                                              _mm256_permute2x128_si256(lo[r], hi[r], 0x20)));
-    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1),
-                                                  _mm256_permute2x128_si256(lo[r], hi[r], 0x31)));
-  }
-}
-#elif !defined(D2SEG_INT8_VNNI)
+#if !defined(D2SEG_INT8_AVX2) && !defined(D2SEG_INT8_VNNI)
 template <>
 inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
                                                   const int8_t* __restrict b, long ldb,
@@ -283,8 +242,103 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
     std::memcpy(&acc[r][kLanes], &hi[r], sizeof(I32xN));
   }
 }
-#endif  // D2SEG_INT8_AVX2 / !D2SEG_INT8_VNNI
+#endif  // !D2SEG_INT8_AVX2 && !D2SEG_INT8_VNNI
 #endif  // __GNUC__
+
+#if defined(D2SEG_INT8_AVX2)
+// AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
+// lane, exact here (|w0*x0 + w1*x1| <= 2*127*128). vpmaddubsw would take bytes directly but
+// saturates its int16 pair sums (255*127*2 > 32767), so results would differ from the portable
+// kernel's. Per k pair the rows k and k+1 of B are sign-extended and interleaved (lane: one
+// column's (b[k][j], b[k+1][j])); w is a packed panel's K-block sign-extended to int16 in the
+// same order (gemm_widened_s8), so each row's (w[r][k], w[r][k+1]) is one 32-bit broadcast.
+// acc[r][j] += the sums of rows [r0, r0 + 3): three rows per pass, because six rows' twelve
+// accumulators plus the operands need all sixteen ymm registers and GCC 12 then spills.
+template <int r0>
+inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restrict b, long ldb,
+                              int depth, int32_t (&acc)[kConvRows][kConvCols]) {
+  static_assert(kConvCols == 16, "the AVX2 tile is 16 columns wide");
+  constexpr int kRows = 3;
+  // lo[r] holds columns 0-3 and 8-11, hi[r] columns 4-7 and 12-15 (the unpacks' lane order).
+  __m256i lo[kRows], hi[kRows];
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  const auto widen = [](const int8_t* row) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+  };
+  const auto step = [&](const int8_t* row0, const int8_t* row1, const int16_t* pair) {
+    const __m256i x0 = widen(row0), x1 = widen(row1);
+    const __m256i v0 = _mm256_unpacklo_epi16(x0, x1);
+    const __m256i v1 = _mm256_unpackhi_epi16(x0, x1);
+    for (int r = 0; r < kRows; ++r) {
+      int32_t wp;
+      std::memcpy(&wp, pair + 4 * r, sizeof(wp));
+      const __m256i wv = _mm256_set1_epi32(wp);
+      lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(v0, wv));
+      hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
+    }
+  };
+  // Whole k-quads (two pairs, one packed quad of each row) with pointer steps only; then the
+  // last 1-3 k, where a missing row k + 1 is a zero row (the panel's padding weights are zero).
+  const int quads = depth / 4;
+  const int16_t* pair = w + 4 * r0;
+  const int8_t* row = b;
+  for (int q = 0; q < quads; ++q, pair += kConvRows * 4, row += 4 * ldb) {
+    step(row, row + ldb, pair);
+    step(row + 2 * ldb, row + 3 * ldb, pair + 2);
+  }
+  static const int8_t zero_row[kConvCols] = {};
+  for (int k = 4 * quads; k < depth; k += 2, row += 2 * ldb)
+    step(row, k + 1 < depth ? row + ldb : zero_row, pair + k % 4);
+  for (int r = 0; r < kRows; ++r) {
+    __m256i* out = reinterpret_cast<__m256i*>(&acc[r0 + r][0]);
+    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out),
+                                              _mm256_permute2x128_si256(lo[r], hi[r], 0x20)));
+    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1),
+                                                  _mm256_permute2x128_si256(lo[r], hi[r], 0x31)));
+  }
+}
+
+// gemm_blocked for int8 on AVX2: per weight panel and K-block the panel is sign-extended once
+// into a stack buffer (3 KB) and reused by every column tile of the block, whose sums stay in
+// a per-block accumulator array (6 KB) until the full K is reduced.
+template <typename Store>
+inline void gemm_widened_s8(const int8_t* __restrict a_packed, const int8_t* __restrict b,
+                            long ldb, int M, int K, int ncols, Store store) {
+  constexpr int kTiles = (kColBlock + kConvCols - 1) / kConvCols;
+  alignas(32) int16_t widened[kDepthBlock * kConvRows];
+  alignas(32) int32_t acc[kTiles][kConvRows][kConvCols];
+  for (int n0 = 0; n0 < ncols; n0 += kColBlock) {
+    const int n1 = std::min(ncols, n0 + kColBlock);
+    const int tiles = (n1 - n0 + kConvCols - 1) / kConvCols;
+    for (int m0 = 0; m0 < M; m0 += kConvRows) {
+      const int8_t* panel = a_packed + static_cast<long>(m0) * packed_depth<int8_t>(K);
+      std::memset(acc, 0, sizeof(acc[0]) * tiles);
+      for (int k0 = 0; k0 < K; k0 += kDepthBlock) {
+        const int depth = std::min(kDepthBlock, K - k0);
+        const int8_t* a = panel + k0 * kConvRows;
+        const int values = packed_depth<int8_t>(depth) * kConvRows;
+        for (int i = 0; i < values; ++i) widened[i] = a[i];
+        for (int t = 0; t < tiles; ++t) {
+          const int j0 = n0 + t * kConvCols, cols = std::min(kConvCols, n1 - j0);
+          const int8_t* bb = b + k0 * ldb + j0;
+          if (cols == kConvCols) {
+            static_assert(kConvRows == 6, "two passes of three rows");
+            gemm_rows_widened<0>(widened, bb, ldb, depth, acc[t]);
+            gemm_rows_widened<3>(widened, bb, ldb, depth, acc[t]);
+          } else {
+            for (int k = 0; k < depth; ++k)
+              for (int r = 0; r < kConvRows; ++r)
+                for (int j = 0; j < cols; ++j)
+                  acc[t][r][j] += static_cast<int32_t>(packed_weight(a, k, r)) * bb[k * ldb + j];
+          }
+        }
+      }
+      for (int t = 0; t < tiles; ++t)
+        store(m0, n0 + t * kConvCols, std::min(kConvCols, n1 - n0 - t * kConvCols), acc[t]);
+    }
+  }
+}
+#endif  // D2SEG_INT8_AVX2
 
 #if defined(D2SEG_INT8_VNNI)
 // [low | high] as one 512-bit register. Masked inserts with a defined source: the unmasked
@@ -445,6 +499,11 @@ inline void conv_gemm(const T* __restrict x, const ConvShape& s, const T* __rest
         // The column panels follow the im2col columns in the scratch (conv_s8_scratch_bytes).
         uint8_t* pack = reinterpret_cast<uint8_t*>(col + conv_col_elements(s));
         gemm_packed_s8(wg, b, ldb, mg, k, cols, pack, store_block);
+      } else
+#endif
+#if defined(D2SEG_INT8_AVX2)
+      if constexpr (std::is_same_v<T, int8_t>) {
+        gemm_widened_s8(wg, b, ldb, mg, k, cols, store_block);
       } else
 #endif
       gemm_blocked<T, Acc>(wg, b, ldb, mg, k, cols, store_block);
