@@ -3,8 +3,8 @@
 // vectorises them at -O3. Weights are packed at generation time (d2seg/export/edge/emit.py) in
 // panels of kConvRows output channels, K padded to a multiple of kDepthGroup<T> (rows past M
 // and k past K are zero): see packed_weight. With AVX-512 VNNI the int8 columns are also packed
-// once per column block (gemm_packed_s8); with AVX2 the weight panels are widened to int16 per
-// K-block (gemm_widened_s8). Layout is NCHW, batch 1; nothing allocates.
+// once per column block (gemm_packed_s8), with AVX2 in k pairs, and the weight panels are
+// widened to int16 per K-block (gemm_widened_s8). Layout is NCHW, batch 1; nothing allocates.
 #ifndef D2SEG_CONV_H
 #define D2SEG_CONV_H
 
@@ -89,9 +89,9 @@ inline int conv_pack_columns(const ConvShape& s) {
   return (std::min(kColBlock, cols) + kConvCols - 1) / kConvCols * kConvCols;
 }
 
-// Bytes of an int8 convolution's scratch: the im2col columns, then (with `pack`: the VNNI
-// build) one column block of B packed for vpdpbusd. Generated code plans host models with the
-// pack (one arena for every host build) and microcontroller models without it.
+// Bytes of an int8 convolution's scratch: the im2col columns, then (with `pack`: the VNNI and
+// AVX2 builds) one column block of B packed for vpdpbusd / vpmaddwd. Generated code plans host
+// models with the pack (one arena for every host build) and microcontroller models without it.
 inline int conv_s8_scratch_bytes(const ConvShape& s, bool pack) {
   return conv_col_elements(s) +
          (pack ? packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * conv_pack_columns(s) : 0);
@@ -249,26 +249,52 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
 // AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
 // lane, exact here (|w0*x0 + w1*x1| <= 2*127*128). vpmaddubsw would take bytes directly but
 // saturates its int16 pair sums (255*127*2 > 32767), so results would differ from the portable
-// kernel's. Per k pair the rows k and k+1 of B are sign-extended and interleaved (lane: one
-// column's (b[k][j], b[k+1][j])); w is a packed panel's K-block sign-extended to int16 in the
-// same order (gemm_widened_s8), so each row's (w[r][k], w[r][k+1]) is one 32-bit broadcast.
-// acc[r][j] += the sums of rows [r0, r0 + 3): three rows per pass, because six rows' twelve
-// accumulators plus the operands need all sixteen ymm registers and GCC 12 then spills.
-template <int r0>
-inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restrict b, long ldb,
-                              int depth, int32_t (&acc)[kConvRows][kConvCols]) {
+// kernel's. B is packed once per column block (pack_column_pairs): per tile of kConvCols
+// columns and per k pair, 32 bytes holding each column's (b[k][j], b[k+1][j]), sign-extended
+// at load into one register per 8 columns. Rows past K and columns past ncols are zero.
+inline void pack_column_pairs(const int8_t* __restrict b, long ldb, int K, int ncols,
+                              int8_t* __restrict out) {
   static_assert(kConvCols == 16, "the AVX2 tile is 16 columns wide");
-  constexpr int kRows = 3;
-  // lo[r] holds columns 0-3 and 8-11, hi[r] columns 4-7 and 12-15 (the unpacks' lane order).
-  __m256i lo[kRows], hi[kRows];
-  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
-  const auto widen = [](const int8_t* row) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+  const int depth = packed_depth<int8_t>(K);
+  const auto interleave = [](const int8_t* row0, const int8_t* row1, int8_t* to) {
+    const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row0));
+    const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to), _mm_unpacklo_epi8(r0, r1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to + kConvCols), _mm_unpackhi_epi8(r0, r1));
   };
-  const auto step = [&](const int8_t* row0, const int8_t* row1, const int16_t* pair) {
-    const __m256i x0 = widen(row0), x1 = widen(row1);
-    const __m256i v0 = _mm256_unpacklo_epi16(x0, x1);
-    const __m256i v1 = _mm256_unpackhi_epi16(x0, x1);
+  for (int j0 = 0; j0 < ncols; j0 += kConvCols) {
+    const int cols = std::min(kConvCols, ncols - j0);
+    const int8_t* row = b + j0;
+    int k = 0;
+    if (cols == kConvCols)
+      for (; k + 1 < K; k += 2, row += 2 * ldb, out += 2 * kConvCols)
+        interleave(row, row + ldb, out);
+    // A partial tile, and past the last full pair: copied rows, zero past K and past ncols.
+    for (; k < depth; k += 2, row += 2 * ldb, out += 2 * kConvCols) {
+      int8_t rows[2][kConvCols] = {};
+      for (int i = 0; i < 2; ++i)
+        if (k + i < K) std::memcpy(rows[i], row + i * ldb, cols);
+      interleave(rows[0], rows[1], out);
+    }
+  }
+}
+
+// acc[r0 + r][j] += sum_k W[r0 + r][k] * B[k][j] over `depth` k (a multiple of 4) of one tile:
+// w is the panel's K-block sign-extended to int16 in the packed order (gemm_widened_s8), so a
+// row's (w[r][k], w[r][k+1]) is one 32-bit broadcast; pairs is the tile's packed B. Three rows
+// per pass: six rows' twelve accumulators plus the operands need all sixteen ymm registers and
+// GCC 12 then spills.
+template <int r0>
+inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restrict pairs,
+                              int depth, int32_t (&acc)[kConvRows][kConvCols]) {
+  constexpr int kRows = 3;
+  __m256i lo[kRows], hi[kRows];  // columns 0-7 and 8-15
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  const auto widen = [](const int8_t* bytes) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  };
+  const auto step = [&](const int8_t* b, const int16_t* pair) {
+    const __m256i v0 = widen(b), v1 = widen(b + kConvCols);
     for (int r = 0; r < kRows; ++r) {
       int32_t wp;
       std::memcpy(&wp, pair + 4 * r, sizeof(wp));
@@ -277,60 +303,48 @@ inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restr
       hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
     }
   };
-  // Whole k-quads (two pairs, one packed quad of each row) with pointer steps only; then the
-  // last 1-3 k, where a missing row k + 1 is a zero row (the panel's padding weights are zero).
-  const int quads = depth / 4;
+  // One packed quad of each row (two pairs) per iteration, pointer steps only.
   const int16_t* pair = w + 4 * r0;
-  const int8_t* row = b;
-  for (int q = 0; q < quads; ++q, pair += kConvRows * 4, row += 4 * ldb) {
-    step(row, row + ldb, pair);
-    step(row + 2 * ldb, row + 3 * ldb, pair + 2);
+  for (int k = 0; k < depth; k += 4, pair += kConvRows * 4, pairs += 4 * kConvCols) {
+    step(pairs, pair);
+    step(pairs + 2 * kConvCols, pair + 2);
   }
-  static const int8_t zero_row[kConvCols] = {};
-  for (int k = 4 * quads; k < depth; k += 2, row += 2 * ldb)
-    step(row, k + 1 < depth ? row + ldb : zero_row, pair + k % 4);
   for (int r = 0; r < kRows; ++r) {
     __m256i* out = reinterpret_cast<__m256i*>(&acc[r0 + r][0]);
-    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out),
-                                              _mm256_permute2x128_si256(lo[r], hi[r], 0x20)));
-    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1),
-                                                  _mm256_permute2x128_si256(lo[r], hi[r], 0x31)));
+    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out), lo[r]));
+    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1), hi[r]));
   }
 }
 
-// gemm_blocked for int8 on AVX2: per weight panel and K-block the panel is sign-extended once
-// into a stack buffer (3 KB) and reused by every column tile of the block, whose sums stay in
-// a per-block accumulator array (6 KB) until the full K is reduced.
+// gemm_blocked for int8 on AVX2. pack: packed_depth(K) * kColBlock bytes (the host arena's
+// column pack, conv_s8_scratch_bytes). Per weight panel and K-block the panel is sign-extended
+// once into a stack buffer (3 KB) for every column tile of the block, whose sums stay in a
+// per-block accumulator array (6 KB) until the full K is reduced.
 template <typename Store>
 inline void gemm_widened_s8(const int8_t* __restrict a_packed, const int8_t* __restrict b,
-                            long ldb, int M, int K, int ncols, Store store) {
+                            long ldb, int M, int K, int ncols, int8_t* __restrict pack,
+                            Store store) {
   constexpr int kTiles = (kColBlock + kConvCols - 1) / kConvCols;
+  static_assert(kConvRows == 6, "two passes of three rows");
   alignas(32) int16_t widened[kDepthBlock * kConvRows];
   alignas(32) int32_t acc[kTiles][kConvRows][kConvCols];
+  const int depth_all = packed_depth<int8_t>(K);
   for (int n0 = 0; n0 < ncols; n0 += kColBlock) {
     const int n1 = std::min(ncols, n0 + kColBlock);
     const int tiles = (n1 - n0 + kConvCols - 1) / kConvCols;
+    pack_column_pairs(b + n0, ldb, K, n1 - n0, pack);
     for (int m0 = 0; m0 < M; m0 += kConvRows) {
-      const int8_t* panel = a_packed + static_cast<long>(m0) * packed_depth<int8_t>(K);
+      const int8_t* panel = a_packed + static_cast<long>(m0) * depth_all;
       std::memset(acc, 0, sizeof(acc[0]) * tiles);
-      for (int k0 = 0; k0 < K; k0 += kDepthBlock) {
-        const int depth = std::min(kDepthBlock, K - k0);
+      // K-blocks of packed (zero-padded) depth: kDepthBlock is a multiple of 4.
+      for (int k0 = 0; k0 < depth_all; k0 += kDepthBlock) {
+        const int depth = std::min(kDepthBlock, depth_all - k0);
         const int8_t* a = panel + k0 * kConvRows;
-        const int values = packed_depth<int8_t>(depth) * kConvRows;
-        for (int i = 0; i < values; ++i) widened[i] = a[i];
+        for (int i = 0; i < depth * kConvRows; ++i) widened[i] = a[i];
         for (int t = 0; t < tiles; ++t) {
-          const int j0 = n0 + t * kConvCols, cols = std::min(kConvCols, n1 - j0);
-          const int8_t* bb = b + k0 * ldb + j0;
-          if (cols == kConvCols) {
-            static_assert(kConvRows == 6, "two passes of three rows");
-            gemm_rows_widened<0>(widened, bb, ldb, depth, acc[t]);
-            gemm_rows_widened<3>(widened, bb, ldb, depth, acc[t]);
-          } else {
-            for (int k = 0; k < depth; ++k)
-              for (int r = 0; r < kConvRows; ++r)
-                for (int j = 0; j < cols; ++j)
-                  acc[t][r][j] += static_cast<int32_t>(packed_weight(a, k, r)) * bb[k * ldb + j];
-          }
+          const int8_t* pairs = pack + (static_cast<long>(t) * depth_all + k0) * kConvCols;
+          gemm_rows_widened<0>(widened, pairs, depth, acc[t]);
+          gemm_rows_widened<3>(widened, pairs, depth, acc[t]);
         }
       }
       for (int t = 0; t < tiles; ++t)
@@ -503,7 +517,8 @@ inline void conv_gemm(const T* __restrict x, const ConvShape& s, const T* __rest
 #endif
 #if defined(D2SEG_INT8_AVX2)
       if constexpr (std::is_same_v<T, int8_t>) {
-        gemm_widened_s8(wg, b, ldb, mg, k, cols, store_block);
+        // The column pairs follow the im2col columns in the scratch (conv_s8_scratch_bytes).
+        gemm_widened_s8(wg, b, ldb, mg, k, cols, col + conv_col_elements(s), store_block);
       } else
 #endif
       gemm_blocked<T, Acc>(wg, b, ldb, mg, k, cols, store_block);
