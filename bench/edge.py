@@ -11,7 +11,10 @@ Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; 
 Then the microcontroller rows: ``arena_vs_lower_bound`` (arena / largest live set) of every
 configs/edge and configs/tiny semantic model at 128² (int8 layout, host target), and for the
 MCU model lowered for --target stm32h743 and built with arm-none-eabi-g++ (when installed:
-``make arm-deps``) ``mcu_flash_bytes`` and ``mcu_ram_bytes`` against the H743's budgets.
+``make arm-deps``) ``mcu_flash_bytes`` and ``mcu_ram_bytes`` against the H743's budgets, and
+``m7_int8_vs_fp32_instructions``: the instructions of the int8 run over those of a float32
+build (lowered for the bench-only ``mps2-an500`` target: it does not fit an H743), both run in
+QEMU with ``-icount shift=0`` and counted by SysTick around the model's run (target <= 0.6).
 
 With ``--trained-runs MCU_RUN REFERENCE_RUN`` (``make demo-mcu`` trains the first; the second is
 configs/edge/unet_R_18_gray_128_reference.yaml on the same data) the accuracy rows of the
@@ -42,7 +45,7 @@ from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
 from d2seg.export.edge import lower_onnx_to_cpp
-from d2seg.export.edge.boards import elf_memory
+from d2seg.export.edge.boards import QEMU_INSTRUCTIONS_PER_TICK, elf_memory, run_ticks
 from d2seg.export.edge.harness import load_model
 from d2seg.export.edge.quantize import CALIB_METHODS
 from d2seg.export.edge.targets import TARGETS
@@ -148,7 +151,8 @@ def bench_mcu(root: Path) -> None:
     calib.mkdir()
     for i in range(2):
         image = render_sample("carvana", seed=0, size=(128, 128), index=i)["image"]
-        cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        cv2.imwrite(str(calib / f"{i}.png"), gray)
     folder = root / "mcu"
     report = lower_onnx_to_cpp(path, folder, name="mcu", int8=True, calib_dir=calib,
                                target="stm32h743")
@@ -166,6 +170,23 @@ def bench_mcu(root: Path) -> None:
           f"({memory['flash_bytes'] / target.flash_budget:.2f})")
     print(f"mcu_ram_bytes: {ram:,} of {sum(r.size for r in target.regions):,} "
           f"({', '.join(f'{n} {b:,}' for n, b in memory['regions'].items())})")
+    if shutil.which("qemu-system-arm") is None:
+        print("m7_int8_vs_fp32_instructions: skipped (no qemu-system-arm: make arm-deps)")
+        return
+    # The float32 build does not fit an H743 (~4x the weights and arena): it is lowered for the
+    # bench-only mps2-an500 target, the QEMU board's own 4 MiB memories.
+    float_folder = root / "mcu_fp32"
+    lower_onnx_to_cpp(path, float_folder, name="mcu_fp32", target="mps2-an500")
+    instructions = {}
+    for precision, model_folder in (("int8", folder), ("fp32", float_folder)):
+        (model_folder / "in.pgm").write_bytes(b"P5\n128 128\n255\n" + gray.tobytes())
+        run = subprocess.run(["make", "-s", "-C", str(model_folder), "qemu-count", "IN=in.pgm",
+                              "OUT=mask.pgm"], check=True, capture_output=True, text=True)
+        instructions[precision] = run_ticks(run.stdout + run.stderr) * QEMU_INSTRUCTIONS_PER_TICK
+        print(f"m7_{precision}_instructions: {instructions[precision]:,} (QEMU -icount shift=0, "
+              f"SysTick around the run)")
+    print(f"m7_int8_vs_fp32_instructions: {instructions['int8'] / instructions['fp32']:.3f} "
+          f"(target <= 0.6)")
 
 
 def final_iou(run: Path) -> float:
