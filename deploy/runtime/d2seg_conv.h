@@ -18,6 +18,9 @@
 #elif defined(__AVX2__) && !defined(__AVX512F__)
 #include <immintrin.h>
 #define D2SEG_INT8_AVX2 1
+#elif defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define D2SEG_INT8_DSP 1  // Cortex-M4/M7/M33 DSP extension: SMLAD, SXTB16
 #endif
 
 #include "d2seg_quant.h"
@@ -197,7 +200,7 @@ typedef int16_t I16xH __attribute__((vector_size(kLanes * 2)));  // half of an I
 // |w0*x0 + w1*x1| <= 2*127*128 = 32512 fits int16 exactly; the sum is then widened into the
 // int32 accumulators. Twice the MACs per instruction of int32 products.
 
-#if !defined(D2SEG_INT8_AVX2) && !defined(D2SEG_INT8_VNNI)
+#if !defined(D2SEG_INT8_AVX2) && !defined(D2SEG_INT8_VNNI) && !defined(D2SEG_INT8_DSP)
 template <>
 inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
                                                   const int8_t* __restrict b, long ldb,
@@ -242,8 +245,76 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
     std::memcpy(&acc[r][kLanes], &hi[r], sizeof(I32xN));
   }
 }
-#endif  // !D2SEG_INT8_AVX2 && !D2SEG_INT8_VNNI
+#endif  // !D2SEG_INT8_AVX2 && !D2SEG_INT8_VNNI && !D2SEG_INT8_DSP
 #endif  // __GNUC__
+
+#if defined(D2SEG_INT8_DSP)
+// Cortex-M DSP: __smlad(x, y, acc) = acc + x.lo*y.lo + x.hi*y.hi on int16 halves, exact here
+// (int8 products); __sxtb16 sign-extends bytes 0 and 2 of a word into those halves (bytes 1
+// and 3 after a rotate by 8). A packed weight quad (w[r][k..k+3], one word) so gives (w0, w2) and
+// (w1, w3); B is read as rows k and k+2 (and k+1, k+3) of two adjacent columns, one halfword
+// each, joined into a word whose __sxtb16 is column j's (b[k], b[k+2]) and its rotate's
+// column j+1's. Sub-tiles of 2 rows x 2 columns keep the sums, operands and pointers in the
+// 13 usable core registers. Products and sums are the portable kernel's, in another order.
+inline uint32_t load_u16(const int8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// __sxtb16 of bytes 1 and 3: SXTB16's own ROR #8 (GCC 12 does not fold a rotate into it).
+inline int32_t sxtb16_ror8(uint32_t x) {
+  int32_t y;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(y) : "r"(x));
+  return y;
+}
+
+template <>
+inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
+                                                  const int8_t* __restrict b, long ldb,
+                                                  int depth,
+                                                  int32_t (&acc)[kConvRows][kConvCols]) {
+  static_assert(kConvRows % 2 == 0 && kConvCols % 2 == 0, "2 x 2 sub-tiles");
+  const int quads = depth / 4;
+  for (int r = 0; r < kConvRows; r += 2) {
+    for (int j = 0; j < kConvCols; j += 2) {
+      int32_t s00 = acc[r][j], s01 = acc[r][j + 1], s10 = acc[r + 1][j], s11 = acc[r + 1][j + 1];
+      const int8_t* bk = b + j;
+      const int8_t* w = a + 4 * r;
+      const int8_t* const end = w + quads * kConvRows * 4;
+      const long ldb2 = 2 * ldb, ldb3 = 3 * ldb, ldb4 = 4 * ldb;
+      for (; w != end; bk += ldb4, w += kConvRows * 4) {
+        const uint32_t even = load_u16(bk) | load_u16(bk + ldb2) << 16;
+        const uint32_t odd = load_u16(bk + ldb) | load_u16(bk + ldb3) << 16;
+        const int32_t b0e = __sxtb16(even), b1e = sxtb16_ror8(even);
+        const int32_t b0o = __sxtb16(odd), b1o = sxtb16_ror8(odd);
+        uint32_t w0, w1;
+        std::memcpy(&w0, w, sizeof(w0));
+        std::memcpy(&w1, w + 4, sizeof(w1));
+        const int32_t w0e = __sxtb16(w0), w0o = sxtb16_ror8(w0);
+        const int32_t w1e = __sxtb16(w1), w1o = sxtb16_ror8(w1);
+        s00 = __smlad(w0o, b0o, __smlad(w0e, b0e, s00));
+        s01 = __smlad(w0o, b1o, __smlad(w0e, b1e, s01));
+        s10 = __smlad(w1o, b0o, __smlad(w1e, b0e, s10));
+        s11 = __smlad(w1o, b1o, __smlad(w1e, b1e, s11));
+      }
+      for (int k = 4 * quads; k < depth; ++k) {
+        const int32_t x0 = b[k * ldb + j], x1 = b[k * ldb + j + 1];
+        const int32_t v0 = packed_weight(a, k, r), v1 = packed_weight(a, k, r + 1);
+        s00 += v0 * x0;
+        s01 += v0 * x1;
+        s10 += v1 * x0;
+        s11 += v1 * x1;
+      }
+      acc[r][j] = s00;
+      acc[r][j + 1] = s01;
+      acc[r + 1][j] = s10;
+      acc[r + 1][j + 1] = s11;
+    }
+  }
+}
+#endif  // D2SEG_INT8_DSP
+
 
 #if defined(D2SEG_INT8_AVX2)
 // AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
