@@ -2,7 +2,8 @@
 """Edge C++ runtime: generated fp32 and int8 code vs onnxruntime (1 intra-op thread) vs PyTorch
 eager (1 thread), on the same static ResNet-18 U-Net (random init, eval) at 256² and 512².
 
-Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
+Prints per size the latencies (median thread CPU time, every runner called once per round in
+alternating rounds), ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
 ``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_int8_vs_fp32_avx2``
 (the same, both built with -march=haswell: AVX2 without AVX-512, where the CPU has AVX2),
 ``edge_fp32_vs_torch: X`` and the arena / liveness lower bound / naive bytes. Builds with -O3
@@ -56,14 +57,19 @@ FLAGS = ("-O3", "-march=native")
 AVX2_FLAGS = ("-O3", "-march=haswell")  # AVX2 + FMA, no AVX-512: the vpmaddwd int8 kernel
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_cpu_seconds(runs: dict, repeats: int) -> dict[str, float]:
+    """Median thread CPU seconds per call of each of ``runs`` (name → callable), called in
+    alternating rounds after one warm-up each, so load drift on a shared machine hits every
+    runner alike (all run on this thread: onnxruntime and torch with one thread)."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.thread_time()
+            run()
+            times[name].append(time.thread_time() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def bench_size(model, size: int, repeats: int, root: Path) -> None:
@@ -95,17 +101,13 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
         with torch.no_grad():
             model([{"image": tensor[0].to(torch.uint8)}])
 
-    seconds = {
-        "edge_fp32": median_seconds(lambda: fp32(x), repeats),
-        "edge_int8": median_seconds(lambda: int8(x), repeats),
-        "onnxruntime": median_seconds(lambda: session.run(None, {name: x}), repeats),
-        "torch": median_seconds(run_torch, repeats),
-    }
+    runs = {"edge_fp32": lambda: fp32(x), "edge_int8": lambda: int8(x),
+            "onnxruntime": lambda: session.run(None, {name: x}), "torch": run_torch}
     if avx2:
-        seconds["edge_fp32_avx2"] = median_seconds(lambda: fp32_avx2(x), repeats)
-        seconds["edge_int8_avx2"] = median_seconds(lambda: int8_avx2(x), repeats)
+        runs.update(edge_fp32_avx2=lambda: fp32_avx2(x), edge_int8_avx2=lambda: int8_avx2(x))
+    seconds = median_cpu_seconds(runs, repeats)
     delta = np.abs(fp32(x) - session.run(None, {name: x})[0]).max()
-    print(f"--- {size}x{size} (median of {repeats})")
+    print(f"--- {size}x{size} (median thread CPU time of {repeats} alternating rounds)")
     for key, value in seconds.items():
         print(f"{key}_ms: {value * 1e3:.1f}")
     print(f"edge_fp32_vs_ort: {seconds['edge_fp32'] / seconds['onnxruntime']:.2f}")
