@@ -2,7 +2,8 @@
 """Edge C++ runtime: generated fp32 and int8 code vs onnxruntime (1 intra-op thread) vs PyTorch
 eager (1 thread), on the same static ResNet-18 U-Net (random init, eval) at 256² and 512².
 
-Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
+Prints per size the latencies (median thread CPU time, every runner called once per round in
+alternating rounds), ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; target <= 1.5),
 ``edge_int8_vs_fp32: X`` (C++ int8 / C++ fp32; target <= 0.7), ``edge_int8_vs_fp32_avx2``
 (the same, both built with -march=haswell: AVX2 without AVX-512, where the CPU has AVX2),
 ``edge_fp32_vs_torch: X`` and the arena / liveness lower bound / naive bytes. Builds with -O3
@@ -11,7 +12,10 @@ Prints per size the latencies, ``edge_fp32_vs_ort: X`` (C++ fp32 / onnxruntime; 
 Then the microcontroller rows: ``arena_vs_lower_bound`` (arena / largest live set) of every
 configs/edge and configs/tiny semantic model at 128² (int8 layout, host target), and for the
 MCU model lowered for --target stm32h743 and built with arm-none-eabi-g++ (when installed:
-``make arm-deps``) ``mcu_flash_bytes`` and ``mcu_ram_bytes`` against the H743's budgets.
+``make arm-deps``) ``mcu_flash_bytes`` and ``mcu_ram_bytes`` against the H743's budgets, and
+``m7_int8_vs_fp32_instructions``: the instructions of the int8 run over those of a float32
+build (lowered for the bench-only ``mps2-an500`` target: it does not fit an H743), both run in
+QEMU with ``-icount shift=0`` and counted by SysTick around the model's run (target <= 0.6).
 
 With ``--trained-runs MCU_RUN REFERENCE_RUN`` (``make demo-mcu`` trains the first; the second is
 configs/edge/unet_R_18_gray_128_reference.yaml on the same data) the accuracy rows of the
@@ -42,7 +46,7 @@ from d2seg.checkpoint import D2SegCheckpointer
 from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
 from d2seg.export.edge import lower_onnx_to_cpp
-from d2seg.export.edge.boards import elf_memory
+from d2seg.export.edge.boards import QEMU_INSTRUCTIONS_PER_TICK, elf_memory, run_ticks
 from d2seg.export.edge.harness import load_model
 from d2seg.export.edge.quantize import CALIB_METHODS
 from d2seg.export.edge.targets import TARGETS
@@ -53,14 +57,19 @@ FLAGS = ("-O3", "-march=native")
 AVX2_FLAGS = ("-O3", "-march=haswell")  # AVX2 + FMA, no AVX-512: the vpmaddwd int8 kernel
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_cpu_seconds(runs: dict, repeats: int) -> dict[str, float]:
+    """Median thread CPU seconds per call of each of ``runs`` (name → callable), called in
+    alternating rounds after one warm-up each, so load drift on a shared machine hits every
+    runner alike (all run on this thread: onnxruntime and torch with one thread)."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.thread_time()
+            run()
+            times[name].append(time.thread_time() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def bench_size(model, size: int, repeats: int, root: Path) -> None:
@@ -92,17 +101,13 @@ def bench_size(model, size: int, repeats: int, root: Path) -> None:
         with torch.no_grad():
             model([{"image": tensor[0].to(torch.uint8)}])
 
-    seconds = {
-        "edge_fp32": median_seconds(lambda: fp32(x), repeats),
-        "edge_int8": median_seconds(lambda: int8(x), repeats),
-        "onnxruntime": median_seconds(lambda: session.run(None, {name: x}), repeats),
-        "torch": median_seconds(run_torch, repeats),
-    }
+    runs = {"edge_fp32": lambda: fp32(x), "edge_int8": lambda: int8(x),
+            "onnxruntime": lambda: session.run(None, {name: x}), "torch": run_torch}
     if avx2:
-        seconds["edge_fp32_avx2"] = median_seconds(lambda: fp32_avx2(x), repeats)
-        seconds["edge_int8_avx2"] = median_seconds(lambda: int8_avx2(x), repeats)
+        runs.update(edge_fp32_avx2=lambda: fp32_avx2(x), edge_int8_avx2=lambda: int8_avx2(x))
+    seconds = median_cpu_seconds(runs, repeats)
     delta = np.abs(fp32(x) - session.run(None, {name: x})[0]).max()
-    print(f"--- {size}x{size} (median of {repeats})")
+    print(f"--- {size}x{size} (median thread CPU time of {repeats} alternating rounds)")
     for key, value in seconds.items():
         print(f"{key}_ms: {value * 1e3:.1f}")
     print(f"edge_fp32_vs_ort: {seconds['edge_fp32'] / seconds['onnxruntime']:.2f}")
@@ -148,7 +153,8 @@ def bench_mcu(root: Path) -> None:
     calib.mkdir()
     for i in range(2):
         image = render_sample("carvana", seed=0, size=(128, 128), index=i)["image"]
-        cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        cv2.imwrite(str(calib / f"{i}.png"), gray)
     folder = root / "mcu"
     report = lower_onnx_to_cpp(path, folder, name="mcu", int8=True, calib_dir=calib,
                                target="stm32h743")
@@ -166,6 +172,23 @@ def bench_mcu(root: Path) -> None:
           f"({memory['flash_bytes'] / target.flash_budget:.2f})")
     print(f"mcu_ram_bytes: {ram:,} of {sum(r.size for r in target.regions):,} "
           f"({', '.join(f'{n} {b:,}' for n, b in memory['regions'].items())})")
+    if shutil.which("qemu-system-arm") is None:
+        print("m7_int8_vs_fp32_instructions: skipped (no qemu-system-arm: make arm-deps)")
+        return
+    # The float32 build does not fit an H743 (~4x the weights and arena): it is lowered for the
+    # bench-only mps2-an500 target, the QEMU board's own 4 MiB memories.
+    float_folder = root / "mcu_fp32"
+    lower_onnx_to_cpp(path, float_folder, name="mcu_fp32", target="mps2-an500")
+    instructions = {}
+    for precision, model_folder in (("int8", folder), ("fp32", float_folder)):
+        (model_folder / "in.pgm").write_bytes(b"P5\n128 128\n255\n" + gray.tobytes())
+        run = subprocess.run(["make", "-s", "-C", str(model_folder), "qemu-count", "IN=in.pgm",
+                              "OUT=mask.pgm"], check=True, capture_output=True, text=True)
+        instructions[precision] = run_ticks(run.stdout + run.stderr) * QEMU_INSTRUCTIONS_PER_TICK
+        print(f"m7_{precision}_instructions: {instructions[precision]:,} (QEMU -icount shift=0, "
+              f"SysTick around the run)")
+    print(f"m7_int8_vs_fp32_instructions: {instructions['int8'] / instructions['fp32']:.3f} "
+          f"(target <= 0.6)")
 
 
 def final_iou(run: Path) -> float:

@@ -3,7 +3,7 @@
 
     python deploy/lower_to_cpp.py model.onnx --output DIR [--int8 --calib IMAGES_DIR
         [--calib-method minmax|percentile|mse] [--mask-output]] [--name NAME]
-        [--target host|stm32h743|cortex-m7-generic|esp32s3]
+        [--target host|stm32h743|cortex-m7-generic|esp32s3|mps2-an500]
 
 writes DIR/{NAME.h, NAME.cpp, NAME_weights.bin + NAME_weights.S (the constants, linked with
 .incbin), main.cpp, Makefile, CMakeLists.txt, report.json}; build the demo program with
@@ -12,7 +12,9 @@ An fp16 ONNX (export_onnx.py --fp16) is refused: lower the float32 model.onnx. -
 the arena in the device's RAM regions (report: per region used/left; a model that does not fit
 fails naming its largest live set); stm32h743 also writes board/ (linker script, startup code,
 CMake toolchain file) and ``make -C DIR qemu IN=in.pgm`` builds it for a Cortex-M7 and runs it
-in qemu-system-arm -M mps2-an500; esp32s3 writes esp_idf/NAME/, an ESP-IDF component (add
+in qemu-system-arm -M mps2-an500 (``qemu-count``: with -icount shift=0, the run's SysTick
+ticks x 40 are its instructions); mps2-an500 (bench only) is the same board project on the QEMU
+board's own 4 MiB memories, for models too big for an H743; esp32s3 writes esp_idf/NAME/, an ESP-IDF component (add
 DIR/esp_idf to EXTRA_COMPONENT_DIRS), and esp_idf/sdkconfig.defaults. --calib-method picks the
 int8 activation ranges; --mask-output ends a one-logit int8 model in its mask (no float after
 the graph; the output holds class indices 0/1).

@@ -3,7 +3,8 @@
 // vectorises them at -O3. Weights are packed at generation time (d2seg/export/edge/emit.py) in
 // panels of kConvRows output channels, K padded to a multiple of kDepthGroup<T> (rows past M
 // and k past K are zero): see packed_weight. With AVX-512 VNNI the int8 columns are also packed
-// once per column block (gemm_packed_s8). Layout is NCHW, batch 1; nothing allocates.
+// once per column block (gemm_packed_s8), with AVX2 in k pairs, and the weight panels are
+// widened to int16 per K-block (gemm_widened_s8). Layout is NCHW, batch 1; nothing allocates.
 #ifndef D2SEG_CONV_H
 #define D2SEG_CONV_H
 
@@ -17,6 +18,9 @@
 #elif defined(__AVX2__) && !defined(__AVX512F__)
 #include <immintrin.h>
 #define D2SEG_INT8_AVX2 1
+#elif defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define D2SEG_INT8_DSP 1  // Cortex-M4/M7/M33 DSP extension: SMLAD, SXTB16
 #endif
 
 #include "d2seg_quant.h"
@@ -88,9 +92,9 @@ inline int conv_pack_columns(const ConvShape& s) {
   return (std::min(kColBlock, cols) + kConvCols - 1) / kConvCols * kConvCols;
 }
 
-// Bytes of an int8 convolution's scratch: the im2col columns, then (with `pack`: the VNNI
-// build) one column block of B packed for vpdpbusd. Generated code plans host models with the
-// pack (one arena for every host build) and microcontroller models without it.
+// Bytes of an int8 convolution's scratch: the im2col columns, then (with `pack`: the VNNI and
+// AVX2 builds) one column block of B packed for vpdpbusd / vpmaddwd. Generated code plans host
+// models with the pack (one arena for every host build) and microcontroller models without it.
 inline int conv_s8_scratch_bytes(const ConvShape& s, bool pack) {
   return conv_col_elements(s) +
          (pack ? packed_depth<int8_t>((s.C / s.groups) * s.kh * s.kw) * conv_pack_columns(s) : 0);
@@ -196,49 +200,7 @@ typedef int16_t I16xH __attribute__((vector_size(kLanes * 2)));  // half of an I
 // |w0*x0 + w1*x1| <= 2*127*128 = 32512 fits int16 exactly; the sum is then widened into the
 // int32 accumulators. Twice the MACs per instruction of int32 products.
 
-#if defined(D2SEG_INT8_AVX2)
-// AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
-// lane, exact here (|w0*x0 + w1*x1| <= 2*127*128). vpmaddubsw would take bytes directly but
-// saturates its int16 pair sums (255*127*2 > 32767), so results would differ from the portable
-// kernel's. Per k pair the rows k and k+1 of B are sign-extended and interleaved (lane: one
-// column's (b[k][j], b[k+1][j])) and each panel row's (w[r][k], w[r][k+1]), adjacent bytes of
-// the packed quad, is broadcast as one int16 pair.
-template <>
-inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
-                                                  const int8_t* __restrict b, long ldb,
-                                                  int depth,
-                                                  int32_t (&acc)[kConvRows][kConvCols]) {
-  static_assert(kConvCols == 16, "the AVX2 tile is 16 columns wide");
-  // lo[r] holds columns 0-3 and 8-11, hi[r] columns 4-7 and 12-15 (the unpacks' lane order).
-  __m256i lo[kConvRows], hi[kConvRows];
-  for (int r = 0; r < kConvRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
-  for (int k = 0; k < depth; k += 2) {
-    const __m256i r0 =
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k * ldb)));
-    // Past the last k the panel's weights are zero-padded; B has no row there.
-    const __m256i r1 = k + 1 < depth ? _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                           reinterpret_cast<const __m128i*>(b + (k + 1) * ldb)))
-                                     : _mm256_setzero_si256();
-    const __m256i v0 = _mm256_unpacklo_epi16(r0, r1);
-    const __m256i v1 = _mm256_unpackhi_epi16(r0, r1);
-    const int8_t* pair = a + (k / 4) * kConvRows * 4 + k % 4;
-    for (int r = 0; r < kConvRows; ++r) {
-      const int32_t w = static_cast<uint16_t>(static_cast<int16_t>(pair[4 * r])) |
-                        static_cast<int32_t>(static_cast<uint32_t>(pair[4 * r + 1]) << 16);
-      const __m256i wv = _mm256_set1_epi32(w);
-      lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(v0, wv));
-      hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
-    }
-  }
-  for (int r = 0; r < kConvRows; ++r) {
-    __m256i* out = reinterpret_cast<__m256i*>(&acc[r][0]);
-    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out),
-                                              _mm256_permute2x128_si256(lo[r], hi[r], 0x20)));
-    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1),
-                                                  _mm256_permute2x128_si256(lo[r], hi[r], 0x31)));
-  }
-}
-#elif !defined(D2SEG_INT8_VNNI)
+#if !defined(D2SEG_INT8_AVX2) && !defined(D2SEG_INT8_VNNI) && !defined(D2SEG_INT8_DSP)
 template <>
 inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
                                                   const int8_t* __restrict b, long ldb,
@@ -283,8 +245,185 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
     std::memcpy(&acc[r][kLanes], &hi[r], sizeof(I32xN));
   }
 }
-#endif  // D2SEG_INT8_AVX2 / !D2SEG_INT8_VNNI
+#endif  // !D2SEG_INT8_AVX2 && !D2SEG_INT8_VNNI && !D2SEG_INT8_DSP
 #endif  // __GNUC__
+
+#if defined(D2SEG_INT8_DSP)
+// Cortex-M DSP: __smlad(x, y, acc) = acc + x.lo*y.lo + x.hi*y.hi on int16 halves, exact here
+// (int8 products); __sxtb16 sign-extends bytes 0 and 2 of a word into those halves (bytes 1
+// and 3 after a rotate by 8). A packed weight quad (w[r][k..k+3], one word) so gives (w0, w2) and
+// (w1, w3); B is read as rows k and k+2 (and k+1, k+3) of two adjacent columns, one halfword
+// each, joined into a word whose __sxtb16 is column j's (b[k], b[k+2]) and its rotate's
+// column j+1's. Sub-tiles of 2 rows x 2 columns keep the sums, operands and pointers in the
+// 13 usable core registers. Products and sums are the portable kernel's, in another order.
+inline uint32_t load_u16(const int8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// __sxtb16 of bytes 1 and 3: SXTB16's own ROR #8 (GCC 12 does not fold a rotate into it).
+inline int32_t sxtb16_ror8(uint32_t x) {
+  int32_t y;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(y) : "r"(x));
+  return y;
+}
+
+template <>
+inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
+                                                  const int8_t* __restrict b, long ldb,
+                                                  int depth,
+                                                  int32_t (&acc)[kConvRows][kConvCols]) {
+  static_assert(kConvRows % 2 == 0 && kConvCols % 2 == 0, "2 x 2 sub-tiles");
+  const int quads = depth / 4;
+  for (int r = 0; r < kConvRows; r += 2) {
+    for (int j = 0; j < kConvCols; j += 2) {
+      int32_t s00 = acc[r][j], s01 = acc[r][j + 1], s10 = acc[r + 1][j], s11 = acc[r + 1][j + 1];
+      const int8_t* bk = b + j;
+      const int8_t* w = a + 4 * r;
+      const int8_t* const end = w + quads * kConvRows * 4;
+      const long ldb2 = 2 * ldb, ldb3 = 3 * ldb, ldb4 = 4 * ldb;
+      for (; w != end; bk += ldb4, w += kConvRows * 4) {
+        const uint32_t even = load_u16(bk) | load_u16(bk + ldb2) << 16;
+        const uint32_t odd = load_u16(bk + ldb) | load_u16(bk + ldb3) << 16;
+        const int32_t b0e = __sxtb16(even), b1e = sxtb16_ror8(even);
+        const int32_t b0o = __sxtb16(odd), b1o = sxtb16_ror8(odd);
+        uint32_t w0, w1;
+        std::memcpy(&w0, w, sizeof(w0));
+        std::memcpy(&w1, w + 4, sizeof(w1));
+        const int32_t w0e = __sxtb16(w0), w0o = sxtb16_ror8(w0);
+        const int32_t w1e = __sxtb16(w1), w1o = sxtb16_ror8(w1);
+        s00 = __smlad(w0o, b0o, __smlad(w0e, b0e, s00));
+        s01 = __smlad(w0o, b1o, __smlad(w0e, b1e, s01));
+        s10 = __smlad(w1o, b0o, __smlad(w1e, b0e, s10));
+        s11 = __smlad(w1o, b1o, __smlad(w1e, b1e, s11));
+      }
+      for (int k = 4 * quads; k < depth; ++k) {
+        const int32_t x0 = b[k * ldb + j], x1 = b[k * ldb + j + 1];
+        const int32_t v0 = packed_weight(a, k, r), v1 = packed_weight(a, k, r + 1);
+        s00 += v0 * x0;
+        s01 += v0 * x1;
+        s10 += v1 * x0;
+        s11 += v1 * x1;
+      }
+      acc[r][j] = s00;
+      acc[r][j + 1] = s01;
+      acc[r + 1][j] = s10;
+      acc[r + 1][j + 1] = s11;
+    }
+  }
+}
+#endif  // D2SEG_INT8_DSP
+
+
+#if defined(D2SEG_INT8_AVX2)
+// AVX2 without VNNI: vpmaddwd multiplies 8 pairs of int16 and adds each pair into an int32
+// lane, exact here (|w0*x0 + w1*x1| <= 2*127*128). vpmaddubsw would take bytes directly but
+// saturates its int16 pair sums (255*127*2 > 32767), so results would differ from the portable
+// kernel's. B is packed once per column block (pack_column_pairs): per tile of kConvCols
+// columns and per k pair, 32 bytes holding each column's (b[k][j], b[k+1][j]), sign-extended
+// at load into one register per 8 columns. Rows past K and columns past ncols are zero.
+inline void pack_column_pairs(const int8_t* __restrict b, long ldb, int K, int ncols,
+                              int8_t* __restrict out) {
+  static_assert(kConvCols == 16, "the AVX2 tile is 16 columns wide");
+  const int depth = packed_depth<int8_t>(K);
+  const auto interleave = [](const int8_t* row0, const int8_t* row1, int8_t* to) {
+    const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row0));
+    const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to), _mm_unpacklo_epi8(r0, r1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to + kConvCols), _mm_unpackhi_epi8(r0, r1));
+  };
+  for (int j0 = 0; j0 < ncols; j0 += kConvCols) {
+    const int cols = std::min(kConvCols, ncols - j0);
+    const int8_t* row = b + j0;
+    int k = 0;
+    if (cols == kConvCols)
+      for (; k + 1 < K; k += 2, row += 2 * ldb, out += 2 * kConvCols)
+        interleave(row, row + ldb, out);
+    // A partial tile, and past the last full pair: copied rows, zero past K and past ncols.
+    for (; k < depth; k += 2, row += 2 * ldb, out += 2 * kConvCols) {
+      int8_t rows[2][kConvCols] = {};
+      for (int i = 0; i < 2; ++i)
+        if (k + i < K) std::memcpy(rows[i], row + i * ldb, cols);
+      interleave(rows[0], rows[1], out);
+    }
+  }
+}
+
+// acc[r0 + r][j] += sum_k W[r0 + r][k] * B[k][j] over `depth` k (a multiple of 4) of one tile:
+// w is the panel's K-block sign-extended to int16 in the packed order (gemm_widened_s8), so a
+// row's (w[r][k], w[r][k+1]) is one 32-bit broadcast; pairs is the tile's packed B. Three rows
+// per pass: six rows' twelve accumulators plus the operands need all sixteen ymm registers and
+// GCC 12 then spills.
+template <int r0>
+inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restrict pairs,
+                              int depth, int32_t (&acc)[kConvRows][kConvCols]) {
+  constexpr int kRows = 3;
+  __m256i lo[kRows], hi[kRows];  // columns 0-7 and 8-15
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  const auto widen = [](const int8_t* bytes) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  };
+  const auto step = [&](const int8_t* b, const int16_t* pair) {
+    const __m256i v0 = widen(b), v1 = widen(b + kConvCols);
+    for (int r = 0; r < kRows; ++r) {
+      int32_t wp;
+      std::memcpy(&wp, pair + 4 * r, sizeof(wp));
+      const __m256i wv = _mm256_set1_epi32(wp);
+      lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(v0, wv));
+      hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
+    }
+  };
+  // One packed quad of each row (two pairs) per iteration, pointer steps only.
+  const int16_t* pair = w + 4 * r0;
+  for (int k = 0; k < depth; k += 4, pair += kConvRows * 4, pairs += 4 * kConvCols) {
+    step(pairs, pair);
+    step(pairs + 2 * kConvCols, pair + 2);
+  }
+  for (int r = 0; r < kRows; ++r) {
+    __m256i* out = reinterpret_cast<__m256i*>(&acc[r0 + r][0]);
+    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out), lo[r]));
+    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1), hi[r]));
+  }
+}
+
+// gemm_blocked for int8 on AVX2. pack: packed_depth(K) * kColBlock bytes (the host arena's
+// column pack, conv_s8_scratch_bytes). Per weight panel and K-block the panel is sign-extended
+// once into a stack buffer (3 KB) for every column tile of the block, whose sums stay in a
+// per-block accumulator array (6 KB) until the full K is reduced.
+template <typename Store>
+inline void gemm_widened_s8(const int8_t* __restrict a_packed, const int8_t* __restrict b,
+                            long ldb, int M, int K, int ncols, int8_t* __restrict pack,
+                            Store store) {
+  constexpr int kTiles = (kColBlock + kConvCols - 1) / kConvCols;
+  static_assert(kConvRows == 6, "two passes of three rows");
+  alignas(32) int16_t widened[kDepthBlock * kConvRows];
+  alignas(32) int32_t acc[kTiles][kConvRows][kConvCols];
+  const int depth_all = packed_depth<int8_t>(K);
+  for (int n0 = 0; n0 < ncols; n0 += kColBlock) {
+    const int n1 = std::min(ncols, n0 + kColBlock);
+    const int tiles = (n1 - n0 + kConvCols - 1) / kConvCols;
+    pack_column_pairs(b + n0, ldb, K, n1 - n0, pack);
+    for (int m0 = 0; m0 < M; m0 += kConvRows) {
+      const int8_t* panel = a_packed + static_cast<long>(m0) * depth_all;
+      std::memset(acc, 0, sizeof(acc[0]) * tiles);
+      // K-blocks of packed (zero-padded) depth: kDepthBlock is a multiple of 4.
+      for (int k0 = 0; k0 < depth_all; k0 += kDepthBlock) {
+        const int depth = std::min(kDepthBlock, depth_all - k0);
+        const int8_t* a = panel + k0 * kConvRows;
+        for (int i = 0; i < depth * kConvRows; ++i) widened[i] = a[i];
+        for (int t = 0; t < tiles; ++t) {
+          const int8_t* pairs = pack + (static_cast<long>(t) * depth_all + k0) * kConvCols;
+          gemm_rows_widened<0>(widened, pairs, depth, acc[t]);
+          gemm_rows_widened<3>(widened, pairs, depth, acc[t]);
+        }
+      }
+      for (int t = 0; t < tiles; ++t)
+        store(m0, n0 + t * kConvCols, std::min(kConvCols, n1 - n0 - t * kConvCols), acc[t]);
+    }
+  }
+}
+#endif  // D2SEG_INT8_AVX2
 
 #if defined(D2SEG_INT8_VNNI)
 // [low | high] as one 512-bit register. Masked inserts with a defined source: the unmasked
@@ -445,6 +584,12 @@ inline void conv_gemm(const T* __restrict x, const ConvShape& s, const T* __rest
         // The column panels follow the im2col columns in the scratch (conv_s8_scratch_bytes).
         uint8_t* pack = reinterpret_cast<uint8_t*>(col + conv_col_elements(s));
         gemm_packed_s8(wg, b, ldb, mg, k, cols, pack, store_block);
+      } else
+#endif
+#if defined(D2SEG_INT8_AVX2)
+      if constexpr (std::is_same_v<T, int8_t>) {
+        // The column pairs follow the im2col columns in the scratch (conv_s8_scratch_bytes).
+        gemm_widened_s8(wg, b, ldb, mg, k, cols, col + conv_col_elements(s), store_block);
       } else
 #endif
       gemm_blocked<T, Acc>(wg, b, ldb, mg, k, cols, store_block);

@@ -18,7 +18,7 @@ from d2seg.config import get_cfg
 from d2seg.data.synthetic import render_sample
 from d2seg.errors import ConfigError
 from d2seg.export.edge import lower_onnx_to_cpp
-from d2seg.export.edge.boards import elf_memory
+from d2seg.export.edge.boards import QEMU_INSTRUCTIONS_PER_TICK, elf_memory, run_ticks
 from d2seg.export.edge.harness import load_model
 from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
@@ -93,8 +93,8 @@ def test_cortex_m7_build_in_qemu_writes_the_host_mask_bit_for_bit(mcu_onnx, tmp_
     path, calib = mcu_onnx
     folder = tmp_path / "m7"
     # The int8 mask output stage, as make demo-mcu lowers it: no float after the graph.
-    lower_onnx_to_cpp(path, folder, name="car", int8=True, calib_dir=calib, calib_method="mse",
-                      mask_output=True, target="stm32h743")
+    macs = lower_onnx_to_cpp(path, folder, name="car", int8=True, calib_dir=calib,
+                             calib_method="mse", mask_output=True, target="stm32h743")["macs"]
     subprocess.run(["make", "-s", "-C", str(folder), "prog", "prog.elf"], check=True,
                    capture_output=True)
     memory = elf_memory((folder / "size.txt").read_text())
@@ -105,8 +105,12 @@ def test_cortex_m7_build_in_qemu_writes_the_host_mask_bit_for_bit(mcu_onnx, tmp_
     for index in (10, 11):
         image = _gray(index, 128)
         (folder / "in.pgm").write_bytes(b"P5\n128 128\n255\n" + image.tobytes())
-        subprocess.run(["make", "-s", "-C", str(folder), "qemu", "IN=in.pgm", "OUT=m7.pgm"],
-                       check=True, capture_output=True, timeout=600)
+        # qemu-count: -icount shift=0, so the program's SysTick line counts instructions.
+        run = subprocess.run(["make", "-s", "-C", str(folder), "qemu-count", "IN=in.pgm",
+                              "OUT=m7.pgm"], check=True, capture_output=True, text=True,
+                             timeout=600)
+        # Fewer instructions than MACs would mean a broken count (SysTick not running).
+        assert run_ticks(run.stdout + run.stderr) * QEMU_INSTRUCTIONS_PER_TICK > macs
         subprocess.run(["./prog", "in.pgm", "host.pgm"], cwd=folder, check=True)
         m7, host = (folder / "m7.pgm").read_bytes(), (folder / "host.pgm").read_bytes()
         assert m7 == host

@@ -93,7 +93,7 @@ def lower_onnx_to_cpp(
         (tmp / "main.cpp").write_text(main_source(name))
         (tmp / "CMakeLists.txt").write_text(cmake_lists(name))
         (tmp / "Makefile").write_text(makefile(name, profile.board))
-        for relative, text in board_files(profile.board, name).items():
+        for relative, text in board_files(profile.board, name, profile).items():
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
             (tmp / relative).write_text(text)
         atomic_write_json(tmp / "report.json", report, indent=2)

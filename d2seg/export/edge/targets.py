@@ -59,6 +59,16 @@ TARGETS = {
          Region("SRAM123", 288 * KIB, 16 * KIB, _section("sram123"),
                 note="D2 domain; 16 KiB kept for the heap (stdio buffers)")),
         io_region="SRAM123", flash=2 * MIB, flash_budget=1536 * KIB, board="cortex-m7-qemu"),
+    "mps2-an500": Target(
+        "mps2-an500",
+        "bench only: QEMU's mps2-an500 Cortex-M7 board with its own 4 MiB SSRAM1 as flash and "
+        "4 MiB SSRAM2/3 split like the H743's regions, for instruction counts of models too "
+        "big for an H743 (a float32 build)",
+        (Region("DTCM", 128 * KIB, 16 * KIB, _section("dtcm"), note="16 KiB kept for the stack"),
+         Region("AXI_SRAM", 512 * KIB, 0, _section("axisram")),
+         Region("SRAM123", 4 * MIB - 640 * KIB, 16 * KIB, _section("sram123"),
+                note="the rest of SSRAM2/3; 16 KiB kept for the heap")),
+        io_region="SRAM123", flash=4 * MIB, flash_budget=4 * MIB, board="cortex-m7-qemu"),
     "cortex-m7-generic": Target(
         "cortex-m7-generic",
         "a Cortex-M7 with 512 KiB of contiguous SRAM and 2 MiB flash",

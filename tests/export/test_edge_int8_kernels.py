@@ -1,0 +1,72 @@
+"""The SIMD int8 convolution kernels (AVX2 at -march=haswell, whatever -march=native picks) give
+bit-identical outputs to the portable kernel on shapes that hit every edge of the blocking:
+odd K, K over one K-block (256), M not a multiple of the 6-row panel, output columns over one
+column block (256) and not a multiple of the tile width, groups, stride, depthwise."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.harness import load_model
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+H, W = 19, 21  # 399 output pixels: two column blocks, the last tile partial
+# (name, in channels, out channels, kernel, attributes): K = 147, 333, 13, 2 x 63, 13 x 9.
+LAYERS = (("c1", 3, 37, 7, dict(pads=[3, 3, 3, 3])),
+          ("c2", 37, 13, 3, dict(pads=[1, 1, 1, 1])),
+          ("c3", 13, 14, 1, {}),
+          ("c4", 14, 10, 3, dict(group=2, pads=[1, 1, 1, 1], strides=[2, 2])),
+          ("c5", 10, 10, 3, dict(group=10, pads=[1, 1, 1, 1])))
+
+
+def _cpu_has(flag: str) -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and flag in cpuinfo.read_text().split()
+
+
+def _conv_stack(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for name, c, m, k, attrs in LAYERS:
+        fan_in = c // attrs.get("group", 1) * k * k
+        w = (rng.standard_normal((m, c // attrs.get("group", 1), k, k)) / np.sqrt(fan_in))
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
+                  numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), f"{name}_b")]
+        nodes += [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_y"], **attrs),
+                  helper.make_node("Relu", [f"{name}_y"], [f"{name}_r"])]
+        x = f"{name}_r"
+    nodes[-1] = helper.make_node("Identity", ["c5_y"], ["y"])
+    graph = helper.make_graph(
+        nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(path))
+    return path
+
+
+def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_path):
+    path = _conv_stack(tmp_path / "convs.onnx")
+    rng = np.random.default_rng(1)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    images = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(3)]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(calib / f"{i}.png")
+    lower_onnx_to_cpp(path, tmp_path / "int8", name="convs", int8=True, calib_dir=calib)
+    portable = load_model(tmp_path / "int8", flags=("-O1",))
+    builds = [load_model(tmp_path / "int8", flags=("-O2", "-march=native"))]
+    if _cpu_has("avx2"):
+        builds.append(load_model(tmp_path / "int8", flags=("-O2", "-march=haswell")))
+    for image in images:
+        x = image.transpose(2, 0, 1)[None].astype(np.float32)
+        expected = portable(x)
+        assert np.unique(expected).size > 16  # the outputs are not saturated constants
+        for build in builds:
+            np.testing.assert_array_equal(build(x), expected)
