@@ -49,13 +49,17 @@ demo: $(STAMP)
 # host build of the same code.
 MCU_OUT ?= output/demo_mcu
 MCU_TRAIN_OPTS ?=  # extra train_net.py overrides, e.g. SOLVER.MAX_ITER 20 for a smoke run
+MCU_CONFIG := configs/edge/unet_MNV3_small_gray_128.yaml
+# The cars are 3:2: they are letterboxed into the 128x128 input (aspect kept, the rest the
+# model's pixel mean, which is what training pads with) for calibration and inference alike.
+MCU_PAD = $(shell $(PY) -c 'from d2seg.config import get_cfg; c = get_cfg(); c.merge_from_file("$(MCU_CONFIG)"); print(c.MODEL.PIXEL_MEAN[0])')
 demo-mcu: $(STAMP) arm-deps
 	rm -rf $(MCU_OUT)
 	$(PY) tools/convert_labelme.py --input annotations/carvana --format masks --mask-label car --output $(MCU_OUT)/carvana_coco --split val=0.25 --seed 0
-	$(PY) tools/train_net.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml OUTPUT_DIR $(MCU_OUT)/run DATASETS.TRAIN "('$(MCU_OUT)/carvana_coco/annotations/train.json',)" DATASETS.TEST "('$(MCU_OUT)/carvana_coco/annotations/val.json',)" $(MCU_TRAIN_OPTS)
-	$(PY) deploy/export_onnx.py --config-file configs/edge/unet_MNV3_small_gray_128.yaml MODEL.WEIGHTS $(MCU_OUT)/run/model_final.pth --output $(MCU_OUT)/onnx --height 128 --width 128
-	$(PY) deploy/lower_to_cpp.py $(MCU_OUT)/onnx/model.onnx --output $(MCU_OUT)/m7 --name car_mcu --int8 --calib $(MCU_OUT)/carvana_coco/images --calib-method percentile --mask-output --target stm32h743
-	$(PY) deploy/to_pnm.py annotations/carvana/carvana_0001.jpg --height 128 --width 128 --format L --output $(MCU_OUT)/m7/in.pgm
+	$(PY) tools/train_net.py --config-file $(MCU_CONFIG) OUTPUT_DIR $(MCU_OUT)/run DATASETS.TRAIN "('$(MCU_OUT)/carvana_coco/annotations/train.json',)" DATASETS.TEST "('$(MCU_OUT)/carvana_coco/annotations/val.json',)" $(MCU_TRAIN_OPTS)
+	$(PY) deploy/export_onnx.py --config-file $(MCU_CONFIG) MODEL.WEIGHTS $(MCU_OUT)/run/model_final.pth --output $(MCU_OUT)/onnx --height 128 --width 128
+	$(PY) deploy/lower_to_cpp.py $(MCU_OUT)/onnx/model.onnx --output $(MCU_OUT)/m7 --name car_mcu --int8 --calib $(MCU_OUT)/carvana_coco/images --calib-method percentile --calib-keep-aspect $(MCU_PAD) --mask-output --target stm32h743
+	$(PY) deploy/to_pnm.py annotations/carvana/carvana_0001.jpg --height 128 --width 128 --keep-aspect $(MCU_PAD) --format L --output $(MCU_OUT)/m7/in.pgm
 	$(MAKE) -C $(MCU_OUT)/m7 prog qemu IN=in.pgm OUT=mask_m7.pgm
 	cd $(MCU_OUT)/m7 && ./prog in.pgm mask_host.pgm
 	$(PY) deploy/mcu_report.py $(MCU_OUT)/m7 --mask mask_m7.pgm --host-mask mask_host.pgm

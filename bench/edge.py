@@ -51,6 +51,7 @@ from d2seg.export.edge.harness import load_model
 from d2seg.export.edge.quantize import CALIB_METHODS
 from d2seg.export.edge.targets import TARGETS
 from d2seg.export.onnx import export_semantic_onnx
+from d2seg.export.samples import letterbox_image, letterbox_size
 from d2seg.modeling import build_model
 
 FLAGS = ("-O3", "-march=native")
@@ -197,9 +198,11 @@ def final_iou(run: Path) -> float:
     return [r["sem_seg/IoU"] for r in records if "sem_seg/IoU" in r][-1]
 
 
-def _sample_cars(run: Path, split: str, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(1×1×size×size float32 gray pixels, size×size bool foreground mask) of each image of the
-    run's train or val COCO json, resized like deploy/to_pnm.py (bilinear; the mask nearest)."""
+def _sample_cars(run: Path, split: str, size: int, pad_value: float
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(1×1×size×size float32 gray pixels, bool foreground mask of the region the image fills)
+    of each image of the run's train or val COCO json, letterboxed like
+    ``deploy/to_pnm.py --keep-aspect pad_value`` (the mask resized nearest to that region)."""
     cfg = get_cfg()
     cfg.merge_from_file(str(run / "config.yaml"))
     coco = Path(cfg.DATASETS.TRAIN[0] if split == "train" else cfg.DATASETS.TEST[0])
@@ -207,24 +210,29 @@ def _sample_cars(run: Path, split: str, size: int) -> list[tuple[np.ndarray, np.
     pairs = []
     for image_id in sorted(dataset.getImgIds()):
         record = dataset.loadImgs(image_id)[0]
-        gray = Image.open(coco.parent.parent / "images" / record["file_name"]).convert("L")
+        gray = np.asarray(Image.open(coco.parent.parent / "images" / record["file_name"])
+                          .convert("L"))[:, :, None]
         mask = np.zeros((record["height"], record["width"]), np.uint8)
         for annotation in dataset.loadAnns(dataset.getAnnIds(imgIds=image_id)):
             mask |= dataset.annToMask(annotation)
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST)) > 0
-        pairs.append((np.asarray(gray.resize((size, size), Image.BILINEAR), np.float32)[None, None],
-                      mask))
+        height, width = letterbox_size(*mask.shape, size, size)
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        pixels = letterbox_image(gray, size, size, pad_value).astype(np.float32)
+        pairs.append((pixels.transpose(2, 0, 1)[None], mask))
     return pairs
 
 
 def _iou(pred: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    """Binary IoU (%) over all pairs; each prediction is cropped to its truth's region."""
+    pred = [p[:t.shape[0], :t.shape[1]] for p, t in zip(pred, truth)]
     inter = sum(int((p & t).sum()) for p, t in zip(pred, truth))
     union = sum(int((p | t).sum()) for p, t in zip(pred, truth))
     return 100.0 * inter / max(union, 1)
 
 
 def bench_trained(mcu_run: Path, reference_run: Path, root: Path, size: int = 128) -> None:
-    """IoU of the trained MCU model vs the R-18 reference; int8 vs fp32 per calibration."""
+    """IoU of the trained MCU model vs the R-18 reference; int8 vs fp32 per calibration, on
+    images letterboxed with the model's pixel mean as the deploy path feeds them."""
     print(f"--- trained MCU model ({mcu_run}) vs reference ({reference_run})")
     mcu, reference = final_iou(mcu_run), final_iou(reference_run)
     print(f"mcu_iou_vs_reference: {mcu:.2f} vs {reference:.2f} ({mcu - reference:+.2f} points; "
@@ -232,25 +240,27 @@ def bench_trained(mcu_run: Path, reference_run: Path, root: Path, size: int = 12
     cfg = get_cfg()
     cfg.merge_from_file(str(mcu_run / "config.yaml"))
     cfg.MODEL.DEVICE = "cpu"
+    pad = cfg.MODEL.PIXEL_MEAN[0]
     model = build_model(cfg).eval()
     D2SegCheckpointer(model).load(str(mcu_run / "model_final.pth"))
     path = export_semantic_onnx(model, height=size, width=size, path=root / "trained.onnx")
     calib = root / "trained_calib"
     calib.mkdir()
-    for k, (x, _) in enumerate(_sample_cars(mcu_run, "train", size)):
+    train = _sample_cars(mcu_run, "train", size, pad)
+    for k, (x, _) in enumerate(train):
         cv2.imwrite(str(calib / f"{k}.png"), x[0, 0].round().astype(np.uint8))
-    val = _sample_cars(mcu_run, "val", size)
-    samples = _sample_cars(mcu_run, "train", size) + val
+    val = _sample_cars(mcu_run, "val", size, pad)
+    samples = train + val
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     fp32 = [session.run(None, {name: x})[0][0, 0] > 0 for x, _ in samples]
     fp32_iou = _iou(fp32[-len(val):], [m for _, m in val])
     print(f"mcu_fp32_val_iou_{size}: {fp32_iou:.2f} (onnxruntime, {len(val)} val images "
-          f"stretched to {size}x{size})")
+          f"letterboxed to {size}x{size} with pad {pad:g})")
     for method in CALIB_METHODS:
         folder = root / f"trained_int8_{method}"
         lower_onnx_to_cpp(path, folder, name=f"car_{method}", int8=True, calib_dir=calib,
-                          calib_method=method, mask_output=True)
+                          calib_method=method, mask_output=True, calib_pad_value=pad)
         int8_model = load_model(folder, flags=FLAGS)
         int8 = [int8_model(x)[0, 0] > 0.5 for x, _ in samples]
         agree = np.mean([(a == b).mean() for a, b in zip(int8, fp32)])

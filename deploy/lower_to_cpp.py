@@ -40,6 +40,10 @@ def main() -> int:
     parser.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS,
                         help="activation ranges: min/max, 0.01-99.99 percentiles, or the "
                         "squared-error-optimal clipping (with --int8; default minmax)")
+    parser.add_argument("--calib-keep-aspect", type=float, metavar="PAD",
+                        help="letterbox the calibration images (aspect kept, the rest PAD, the "
+                        "model's MODEL.PIXEL_MEAN) as deploy/to_pnm.py --keep-aspect PAD feeds "
+                        "the model, instead of stretching them (with --int8)")
     parser.add_argument("--mask-output", action="store_true",
                         help="one-logit int8 models: output the mask (int8 logit above its zero "
                         "point) instead of the logit, so no float runs after the graph")
@@ -48,7 +52,8 @@ def main() -> int:
     args = parser.parse_args()
     report = lower_onnx_to_cpp(args.onnx, args.output, name=args.name, int8=args.int8,
                                calib_dir=args.calib, calib_method=args.calib_method,
-                               mask_output=args.mask_output, target=args.target)
+                               mask_output=args.mask_output, target=args.target,
+                               calib_pad_value=args.calib_keep_aspect)
     print(format_report(report))
     print(f"wrote {args.output}")
     return 0

@@ -91,3 +91,23 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return image
     resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     return resized.reshape(height, width, image.shape[2])
+
+
+def letterbox_size(image_height: int, image_width: int, height: int, width: int
+                   ) -> tuple[int, int]:
+    """(h, w) of an image_height×image_width image resized with its aspect kept to fit in
+    height×width (the region of the input, and of the model's output, that holds the image)."""
+    scale = min(height / image_height, width / image_width)
+    return (min(height, max(1, round(image_height * scale))),
+            min(width, max(1, round(image_width * scale))))
+
+
+def letterbox_image(image: np.ndarray, height: int, width: int, pad_value: float) -> np.ndarray:
+    """uint8 H×W×C → height×width×C without distortion: resized (bilinear) with its aspect kept
+    to :func:`letterbox_size`, placed top-left, the rest ``pad_value``. This is what the model
+    saw in training: d2seg resizes keeping the aspect and pads bottom/right with 0 after
+    normalisation, i.e. with ``MODEL.PIXEL_MEAN`` in pixel units (the value to pass)."""
+    h, w = letterbox_size(image.shape[0], image.shape[1], height, width)
+    out = np.full((height, width, image.shape[2]), np.clip(round(pad_value), 0, 255), np.uint8)
+    out[:h, :w] = resize_image(image, h, w)
+    return out

@@ -15,7 +15,8 @@ from d2seg.errors import ConfigError
 from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.harness import load_model
 from d2seg.export.edge.ir import load_onnx
-from d2seg.export.edge.quantize import CALIB_METHODS, activation_params, calibrate
+from d2seg.export.edge.quantize import (CALIB_METHODS, activation_params, calibrate,
+                                        load_calibration_images)
 from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
 
@@ -114,3 +115,14 @@ def test_mask_output_refuses_a_float_model(binary_onnx, tmp_path):
                                           "logits are int8.*fix: lower with --int8"):
         lower_onnx_to_cpp(path, tmp_path / "out", mask_output=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_images_are_letterboxed_like_the_deployed_input(tmp_path):
+    # With a pad value the calibration sees what deploy/to_pnm.py --keep-aspect feeds the
+    # model (here a 20×40 white image in a 16×16 input: 8 rows of image, 8 of pad).
+    Image.fromarray(np.full((20, 40), 255, np.uint8)).save(tmp_path / "wide.png")
+    stretched, = load_calibration_images(tmp_path, (1, 1, 16, 16))
+    letterboxed, = load_calibration_images(tmp_path, (1, 1, 16, 16), pad_value=117)
+    assert stretched.shape == letterboxed.shape == (1, 1, 16, 16)
+    assert (stretched == 255).all()
+    assert (letterboxed[0, 0, :8] == 255).all() and (letterboxed[0, 0, 8:] == 117).all()

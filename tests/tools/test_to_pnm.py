@@ -33,3 +33,19 @@ def test_unreadable_image_is_one_line_exit_2(repo_root, tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "bad.jpg" in done.stderr
     assert not (tmp_path / "x.pgm").exists()
+
+
+def test_keep_aspect_letterboxes_top_left_with_the_pad_value(repo_root, tmp_path):
+    # A 30×60 image into 32×32: resized to 16×32 without distortion, rows 16.. are the pad.
+    image = np.zeros((30, 60, 3), np.uint8)
+    image[:, :30] = 250
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    out = tmp_path / "wide.pgm"
+    done = run(repo_root, tmp_path / "wide.png", "--height", 32, "--width", 32,
+               "--keep-aspect", 117, "--output", out)
+    assert done.returncode == 0, done.stderr
+    assert "image in the top-left 32x16" in done.stdout
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (32, 32)
+    assert (pixels[16:] == 117).all()
+    assert (pixels[:16, :14] == 250).all() and (pixels[:16, 18:] == 0).all()

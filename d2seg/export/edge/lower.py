@@ -26,6 +26,7 @@ def lower_onnx_to_cpp(
     calib_method: str = "minmax",
     mask_output: bool = False,
     target: str = "host",
+    calib_pad_value: float | None = None,
 ) -> dict:
     """Write ``output_dir``/{name}.h, {name}.cpp, {name}_weights.bin/.S (the constants, linked
     with ``.incbin``), main.cpp, Makefile, CMakeLists.txt,
@@ -46,6 +47,9 @@ def lower_onnx_to_cpp(
             placed in its RAM regions, the weights checked against its flash budget, and a
             board project written next to the model (stm32h743: linker script, startup code
             and ``make qemu`` for a Cortex-M7 in QEMU).
+        calib_pad_value: letterbox the calibration images with this pixel value (aspect kept,
+            as ``deploy/to_pnm.py --keep-aspect`` feeds the model) instead of stretching them;
+            recorded in the report as ``input_fit``.
     Returns:
         The report (also ``report.json``): weights/arena/lower-bound/naive bytes, MACs and
         device fit.
@@ -67,7 +71,7 @@ def lower_onnx_to_cpp(
         raise ConfigError(f"{onnx_path}: input {input_shape} / output {output_shape} are not "
                           f"N×C×H×W; fix: export the semantic model (image in, logits out)")
     if int8:
-        images = load_calibration_images(calib_dir, input_shape)
+        images = load_calibration_images(calib_dir, input_shape, calib_pad_value)
         quantize_graph(graph, calibrate(onnx_path, graph, images, method=calib_method))
     if mask_output:
         binary_mask_output(graph, str(onnx_path))
@@ -83,6 +87,7 @@ def lower_onnx_to_cpp(
             f"--int8 (4x smaller) or train a narrower model")
     report = lowering_report(model, name=name, precision="int8" if int8 else "float32",
                              calib_method=calib_method if int8 else None,
+                             calib_pad_value=calib_pad_value if int8 else None,
                              input_shape=input_shape, output_shape=output_shape,
                              target=profile, io_bytes=io_bytes)
     with atomic_directory(output_dir) as tmp:

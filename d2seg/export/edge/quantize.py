@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from d2seg.errors import ConfigError
 from d2seg.export.edge.ir import Graph, Node
+from d2seg.export.samples import letterbox_image, resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
 # int8 kernels whose output keeps the input's (scale, zero point).
@@ -29,10 +30,12 @@ SCALE_KEEPING_OPS = ("MaxPool", "Resize", "Relu", "Pad", "Slice")
 ELEMENTWISE_OPS = ("Sigmoid", "SiLU", "HardSwish", "HardSigmoid", "Clip")
 
 
-def load_calibration_images(folder: str | Path, shape: tuple[int, ...]) -> list[np.ndarray]:
+def load_calibration_images(folder: str | Path, shape: tuple[int, ...],
+                            pad_value: float | None = None) -> list[np.ndarray]:
     """Images of ``folder`` and its subfolders (what tools/convert_labelme.py writes) as float32
-    1×C×H×W pixels 0-255 (RGB for C=3, gray for C=1), resized to the model's H×W (calibration
-    only needs representative values)."""
+    1×C×H×W pixels 0-255 (RGB for C=3, gray for C=1), brought to the model's H×W as the
+    deployed images will be: stretched, or with ``pad_value`` letterboxed (aspect kept, the
+    rest ``pad_value``: :func:`d2seg.export.samples.letterbox_image`)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                    and p.is_file()) if folder.is_dir() else []
@@ -51,9 +54,10 @@ def load_calibration_images(folder: str | Path, shape: tuple[int, ...]) -> list[
         elif channels != 1:
             raise ConfigError(f"--calib: the model takes {channels}-channel inputs; fix: "
                               f"calibrate a 1- or 3-channel model")
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        images.append(image.reshape(height, width, channels).transpose(2, 0, 1)[None]
-                      .astype(np.float32))
+        image = image.reshape(*image.shape[:2], channels)
+        image = (resize_image(image, height, width) if pad_value is None
+                 else letterbox_image(image, height, width, pad_value))
+        images.append(image.transpose(2, 0, 1)[None].astype(np.float32))
     return images
 
 

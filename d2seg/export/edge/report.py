@@ -7,7 +7,7 @@ KIB = 1024
 
 
 def lowering_report(model: GeneratedModel, *, name: str, precision: str,
-                    calib_method: str | None,
+                    calib_method: str | None, calib_pad_value: float | None,
                     input_shape: tuple[int, ...], output_shape: tuple[int, ...],
                     target: Target, io_bytes: int) -> dict:
     """report.json content: bytes, MACs and, per RAM region of ``target``, what the arena, the
@@ -24,6 +24,9 @@ def lowering_report(model: GeneratedModel, *, name: str, precision: str,
         "name": name,
         "precision": precision,
         "calib_method": calib_method,
+        # None: calibration images were stretched to the input size; a number: letterboxed
+        # with it (deploy/to_pnm.py --keep-aspect with the same value feeds the model alike).
+        "calib_pad_value": calib_pad_value,
         "target": target.name,
         "input_shape": list(input_shape),
         "output_shape": list(output_shape),
