@@ -327,6 +327,11 @@ def main() -> None:
         trained = args.trained_weights or train_small_objects(root, args.train_iters, cell=128)
         tiled_cfg = cfg.clone()
         tiled_cfg.merge_from_list(model_opts(args.tile, trained))
+        # A 512 px tile of this image holds ~40 objects: the tiny config's limits (50
+        # proposals, 20 detections per image) would cap the recall of both tools.
+        tiled_cfg.merge_from_list(["TEST.DETECTIONS_PER_IMAGE", "100",
+                                   "MODEL.RPN.PRE_NMS_TOPK_TEST", "400",
+                                   "MODEL.RPN.POST_NMS_TOPK_TEST", "200"])
         bench_tiled_vs_sahi(DefaultPredictor(tiled_cfg), args.tiled_size, args.tile,
                             args.overlap, args.tiled_rounds)
 
