@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """tools/predict.py's pipeline vs bare loops over the same model, side by side in one process.
 
-The model is the tiny Mask R-CNN (random init, eval; configs/tiny/mask_rcnn_R_18_tiny.yaml at
-a 512 px test size). Prints:
+The model is the tiny Mask R-CNN (configs/tiny/mask_rcnn_R_18_tiny.yaml at a 512 px test size):
+random init for the two throughput ratios, and for ``tiled_vs_sahi`` the same model trained in
+this run for ``--train-iters`` iterations on synthetic 128 px balloon scenes (written to the
+run's temp dir), since with random weights nothing is confident and detections are noise.
+Prints:
 
 - ``predict_overhead_ratio``: images/s of tools/predict.py (decode in threads → predictor →
   predictions.json, overlays off, ``--batch-size 4``) ÷ images/s of a loop calling
@@ -13,7 +16,10 @@ a 512 px test size). Prints:
 - ``tiled_vs_sahi``: seconds of d2seg's tiled inference ÷ seconds of SAHI's
   ``get_sliced_prediction`` (the same model wrapped as a SAHI ``DetectionModel``, the same
   slices, overlap and GREEDYNMM merging) on a 2048² image of many small balloons (target
-  ≤ 0.7), and the share of SAHI's detections ours matches at box IoU ≥ 0.5 (target ≥ 0.95).
+  ≤ 0.7), and the share of SAHI's detections ours matches at box IoU ≥ 0.5 (target ≥ 0.95),
+  for each ``--tile-mode`` (``features``, the R-CNN default: one backbone pass, the heads per
+  tile; ``images``: the whole model per tile, as SAHI). Both tools are timed in CPU seconds of
+  this process, alternating, median of ``--tiled-rounds``.
 """
 
 import argparse
@@ -31,9 +37,12 @@ import numpy as np
 import torch
 
 from d2seg.config import get_cfg
-from d2seg.data.synthetic import render_sample
+from d2seg.data.convert.pipeline import convert_dataset
+from d2seg.data.synthetic import make_balloons, render_sample
 from d2seg.engine.predictor import DefaultPredictor
+from d2seg.engine.trainer import DefaultTrainer
 from d2seg.modeling import build_model
+from d2seg.utils.env import seed_all_rng
 from d2seg.utils.visualizer import Visualizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +137,29 @@ def bench_video(root: Path, predictor: DefaultPredictor, weights: Path, frames: 
     return ours / plain
 
 
+def train_small_objects(root: Path, iterations: int, cell: int) -> Path:
+    """The tiny Mask R-CNN trained on 48 synthetic cell×cell balloon scenes (seed 0; the bench
+    image uses seed 3) for ``iterations``: its ``model_final.pth``."""
+    make_balloons(root / "train_raw", 48, size=(cell, cell), seed=0)
+    convert_dataset(root / "train_raw", root / "train_coco", outputs=("instances",))
+    cfg = get_cfg()
+    cfg.merge_from_file(str(CONFIG))
+    cfg.merge_from_list([
+        "DATASETS.TRAIN", f"('{root / 'train_coco' / 'annotations' / 'all.json'}',)",
+        "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
+        "INPUT.MIN_SIZE_TRAIN", f"({cell},)", "INPUT.MAX_SIZE_TRAIN", str(cell),
+        "SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", f"({iterations * 3 // 4},)",
+        "SOLVER.CHECKPOINT_PERIOD", str(10**9), "TEST.EVAL_PERIOD", "0",
+        "OUTPUT_DIR", str(root / "trained"),
+    ])
+    seed_all_rng(cfg.SEED)
+    start = time.perf_counter()
+    DefaultTrainer(cfg).train()
+    print(f"trained the tiny Mask R-CNN for {iterations} iterations on {cell}² balloon scenes "
+          f"in {time.perf_counter() - start:.0f} s")
+    return root / "trained" / "model_final.pth"
+
+
 def _sahi_model(predictor: DefaultPredictor):
     """The predictor as a SAHI ``DetectionModel`` (RGB slices in, ObjectPredictions out)."""
     from sahi.models.base import DetectionModel
@@ -176,46 +208,80 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
-def _mosaic(size: int, cell: int) -> np.ndarray:
-    """A size×size RGB image of (size / cell)² synthetic balloon scenes: many small objects."""
+def _mosaic(size: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """A size×size RGB image of (size / cell)² synthetic balloon scenes (many small objects)
+    and its ground-truth boxes (N×4 XYXY, the tight boxes of the objects' masks)."""
     n = size // cell
-    cells = [render_sample("balloons", seed=3, size=(cell, cell), index=i)["image"]
-             for i in range(n * n)]
-    return np.ascontiguousarray(np.concatenate(
-        [np.concatenate(cells[r * n:(r + 1) * n], axis=1) for r in range(n)], axis=0))
+    samples = [render_sample("balloons", seed=3, size=(cell, cell), index=i) for i in range(n * n)]
+    image = np.ascontiguousarray(np.concatenate(
+        [np.concatenate([s["image"] for s in samples[r * n:(r + 1) * n]], axis=1)
+         for r in range(n)], axis=0))
+    boxes = []
+    for i, sample in enumerate(samples):
+        y0, x0 = (i // n) * cell, (i % n) * cell
+        for mask in sample["masks"]:
+            ys, xs = np.nonzero(mask)
+            boxes.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
+    return image, np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def bench_tiled_vs_sahi(predictor: DefaultPredictor, size: int, tile: int,
-                        overlap: float) -> float:
-    """Our TiledPredictor vs SAHI's get_sliced_prediction on one size² image of many small
-    balloons: the same model, slices, overlap and GREEDYNMM/IOS 0.5 merging."""
+def _matched(reference: np.ndarray, ours: np.ndarray) -> float:
+    """The share of ``reference`` boxes (N×4 XYXY) that one of ``ours`` overlaps at IoU ≥ 0.5."""
+    ious = _box_iou(reference, ours)
+    return float((ious.max(axis=1) >= 0.5).mean()) if ious.size else float("nan")
+
+
+def _accuracy(truth: np.ndarray, detected: np.ndarray) -> str:
+    """Against the ground truth at box IoU ≥ 0.5: the share of objects found (recall) and of
+    detections that are objects (precision), every score counted."""
+    return (f"vs ground truth ({len(truth)} objects): recall {_matched(truth, detected):.3f} "
+            f"precision {_matched(detected, truth):.3f}")
+
+
+def bench_tiled_vs_sahi(predictor: DefaultPredictor, size: int, tile: int, overlap: float,
+                        rounds: int) -> dict[str, float]:
+    """Our TiledPredictor, in each tile mode, vs SAHI's get_sliced_prediction on one size²
+    image of many small balloons: the same model, slices, overlap and GREEDYNMM/IOS 0.5
+    merging. CPU seconds of this process, the three alternating, median of ``rounds``.
+    Returns ``tiled_vs_sahi`` per mode."""
     from sahi.predict import get_sliced_prediction
 
-    from d2seg.engine.tiling import TiledPredictor
+    from d2seg.engine.tiling import TILE_MODES, TiledPredictor
 
-    image = _mosaic(size, cell=128)
-    ours_model = TiledPredictor(predictor, tile=tile, overlap=overlap, merge="nmm")
-    predictor(image[:tile, :tile], format="RGB")  # warm-up, for both
-    start = time.perf_counter()
-    ours = ours_model(image, format="RGB")["instances"]
-    ours_seconds = time.perf_counter() - start
+    image, truth = _mosaic(size, cell=128)
+    ours_models = {mode: TiledPredictor(predictor, tile=tile, overlap=overlap, merge="nmm",
+                                        mode=mode) for mode in TILE_MODES}
     sahi_model = _sahi_model(predictor)
-    start = time.perf_counter()
-    sahi = get_sliced_prediction(image, sahi_model, slice_height=tile, slice_width=tile,
-                                 overlap_height_ratio=overlap, overlap_width_ratio=overlap,
-                                 perform_standard_pred=False, postprocess_type="GREEDYNMM",
-                                 postprocess_match_metric="IOS", postprocess_match_threshold=0.5,
-                                 force_postprocess_type=True, verbose=0)
-    sahi_seconds = time.perf_counter() - start
-    sahi_boxes = np.array([p.bbox.to_xyxy() for p in sahi.object_prediction_list]).reshape(-1, 4)
-    ious = _box_iou(sahi_boxes, ours["boxes"].numpy().astype(np.float64))
-    matched = float((ious.max(axis=1) >= 0.5).mean()) if ious.size else float("nan")
-    ratio = ours_seconds / sahi_seconds
-    print(f"tiled_seconds: {ours_seconds:.2f}  sahi_seconds: {sahi_seconds:.2f}  "
-          f"detections ours/sahi: {len(ours['boxes'])}/{len(sahi_boxes)}")
-    print(f"tiled_vs_sahi: {ratio:.3f}  (target <= 0.7)  sahi_matched_at_iou50: {matched:.3f}"
-          f"  (target >= 0.95)")
-    return ratio
+    predictor(image[:tile, :tile], format="RGB")  # warm-up, for all
+    seconds: dict[str, list[float]] = {name: [] for name in ("sahi", *TILE_MODES)}
+    boxes: dict[str, np.ndarray] = {}
+    for _ in range(rounds):
+        start = time.process_time()
+        sahi = get_sliced_prediction(
+            image, sahi_model, slice_height=tile, slice_width=tile, overlap_height_ratio=overlap,
+            overlap_width_ratio=overlap, perform_standard_pred=False, postprocess_type="GREEDYNMM",
+            postprocess_match_metric="IOS", postprocess_match_threshold=0.5,
+            force_postprocess_type=True, verbose=0)
+        seconds["sahi"].append(time.process_time() - start)
+        boxes["sahi"] = np.array([p.bbox.to_xyxy() for p in sahi.object_prediction_list]
+                                 ).reshape(-1, 4)
+        for mode, model in ours_models.items():
+            start = time.process_time()
+            instances = model(image, format="RGB")["instances"]
+            seconds[mode].append(time.process_time() - start)
+            boxes[mode] = instances["boxes"].numpy().astype(np.float64)
+    median = {name: float(np.median(values)) for name, values in seconds.items()}
+    print(f"sahi_cpu_seconds: {median['sahi']:.2f}  detections: {len(boxes['sahi'])}  "
+          f"(median of {rounds} alternating rounds)  {_accuracy(truth, boxes['sahi'])}")
+    ratios = {}
+    for mode in TILE_MODES:
+        ratios[mode] = median[mode] / median["sahi"]
+        print(f"tile-mode {mode}: cpu_seconds {median[mode]:.2f}  detections "
+              f"{len(boxes[mode])}  tiled_vs_sahi: {ratios[mode]:.3f}  (target <= 0.7)  "
+              f"sahi_matched_at_iou50: {_matched(boxes['sahi'], boxes[mode]):.3f}  "
+              f"ours_matched_by_sahi: {_matched(boxes[mode], boxes['sahi']):.3f}  "
+              f"(target >= 0.95)  {_accuracy(truth, boxes[mode])}")
+    return ratios
 
 
 def main() -> None:
@@ -228,6 +294,14 @@ def main() -> None:
     parser.add_argument("--tiled-size", type=int, default=2048)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--tiled-rounds", type=int, default=3)
+    parser.add_argument("--train-iters", type=int, default=300,
+                        help="iterations of the model trained for tiled_vs_sahi")
+    parser.add_argument("--trained-weights", type=Path, default=None,
+                        help="a checkpoint train_small_objects wrote in an earlier run: skip "
+                        "the training")
+    parser.add_argument("--only", choices=("all", "tiled"), default="all",
+                        help="tiled: skip the two throughput ratios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -239,17 +313,27 @@ def main() -> None:
         torch.save(build_model(cfg).state_dict(), weights)
         cfg.MODEL.WEIGHTS = str(weights)
         cfg.MODEL.DEVICE = "auto"  # as tools/predict.py
-        print(f"--- tiny Mask R-CNN (random init), {args.size}² images, batch {args.batch_size}")
-        bench_overhead(root, DefaultPredictor(cfg), weights, args.images, args.size,
-                       args.batch_size, args.rounds)
-        video_cfg = cfg.clone()
-        video_cfg.merge_from_list(model_opts(args.size // 2, weights))
-        bench_video(root, DefaultPredictor(video_cfg), weights, args.frames, args.size // 2,
-                    args.batch_size)
+        if args.only == "all":
+            print(f"--- tiny Mask R-CNN (random init), {args.size}² images, "
+                  f"batch {args.batch_size}")
+            bench_overhead(root, DefaultPredictor(cfg), weights, args.images, args.size,
+                           args.batch_size, args.rounds)
+            video_cfg = cfg.clone()
+            video_cfg.merge_from_list(model_opts(args.size // 2, weights))
+            bench_video(root, DefaultPredictor(video_cfg), weights, args.frames, args.size // 2,
+                        args.batch_size)
+        print(f"--- tiny Mask R-CNN trained on small objects, {args.tiled_size}² image, "
+              f"{args.tile} px tiles")
+        trained = args.trained_weights or train_small_objects(root, args.train_iters, cell=128)
         tiled_cfg = cfg.clone()
-        tiled_cfg.merge_from_list(model_opts(args.tile, weights))
+        tiled_cfg.merge_from_list(model_opts(args.tile, trained))
+        # A 512 px tile of this image holds ~40 objects: the tiny config's limits (50
+        # proposals, 20 detections per image) would cap the recall of both tools.
+        tiled_cfg.merge_from_list(["TEST.DETECTIONS_PER_IMAGE", "100",
+                                   "MODEL.RPN.PRE_NMS_TOPK_TEST", "400",
+                                   "MODEL.RPN.POST_NMS_TOPK_TEST", "200"])
         bench_tiled_vs_sahi(DefaultPredictor(tiled_cfg), args.tiled_size, args.tile,
-                            args.overlap)
+                            args.overlap, args.tiled_rounds)
 
 
 if __name__ == "__main__":

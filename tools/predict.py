@@ -16,7 +16,9 @@ Writes under ``--output`` (refused when not empty, unless ``--exist-ok``): ``ove
 polygons), ``sem_seg/`` label PNGs (``--save-probs``: float16 probabilities), ``panoptic/`` +
 ``panoptic.json``, ``labelme/`` (``--save-labelme``), overlay videos and
 ``predictions.jsonl`` for videos, and ``report.json``. Images more than twice the model's test
-size go through tiled inference (``--tile``, ``--overlap``, ``--no-tile``).
+size go through tiled inference (``--tile``, ``--overlap``, ``--no-tile``; ``--tile-mode
+features``, the default for R-CNN models, runs the backbone once per image and only the heads
+per tile).
 
 Under ``torchrun --nproc-per-node N tools/predict.py --run-dir RUN ...`` (torchrun's own parser
 would take ``--run`` for its ``--run-path``) each process predicts its share of
@@ -60,7 +62,8 @@ from d2seg.engine.prediction_writers import (
     draw_outputs,
 )
 from d2seg.engine.predictor import DefaultPredictor
-from d2seg.engine.tiling import MERGE_MODES, TiledPredictor, needs_tiling
+from d2seg.engine.tile_layout import needs_tiling
+from d2seg.engine.tiling import MERGE_MODES, TILE_MODES, TiledPredictor
 from d2seg.errors import ConfigError, D2SegError
 from d2seg.utils import comm
 from d2seg.utils.cli import run_cli, user_message
@@ -114,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-tile", action="store_true", help="never tile")
     run.add_argument("--tile-merge", choices=MERGE_MODES, default="nmm",
                      help="merge instances across tiles: nmm (unite parts, SAHI GREEDYNMM) or nms")
+    run.add_argument("--tile-mode", choices=TILE_MODES, default=None,
+                     help="features: one backbone pass per image (blocks of --tile-block px), "
+                     "the detection heads per tile (R-CNN models; their default); images: the "
+                     "whole model per tile (the default for other models)")
+    run.add_argument("--tile-block", type=int, default=1280,
+                     help="with --tile-mode features: the largest side (model pixels) of one "
+                     "backbone pass, bounding memory on huge images")
     run.add_argument("--tile-full-pass", action="store_true",
                      help="also predict on the whole image (large objects) when tiling")
     return parser
@@ -138,7 +148,8 @@ class Predict:
         self.tile_auto = args.tile is None and not args.no_tile
         self.tiled = TiledPredictor(
             predictor, tile=args.tile or 512, overlap=args.overlap, merge=args.tile_merge,
-            full_pass=args.tile_full_pass, batch_size=args.batch_size,
+            full_pass=args.tile_full_pass, batch_size=args.batch_size, mode=args.tile_mode,
+            block=args.tile_block,
         )
         self.tiled_images = 0
 

@@ -158,8 +158,9 @@ class DefaultPredictor:
         logger.info(f"Predicting with {path}")
         return cls(cfg)
 
-    def _model_input(self, image: np.ndarray, format: str | None) -> dict[str, Any]:
-        """One H×W×C image → the model input the test loader would give for it."""
+    def to_model_format(self, image: np.ndarray, format: str | None = None) -> np.ndarray:
+        """One image → H×W×C contiguous in the model's ``INPUT.FORMAT`` (checked: dtype and
+        channel count; BGR/RGB converted), at its own size."""
         raster = self.input_format == "N" and getattr(image, "dtype", None) == np.float32
         if not isinstance(image, np.ndarray) or not (image.dtype == np.uint8 or raster):
             raise ConfigError(
@@ -177,7 +178,11 @@ class DefaultPredictor:
             )
         if {format, self.input_format} == {"BGR", "RGB"}:
             image = image[:, :, ::-1]
-        return self.mapper.map_image(np.ascontiguousarray(image))
+        return np.ascontiguousarray(image)
+
+    def _model_input(self, image: np.ndarray, format: str | None) -> dict[str, Any]:
+        """One H×W×C image → the model input the test loader would give for it."""
+        return self.mapper.map_image(self.to_model_format(image, format))
 
     def predict_batch(
         self, images: Sequence[np.ndarray], format: str | None = None

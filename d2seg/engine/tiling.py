@@ -1,8 +1,12 @@
 """Tiled (sliced) inference for images much larger than a model's test size.
 
-The image is cut into overlapping square tiles (:func:`tile_windows`); each tile goes through
-the :class:`~d2seg.engine.predictor.DefaultPredictor` (its own test-time resize included), and
-the tile outputs are put back together at the image's size:
+The image is cut into overlapping square tiles (:func:`~d2seg.engine.tile_layout.tile_windows`);
+each tile goes through the :class:`~d2seg.engine.predictor.DefaultPredictor` (its own test-time
+resize included), and the tile outputs are put back together at the image's size. For R-CNN
+models the default ``mode="features"`` computes the backbone once for the whole image (in
+blocks for huge ones) and runs only the detection heads per tile window
+(:mod:`d2seg.engine.feature_tiling`); ``mode="images"`` runs the whole model on each tile, as
+SAHI does.
 
 - ``sem_seg``: the tiles' logits are averaged with a smooth weight window (a raised cosine,
   highest at a tile's centre), so a pixel near one tile's border mostly takes the logits of the
@@ -21,65 +25,19 @@ Masks are kept as crops while merging, so memory stays proportional to the objec
 (number of detections) × image area.
 """
 
-import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from d2seg.engine.feature_tiling import SharedFeatureDetector, supports_shared_features
+from d2seg.engine.tile_layout import blend_window, tile_windows
 from d2seg.errors import ConfigError
 from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
 
 MERGE_MODES = ("nmm", "nms")
-
-
-def _axis_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile starts along one axis of ``size`` pixels: every ``stride``, the last flush with the
-    far edge (one tile of the full size when ``size <= tile``)."""
-    if size <= tile:
-        return [0]
-    count = math.ceil((size - tile) / stride) + 1
-    return sorted({min(i * stride, size - tile) for i in range(count)})
-
-
-def tile_windows(
-    height: int, width: int, tile: int, overlap: float
-) -> list[tuple[int, int, int, int]]:
-    """The tiles covering an H×W image: ``(y0, x0, y1, x1)`` pixel windows of ``tile``×``tile``
-    (smaller only where the image is), consecutive tiles sharing ``overlap`` (0 ≤ overlap < 1)
-    of their side."""
-    if tile < 16 or not 0 <= overlap < 1:
-        raise ConfigError(
-            f"--tile {tile} --overlap {overlap}: the tile needs at least 16 pixels and the overlap "
-            f"a fraction in [0, 1); fix: e.g. --tile 512 --overlap 0.25"
-        )
-    stride = max(1, round(tile * (1 - overlap)))
-    return [
-        (y0, x0, min(y0 + tile, height), min(x0 + tile, width))
-        for y0 in _axis_starts(height, tile, stride)
-        for x0 in _axis_starts(width, tile, stride)
-    ]
-
-
-def blend_window(height: int, width: int) -> torch.Tensor:
-    """H×W float32 weights: a raised cosine in each direction, 1 at the centre, falling to a
-    small positive floor at the border (so pixels only one tile covers still count)."""
-
-    def ramp(n: int) -> torch.Tensor:
-        t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-        return 0.5 - 0.5 * torch.cos(2 * math.pi * t) + 1e-3
-
-    return ramp(height)[:, None] * ramp(width)[None, :]
-
-
-def needs_tiling(height: int, width: int, min_size_test: int, max_size_test: int) -> bool:
-    """Whether an H×W image is more than twice the model's test size (then the test-time
-    resize would shrink it more than 2×); never for a model that does not resize
-    (``INPUT.MIN_SIZE_TEST`` 0)."""
-    if min_size_test <= 0:
-        return False
-    return min(height, width) > 2 * min_size_test or max(height, width) > 2 * max_size_test
+TILE_MODES = ("features", "images")
 
 
 @dataclass
@@ -236,6 +194,8 @@ class TiledPredictor:
         match_threshold: float = 0.5,
         full_pass: bool = False,
         batch_size: int = 1,
+        mode: str | None = None,
+        block: int = 1280,
     ):
         """
         Args:
@@ -246,20 +206,46 @@ class TiledPredictor:
                 mask IoS/IoU threshold.
             full_pass: also predict on the whole image and merge its detections in.
             batch_size: tiles per forward pass.
+            mode: ``"features"`` (one backbone pass per block, the heads per tile window; R-CNN
+                models only), ``"images"`` (the whole model per tile), or None: features where
+                the model supports it, else images.
+            block: features mode's largest backbone input side (model pixels): bounds memory.
         """
         if merge not in MERGE_MODES:
             raise ConfigError(f"--tile-merge {merge!r}: fix: one of {', '.join(MERGE_MODES)}")
         tile_windows(tile, tile, tile, overlap)  # checks tile and overlap
+        if mode is None:
+            mode = "features" if supports_shared_features(predictor.model) else "images"
+        if mode not in TILE_MODES:
+            raise ConfigError(f"--tile-mode {mode!r}: fix: one of {', '.join(TILE_MODES)}")
+        self.mode = mode
+        self.shared = None
+        if mode == "features":
+            self.shared = SharedFeatureDetector(predictor, tile=tile, overlap=overlap,
+                                                block=block, batch_size=batch_size)
         self.predictor = predictor
         self.tile, self.overlap = tile, overlap
         self.merge, self.match_threshold = merge, match_threshold
         self.full_pass = full_pass
         self.batch_size = max(1, batch_size)
 
+    def _tile_outputs(self, image: np.ndarray, format: str | None
+                      ) -> Iterator[tuple[dict[str, Any], int, int]]:
+        """Each tile's output dict (at the tile's size) and the tile's top-left corner (y, x)."""
+        if self.shared is not None:
+            for instances, y0, x0 in self.shared(image, format):
+                yield {"instances": instances}, y0, x0
+            return
+        windows = tile_windows(*image.shape[:2], self.tile, self.overlap)
+        for start in range(0, len(windows), self.batch_size):
+            batch = windows[start:start + self.batch_size]
+            crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in batch]
+            for (y0, x0, _, _), out in zip(batch, self.predictor.predict_batch(crops, format)):
+                yield out, y0, x0
+
     def __call__(self, image: np.ndarray, format: str | None = None) -> dict[str, Any]:
         """Outputs for one H×W×C image at its original size (``format`` as the predictor's)."""
         height, width = image.shape[:2]
-        windows = tile_windows(height, width, self.tile, self.overlap)
         logits, weights = None, None
         parts: list[_Detections] = []
         with_masks = False
@@ -268,21 +254,19 @@ class TiledPredictor:
             if "instances" in full:
                 parts.append(_Detections.from_instances(full["instances"], 0, 0))
                 with_masks = "masks" in full["instances"]
-        for start in range(0, len(windows), self.batch_size):
-            batch = windows[start:start + self.batch_size]
-            crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in batch]
-            for (y0, x0, y1, x1), out in zip(batch, self.predictor.predict_batch(crops, format)):
-                if "sem_seg" in out:
-                    tile_logits = out["sem_seg"].detach().float().cpu()
-                    if logits is None:
-                        logits = torch.zeros((tile_logits.shape[0], height, width))
-                        weights = torch.zeros((height, width))
-                    window = blend_window(y1 - y0, x1 - x0)
-                    logits[:, y0:y1, x0:x1] += tile_logits * window
-                    weights[y0:y1, x0:x1] += window
-                if "instances" in out:
-                    parts.append(_Detections.from_instances(out["instances"], y0, x0))
-                    with_masks = with_masks or "masks" in out["instances"]
+        for out, y0, x0 in self._tile_outputs(image, format):
+            if "sem_seg" in out:
+                tile_logits = out["sem_seg"].detach().float().cpu()
+                if logits is None:
+                    logits = torch.zeros((tile_logits.shape[0], height, width))
+                    weights = torch.zeros((height, width))
+                y1, x1 = y0 + tile_logits.shape[1], x0 + tile_logits.shape[2]
+                window = blend_window(y1 - y0, x1 - x0)
+                logits[:, y0:y1, x0:x1] += tile_logits * window
+                weights[y0:y1, x0:x1] += window
+            if "instances" in out:
+                parts.append(_Detections.from_instances(out["instances"], y0, x0))
+                with_masks = with_masks or "masks" in out["instances"]
         result: dict[str, Any] = {}
         if parts:
             merged = _Detections.concatenate(parts).merge(self.merge, self.match_threshold)

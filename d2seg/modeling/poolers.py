@@ -67,15 +67,23 @@ class ROIPooler(MultiScaleRoIAlign):
             )
         return cls(featmap_names, resolution, sampling, aligned=POOLER_TYPES[pooler_type])
 
+    def setup_scales(self, x: dict[str, Tensor], image_shapes: list[tuple[int, int]]) -> None:
+        """On the first call only: each level's scale (its size ÷ the largest image's, rounded
+        to a power of 2) and the level mapper. Callers whose images fill little of the padded
+        batch call it first with the padded size, so that the rounding cannot pick a wrong
+        power of 2."""
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                _filter_input(x, self.featmap_names), image_shapes, self.canonical_scale,
+                self.canonical_level,
+            )
+
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         """Features by name, per image R_n×4 XYXY boxes (image pixels) → R×C×out×out."""
+        self.setup_scales(x, image_shapes)
         levels = _filter_input(x, self.featmap_names)
-        if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(
-                levels, image_shapes, self.canonical_scale, self.canonical_level
-            )
         rois = _convert_to_roi_format(boxes)
         pool = dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio,
                     aligned=self.aligned)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2seg.engine.tiling import TiledPredictor, blend_window, needs_tiling, tile_windows
+from d2seg.engine.tile_layout import blend_window, needs_tiling, tile_windows
+from d2seg.engine.tiling import TiledPredictor
 from d2seg.errors import ConfigError
 
 

@@ -431,3 +431,32 @@ def test_panoptic_model_writes_coco_panoptic_png_and_json(tmp_path, predict):
         assert segment["area"] == int((ids == segment["id"]).sum())
     names = {c["id"]: c["name"] for c in panoptic["categories"]}
     assert {names[s["category_id"]] for s in segments if s["isthing"]} <= {"a", "b"}
+
+
+def test_tile_modes_of_an_rcnn_model_and_features_refused_for_a_semantic_one(tmp_path, predict):
+    """``--tile-mode features`` (the R-CNN default) and ``images`` both tile and write
+    detections; a semantic model has no detection heads to run per tile: a usage error."""
+    image = render_sample("balloons", seed=4, size=(192, 256))["image"]
+    Image.fromarray(image).save(tmp_path / "big.png")
+    weights = {}
+    for name in ("mask_rcnn_R_18_tiny", "unet_R_18_tiny"):
+        cfg = get_cfg()
+        cfg.merge_from_file(str(REPO_ROOT / "configs" / "tiny" / f"{name}.yaml"))
+        torch.manual_seed(0)
+        weights[name] = tmp_path / f"{name}.pth"
+        torch.save(build_model(cfg).state_dict(), weights[name])
+
+    def run(name: str, out: str, *opts):
+        return predict("--config-file", REPO_ROOT / "configs" / "tiny" / f"{name}.yaml",
+                       "--input", tmp_path / "big.png", "--output", tmp_path / out,
+                       "--no-overlay", "--tile", "128", *opts, "MODEL.WEIGHTS", weights[name],
+                       "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+
+    for mode in ("features", "images"):
+        code, _, err = run("mask_rcnn_R_18_tiny", mode, "--tile-mode", mode,
+                           "DATASETS.THING_CLASSES", "('a', 'b')")
+        assert code == 0, err
+        assert json.loads((tmp_path / mode / "report.json").read_text())["tiled_images"] == 1
+        assert _coco_results(tmp_path / mode / "predictions.json")
+    code, _, err = run("unet_R_18_tiny", "semantic", "--tile-mode", "features")
+    assert code == 2 and "--tile-mode images" in err
