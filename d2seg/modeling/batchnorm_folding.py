@@ -99,26 +99,28 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return folded.eval()
 
 
-def _state_signature(module: nn.Module) -> tuple:
-    """Identity, storage, dtype, device and version counter of each parameter and buffer: any
-    in-place update (``load_state_dict``, an optimizer step) bumps a version counter, and
-    ``.to()``/``.half()`` move the storage. (Writes through ``tensor.data`` bypass the version
-    counter; d2seg makes none on a built model.)"""
-    return tuple(
-        (id(t), t.data_ptr(), t.dtype, t.device, t._version)
-        for t in (*module.parameters(), *module.buffers())
-    )
-
-
-def _may_need_batchnorm(module: nn.Module) -> bool:
-    """True while ``module`` could be trained or differentiated, or is observed by hooks that
-    expect its own submodules to run."""
-    return (torch.is_grad_enabled() or any(
-        m.training or m._forward_hooks or m._forward_pre_hooks for m in module.modules()))
+def _state_signature(module: nn.Module) -> list | None:
+    """None while ``module`` could be trained or differentiated, or is observed by forward hooks
+    that expect its own submodules to run; otherwise the identity, storage and version counter
+    of each parameter and buffer. Any in-place update (``load_state_dict``, an optimizer step)
+    bumps a version counter; ``.to()``/``.half()`` allocate new storage. (Writes through
+    ``tensor.data`` bypass the version counter; d2seg makes none on a built model.) One walk
+    over the modules: this runs on every inference call."""
+    if torch.is_grad_enabled():
+        return None
+    signature = []
+    for m in module.modules():
+        if m.training or m._forward_hooks or m._forward_pre_hooks:
+            return None
+        for tensors in (m._parameters.values(), m._buffers.values()):
+            for t in tensors:
+                if t is not None:
+                    signature += (id(t), t.data_ptr(), t._version)
+    return signature
 
 
 # module -> (state signature, folded copy); weak keys: a dropped model frees its copy.
-_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = (
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[list, nn.Module]]" = (
     weakref.WeakKeyDictionary())
 
 
@@ -129,9 +131,9 @@ def inference_module(module: nn.Module) -> nn.Module:
     ``module`` changed (see :func:`_state_signature`). The returned module is called exactly as
     ``module`` is.
     """
-    if _may_need_batchnorm(module):
-        return module
     signature = _state_signature(module)
+    if signature is None:
+        return module
     cached = _FOLDED.get(module)
     if cached is None or cached[0] != signature:
         cached = (signature, fold_batchnorm(module))
