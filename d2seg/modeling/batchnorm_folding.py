@@ -73,10 +73,12 @@ def _pairs(root: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Conv2d, nn.Modu
 def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
     """Replace ``conv``'s weight and bias by the conv followed by ``norm`` (computed in float64,
     stored in the conv's dtype)."""
-    weight = conv.weight.double()
-    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    weight, variance = conv.weight.double(), norm.running_var.double()
+    gamma = norm.weight.double() if norm.weight is not None else torch.ones_like(variance)
+    beta = norm.bias.double() if norm.bias is not None else torch.zeros_like(variance)
+    scale = gamma / torch.sqrt(variance + norm.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    folded_bias = (bias - norm.running_mean.double()) * scale + norm.bias.double()
+    folded_bias = (bias - norm.running_mean.double()) * scale + beta
     shape = (-1,) + (1,) * (weight.dim() - 1)
     conv.weight = nn.Parameter((weight * scale.view(shape)).to(conv.weight.dtype), False)
     conv.bias = nn.Parameter(folded_bias.to(conv.weight.dtype), False)

@@ -28,9 +28,10 @@ def randomise_norms(model: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, NORMS):
-                channels = m.weight.shape[0]
-                m.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
-                m.bias.copy_(torch.randn(channels, generator=generator) * 0.2)
+                channels = m.running_mean.shape[0]
+                if m.weight is not None:  # affine
+                    m.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+                    m.bias.copy_(torch.randn(channels, generator=generator) * 0.2)
                 m.running_mean.copy_(torch.randn(channels, generator=generator) * 0.2)
                 m.running_var.copy_(torch.rand(channels, generator=generator) * 1.5 + 0.25)
     return model
@@ -187,10 +188,11 @@ def test_only_pairs_whose_conv_feeds_the_norm_alone_are_folded():
         nn.Conv2d(3, 4, 3), randomise_norms(nn.BatchNorm2d(4), 0), nn.ReLU(),
         nn.Conv2d(4, 4, 1), batch_statistics,
         randomise_norms(nn.BatchNorm2d(4), 1),  # after a norm, not a conv
+        nn.Conv2d(4, 4, 1, bias=True), randomise_norms(nn.BatchNorm2d(4, affine=False), 2),
     ).eval()
     twin = fold_batchnorm(net)
     assert [type(m) for m in twin] == [nn.Conv2d, nn.Identity, nn.ReLU, nn.Conv2d,
-                                       nn.BatchNorm2d, nn.BatchNorm2d]
+                                       nn.BatchNorm2d, nn.BatchNorm2d, nn.Conv2d, nn.Identity]
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), net(x), rtol=1e-4, atol=1e-5)
