@@ -17,7 +17,7 @@ reference (robust to the load of a shared machine):
    with its resizing disabled (min/max size = the image). d2seg loads torchvision's random
    weights through ``map_external_state_dict`` and both keep every detection
    (``--score-thresh``), so both run the same boxes through the mask head and paste the same
-   number of masks → ``maskrcnn_latency_ratio`` (target <= 1.05). The config keeps
+   number of masks → ``maskrcnn_latency_ratio`` (target <= 0.95, issue 17). The config keeps
    Detectron2's adaptive RoIAlign sampling (``POOLER_SAMPLING_RATIO: 0``: up to
    ceil(box side / 7) samples per bin, more work on large boxes) where torchvision samples 2;
    ``--pooler-sampling-ratio 2`` runs d2seg with torchvision's value.
@@ -33,6 +33,9 @@ reference (robust to the load of a shared machine):
    ``torchvision fcn_resnet50``, its weights loaded into d2seg so both compute the same
    logits) and ``lraspp_mnv3_large_latency_ratio`` (``lraspp_MNV3_large`` vs torchvision's
    ``lraspp_mobilenet_v3_large``, weights loaded likewise); targets <= 1.0.
+
+d2seg's eval calls under ``no_grad`` run with each BatchNorm folded into its conv
+(:mod:`d2seg.modeling.batchnorm_folding`); the references run theirs as built.
 
 Also prints each model's parameter count and fvcore FLOPs (``FlopCountAnalysis``, one
 multiply-add = one flop, as Detectron2 reports them; operators fvcore has no formula for are

@@ -21,6 +21,7 @@ from d2seg.errors import ConfigError, DatasetError
 from d2seg.modeling.backbone import Backbone, build_backbone
 from d2seg.modeling.backbone.backbone import check_in_features
 from d2seg.modeling.backbone.resnet import ResNet, map_resnet_checkpoint
+from d2seg.modeling.batchnorm_folding import inference_module
 from d2seg.modeling.box_head import BoxPredictor, box_head_output_size, build_box_head
 from d2seg.modeling.build import build_from_registry
 from d2seg.modeling.heads.mask_head import MaskRCNNConvUpsampleHead
@@ -322,7 +323,9 @@ class GeneralizedRCNN(nn.Module):
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
         images = self.preprocessor(batched_inputs)
         targets = self.targets(batched_inputs) if self.training else None
-        detections, losses = self.detect(images, self.backbone(images.tensors), targets)
+        # Eval under no_grad: BatchNorms folded into their convs (same features, one pass less).
+        features = inference_module(self.backbone)(images.tensors)
+        detections, losses = self.detect(images, features, targets)
         if self.training:
             return losses
         instances = self.postprocess_instances(detections, images, batched_inputs)

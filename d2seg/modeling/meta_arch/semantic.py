@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from d2seg.config import CfgNode
 from d2seg.modeling.backbone import Backbone, build_backbone
 from d2seg.modeling.backbone.stem import map_backbone_checkpoint
+from d2seg.modeling.batchnorm_folding import inference_module
 from d2seg.modeling.build import build_from_registry
 from d2seg.modeling.postprocess import sem_seg_postprocess
 from d2seg.modeling.preprocess import ImagePreprocessor, pad_sem_seg_targets
@@ -125,7 +126,9 @@ class SemanticSegmentor(nn.Module):
                 self.sem_seg_head.ignore_value,
                 self.device,
             )
-        logits, losses = self.sem_seg_head(self.backbone(images.tensors), targets)
+        # Eval under no_grad: BatchNorms folded into their convs (same logits, one pass less).
+        backbone, head = inference_module(self.backbone), inference_module(self.sem_seg_head)
+        logits, losses = head(backbone(images.tensors), targets)
         if self.training:
             return losses
         sem_segs = sem_seg_inference(logits, images.image_sizes, batched_inputs)
