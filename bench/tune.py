@@ -1,22 +1,30 @@
 #!/usr/bin/env python
-"""Tuning cost: the same study with ``--pruner median`` and with ``--pruner none``.
+"""Tuning cost: the same study with ``--pruner median`` and with ``--pruner none``, per seed.
 
 Workload: the tiny U-Net on synthetic 64 px cars (16 images, 12 train / 4 val), CPU, one
 process; ``--trials`` trials (default 16) of ``SOLVER.MAX_ITER`` 12 evaluated every 3
-iterations, over ``SOLVER.BASE_LR`` (log 1e-5..1e-1) and ``MODEL.SEM_SEG_HEAD.LOSS``; TPE
-seeded 0 in both studies. Each study is ``tools/tune.py``'s ``main`` in this process. Prints:
+iterations, over ``SOLVER.BASE_LR`` (log 1e-5..1e-1) and ``MODEL.SEM_SEG_HEAD.LOSS``. For each
+of ``--seeds`` (default 0 1 2 3 4) both studies run with that TPE seed, so they sample the same
+random start-up trials; each study is ``tools/tune.py``'s ``main`` in this process. One seeded
+pair is one sample of what pruning saves on this space, hence several. Prints per seed, then
+the mean, standard deviation and range over the seeds:
 
-* ``pruning_iteration_ratio: X``: training iterations of all trials with median pruning ÷
-  without (target <= 0.6), and the best ``sem_seg/mIoU`` of each (within 2 points);
-* ``tune_overhead: X``: wall time of the study (``main`` from argument parsing to the written
+* ``pruning_iteration_ratio``: training iterations of all trials with median pruning ÷
+  without (target <= 0.6), and ``best_metric_gap``: the best ``sem_seg/mIoU`` with pruning
+  minus without (target: within 2 points);
+* ``tune_overhead[P]``: wall time of the study (``main`` from argument parsing to the written
   plots) ÷ the sum of its trials' run times (each trial's ``seconds``: build, training,
-  evaluations; target <= 1.1), for each study.
+  evaluations; target <= 1.1), for each pruner ``P``.
+
+``--pruner-startup`` / ``--pruner-warmup`` pass those options of ``tools/tune.py`` to the median
+study (default: the tool's defaults).
 """
 
 import argparse
 import contextlib
 import importlib.util
 import io
+import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +39,7 @@ from d2seg.data.synthetic import make_carvana
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ("SOLVER.BASE_LR: {loguniform: [1.0e-5, 1.0e-1]}\n"
          "MODEL.SEM_SEG_HEAD.LOSS: {choice: [ce, dice, ce+dice]}\n")
+PRUNERS = ("median", "none")
 
 
 def load_tool():
@@ -40,13 +49,15 @@ def load_tool():
     return module
 
 
-def study(tool, work: Path, data: Path, pruner: str, trials: int) -> dict[str, float]:
-    """Run one study; its best value, total iterations, wall and summed trial seconds."""
-    output = work / pruner
+def study(tool, work: Path, data: Path, pruner: str, trials: int, seed: int,
+          flags: list[str]) -> dict[str, float]:
+    """Run one study; its best value, total iterations, pruned trials (and at which
+    iterations), wall and summed trial seconds."""
+    output = work / f"seed{seed}_{pruner}"
     sys.argv = [
         "tune.py", "--config-file", str(ROOT / "configs" / "tiny" / "unet_R_18_tiny.yaml"),
         "--space", str(work / "space.yaml"), "--trials", str(trials), "--output", str(output),
-        "--pruner", pruner, "--seed", "0",
+        "--pruner", pruner, "--seed", str(seed), *flags,
         "DATASETS.TRAIN", f"('{data / 'train.json'}',)", "DATASETS.TEST",
         f"('{data / 'val.json'}',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "0",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
@@ -58,37 +69,60 @@ def study(tool, work: Path, data: Path, pruner: str, trials: int) -> dict[str, f
     with contextlib.redirect_stdout(io.StringIO()) as out:
         tool.main()
     wall = time.perf_counter() - start
-    print(out.getvalue().split("\nwrote")[0])
+    print(f"seed {seed}, --pruner {pruner}:\n" + out.getvalue().split("\nwrote")[0], flush=True)
     done = optuna.load_study(study_name="d2seg-tune", storage=f"sqlite:///{output / 'study.db'}")
     trials_ = done.get_trials(deepcopy=False)
     return {
         "best": done.best_value,
         "iterations": sum(t.user_attrs["iterations"] for t in trials_),
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials_),
+        "pruned_at": sorted(t.user_attrs["iterations"] for t in trials_
+                            if t.state == TrialState.PRUNED),
         "wall": wall,
         "trial_seconds": sum(t.user_attrs["seconds"] for t in trials_),
     }
 
 
+def summary(name: str, values: list[float], unit: str = "") -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return (f"{name}: {statistics.mean(values):.3f}{unit} (sd {spread:.3f}, min "
+            f"{min(values):.3f}, max {max(values):.3f} over {len(values)} seeds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pruner-startup", type=int, metavar="N")
+    parser.add_argument("--pruner-warmup", type=int, metavar="K")
     args = parser.parse_args()
+    flags = [f for name in ("startup", "warmup") if getattr(args, f"pruner_{name}") is not None
+             for f in (f"--pruner-{name}", str(getattr(args, f"pruner_{name}")))]
     tool = load_tool()
+    ratios, gaps, overheads = [], [], {p: [] for p in PRUNERS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_carvana(work / "raw", 16, size=(64, 96), seed=0)
         convert_dataset(work / "raw", work / "coco", fmt="masks", splits={"val": 0.25}, seed=0)
         (work / "space.yaml").write_text(SPACE, encoding="utf-8")
         data = work / "coco" / "annotations"
-        results = {p: study(tool, work, data, p, args.trials) for p in ("median", "none")}
-    for pruner, r in results.items():
-        print(f"[{pruner}] best sem_seg/mIoU {r['best']:.2f}, {r['iterations']} iterations, "
-              f"{r['pruned']} pruned, study {r['wall']:.1f} s, trials {r['trial_seconds']:.1f} s")
-        print(f"tune_overhead[{pruner}]: {r['wall'] / r['trial_seconds']:.3f}")
-    median, none = results["median"], results["none"]
-    print(f"best_metric_gap: {median['best'] - none['best']:+.2f} points (median - none)")
-    print(f"pruning_iteration_ratio: {median['iterations'] / none['iterations']:.3f}")
+        for seed in args.seeds:
+            results = {p: study(tool, work, data, p, args.trials, seed,
+                                flags if p == "median" else []) for p in PRUNERS}
+            for pruner, r in results.items():
+                overheads[pruner].append(r["wall"] / r["trial_seconds"])
+                print(f"[seed {seed}, {pruner}] best sem_seg/mIoU {r['best']:.2f}, "
+                      f"{r['iterations']} iterations, {len(r['pruned_at'])} pruned (at "
+                      f"iterations {r['pruned_at']}), study {r['wall']:.1f} s, trials "
+                      f"{r['trial_seconds']:.1f} s, tune_overhead {overheads[pruner][-1]:.3f}")
+            median, none = results["median"], results["none"]
+            gaps.append(median["best"] - none["best"])
+            ratios.append(median["iterations"] / none["iterations"])
+            print(f"[seed {seed}] pruning_iteration_ratio {ratios[-1]:.3f}, best_metric_gap "
+                  f"{gaps[-1]:+.2f} points (median - none)", flush=True)
+    print(summary("pruning_iteration_ratio", ratios))
+    print(summary("best_metric_gap", gaps, " points"))
+    for pruner in PRUNERS:
+        print(summary(f"tune_overhead[{pruner}]", overheads[pruner]))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from d2seg.tuning.outputs import (  # noqa: E402
     write_outputs,
 )
 from d2seg.tuning.storage import default_storage_url, open_storage  # noqa: E402
-from d2seg.tuning.study import PRUNERS, open_study  # noqa: E402
+from d2seg.tuning.pruner import PRUNERS, PrunerSpec  # noqa: E402
+from d2seg.tuning.study import open_study  # noqa: E402
 from d2seg.tuning.worker import census, retry_lost_trials, retry_trial, work  # noqa: E402
 from d2seg.utils.cli import Interrupted, run_cli  # noqa: E402
 from d2seg.utils.io import atomic_write_json  # noqa: E402
@@ -67,6 +68,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="maximize")
     parser.add_argument("--pruner", choices=PRUNERS, default="median",
                         help="stop bad trials early at their TEST.EVAL_PERIOD evaluations")
+    parser.add_argument("--pruner-startup", type=int, metavar="N",
+                        help="median: complete trials before any is pruned (default 5)")
+    parser.add_argument("--pruner-warmup", type=int, metavar="K",
+                        help="median: evaluations of each trial that never prune it (default 0; "
+                        "raise it when the first evaluations do not rank configs yet)")
     parser.add_argument("--storage", help="sqlite:////abs/study.db (default OUTPUT/study.db), "
                         "journal:///abs/study.log (several processes, NFS), postgresql://... "
                         "or mysql://... (several machines)")
@@ -93,6 +99,8 @@ def main() -> int:
         if value < low:
             raise ConfigError(f"{flag} {value}: must be at least {low}; fix: give {flag} {low} "
                               f"or more")
+    pruner = PrunerSpec.from_flags(args.pruner, startup=args.pruner_startup,
+                                   warmup=args.pruner_warmup)
     output = Path(args.output).resolve()
     marker = _read_marker(output)
     url = args.storage or (marker or {}).get("storage") or default_storage_url(output)
@@ -103,11 +111,11 @@ def main() -> int:
         )
     job = build_job(
         args.config_file, args.space, opts=args.opts, output=output, metric=args.metric,
-        direction=args.direction, pruner=args.pruner, trial_iters=args.trial_iters,
+        direction=args.direction, pruner=pruner, trial_iters=args.trial_iters,
     )
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = _open_or_create(job, output, url, args)
-    spec = StudySpec(url, args.study_name, args.pruner, args.seed)
+    study = _open_or_create(job, output, url, pruner, args)
+    spec = StudySpec(url, args.study_name, pruner, args.seed)
     retry_lost_trials(study)
     try:
         _run(job, study, spec, args)
@@ -138,8 +146,8 @@ def _read_marker(output: Path) -> dict | None:
         return json.load(f)
 
 
-def _open_or_create(job: TuneJob, output: Path, url: str, args: argparse.Namespace
-                    ) -> optuna.Study:
+def _open_or_create(job: TuneJob, output: Path, url: str, pruner: PrunerSpec,
+                    args: argparse.Namespace) -> optuna.Study:
     """Open the storage (before creating OUTPUT when it lives elsewhere) and the study;
     a new OUTPUT is removed again when that fails."""
     in_output = url == default_storage_url(output)
@@ -148,7 +156,7 @@ def _open_or_create(job: TuneJob, output: Path, url: str, args: argparse.Namespa
     output.mkdir(parents=True, exist_ok=True)
     try:
         storage = storage or open_storage(url, on_stale=retry_trial)
-        study = open_study(job, storage, name=args.study_name, pruner=args.pruner, seed=args.seed)
+        study = open_study(job, storage, name=args.study_name, pruner=pruner, seed=args.seed)
         atomic_write_json(output / MARKER, {"storage": url, "study": args.study_name}, indent=2)
     except BaseException:
         if created:

@@ -30,6 +30,7 @@ from d2seg.engine.defaults import setup_cfg
 from d2seg.engine.run_metadata import resolve_from_data
 from d2seg.errors import ConfigError
 from d2seg.modeling.meta_arch.declarations import headline_metric
+from d2seg.tuning.pruner import PrunerSpec
 from d2seg.tuning.space import SearchSpace
 
 DIRECTIONS = {"maximize": "max", "minimize": "min"}
@@ -70,7 +71,7 @@ def build_job(
     output: str | os.PathLike,
     metric: str | None = None,
     direction: str = "maximize",
-    pruner: str = "median",
+    pruner: PrunerSpec = PrunerSpec(),
     trial_iters: int = 0,
 ) -> TuneJob:
     """Load and check everything a study needs; raise :class:`ConfigError` on the first
@@ -90,11 +91,11 @@ def build_job(
             f"{both[0]} is both searched in {space_file} and fixed on the command line; fix: "
             f"remove one of them"
         )
-    if pruner != "none" and cfg.TEST.EVAL_PERIOD <= 0:
+    if pruner.name != "none" and cfg.TEST.EVAL_PERIOD <= 0:
         raise ConfigError(
             f"TEST.EVAL_PERIOD is {cfg.TEST.EVAL_PERIOD}: trials are evaluated only at the end, "
-            f"so --pruner {pruner} has nothing to compare; fix: set TEST.EVAL_PERIOD (e.g. a "
-            f"fifth of SOLVER.MAX_ITER) or use --pruner none"
+            f"so --pruner {pruner.name} has nothing to compare; fix: set TEST.EVAL_PERIOD (e.g. "
+            f"a fifth of SOLVER.MAX_ITER) or use --pruner none"
         )
     metric = metric or headline_metric(cfg)
     _check_metric(cfg, metric)
@@ -104,6 +105,7 @@ def build_job(
     final.SOLVER.EARLY_STOP.MODE = DIRECTIONS[direction]
     final.freeze()
     trial_cfg = shorten_schedule(final, trial_iters) if trial_iters else final
+    _check_warmup(trial_cfg, pruner)
     return TuneJob(trial_cfg, final, space, metric, direction, Path(output).resolve())
 
 
@@ -122,6 +124,18 @@ def shorten_schedule(cfg: CfgNode, iters: int) -> CfgNode:
     solver.MAX_ITER = iters
     cfg.freeze()
     return cfg
+
+
+def _check_warmup(cfg: CfgNode, pruner: PrunerSpec) -> None:
+    """A warm-up must leave an evaluation before the end of a trial that can prune it."""
+    period, iters = cfg.TEST.EVAL_PERIOD, cfg.SOLVER.MAX_ITER
+    if pruner.warmup and (pruner.warmup + 1) * period >= iters:
+        raise ConfigError(
+            f"--pruner-warmup {pruner.warmup}: a trial is evaluated every {period} of its "
+            f"{iters} iterations, so the warm-up leaves no evaluation before its end that could "
+            f"stop it early; fix: give --pruner-warmup {max(0, (iters - 1) // period - 1)} or "
+            f"less, or a smaller TEST.EVAL_PERIOD"
+        )
 
 
 def reported_metrics(cfg: CfgNode) -> set[str]:

@@ -7,8 +7,8 @@ goes to ``OUTPUT/workers/worker_K.log``. The parent only watches the study.
 
 Example::
 
-    codes = run_workers(job, StudySpec(url, "tune", "median", 0), workers=2, n_trials=16,
-                        keep_best=1, on_poll=lambda: None)
+    spec = StudySpec(url, "tune", PrunerSpec("median"), 0)
+    codes = run_workers(job, spec, workers=2, n_trials=16, keep_best=1, on_poll=lambda: None)
 """
 
 import multiprocessing
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from d2seg.tuning.job import TuneJob
+from d2seg.tuning.pruner import PrunerSpec
 from d2seg.utils.cli import Interrupted
 
 POLL_SECONDS = 1.0
@@ -32,7 +33,7 @@ class StudySpec:
 
     storage_url: str
     name: str
-    pruner: str
+    pruner: PrunerSpec
     seed: int
 
 

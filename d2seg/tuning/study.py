@@ -6,7 +6,7 @@ config, space or metric under the same name is refused instead of mixing two sea
 
 Example::
 
-    study = open_study(job, open_storage(url), name="tune", pruner="median", seed=0)
+    study = open_study(job, open_storage(url), name="tune", pruner=PrunerSpec("median"), seed=0)
 """
 
 import warnings
@@ -17,26 +17,13 @@ from optuna.storages import BaseStorage
 
 from d2seg.errors import ConfigError
 from d2seg.tuning.job import TuneJob
+from d2seg.tuning.pruner import PrunerSpec
 
-PRUNERS = ("median", "hyperband", "none")
 _SIGNATURE = "d2seg_search"
 
 
-def build_pruner(name: str, job: TuneJob) -> optuna.pruners.BasePruner:
-    """``median``: stop a trial whose best value so far is worse than the median of the
-    earlier trials at the same iteration (after 5 trials); ``hyperband``: successive halving
-    over iterations, from one evaluation period to the whole schedule; ``none``."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, job.cfg.TEST.EVAL_PERIOD), max_resource=job.cfg.SOLVER.MAX_ITER
-        )
-    return optuna.pruners.NopPruner()
-
-
-def open_study(job: TuneJob, storage: BaseStorage, *, name: str, pruner: str, seed: int,
-               worker: int = 0) -> optuna.Study:
+def open_study(job: TuneJob, storage: BaseStorage, *, name: str, pruner: PrunerSpec,
+               seed: int, worker: int = 0) -> optuna.Study:
     """The study ``name`` in ``storage``, created when new. TPE sampling is seeded from
     (``seed``, ``worker``, trials already in the study): reproducible for a new study, and
     neither two workers nor a resumed run repeat the parameters another one sampled."""
@@ -46,7 +33,7 @@ def open_study(job: TuneJob, storage: BaseStorage, *, name: str, pruner: str, se
             storage=storage,
             study_name=name,
             direction=job.direction,
-            pruner=build_pruner(pruner, job),
+            pruner=pruner.build(job.cfg),
             load_if_exists=True,
         )
         sequence = np.random.SeedSequence([seed, worker, len(study.trials)])

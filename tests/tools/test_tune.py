@@ -69,6 +69,11 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     (SPACE, ["--storage", "redis://127.0.0.1/0"], r"unknown kind of storage"),
     (SPACE, ["--pruner", "median", "--", "TEST.EVAL_PERIOD", "0"], r"--pruner median has "
      r"nothing to compare; fix: set TEST.EVAL_PERIOD"),
+    (SPACE, ["--pruner", "none", "--pruner-warmup", "1"], r"--pruner-warmup sets the median "
+     r"pruner, not --pruner none; fix: drop --pruner-warmup or use --pruner median"),
+    (SPACE, ["--pruner-startup", "-1"], r"--pruner-startup -1: must be at least 0"),
+    (SPACE, ["--pruner-warmup", "3", "--", "SOLVER.MAX_ITER", "4"], r"--pruner-warmup 3: a "
+     r"trial is evaluated every 1 of its 4 iterations.*fix: give --pruner-warmup 2 or less"),
 ])
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(run_tool, tmp_path, opts, space,
                                                           flags, message):

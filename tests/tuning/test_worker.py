@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from d2seg.errors import ConfigError
 from d2seg.tuning.job import build_job
+from d2seg.tuning.pruner import PrunerSpec
 from d2seg.tuning.study import open_study
 from d2seg.tuning.worker import Census, census, fail_orphans, retry_lost_trials, work
 
@@ -41,6 +42,31 @@ def test_a_trial_the_pruner_stops_is_recorded_as_pruned_at_its_first_evaluation(
     assert max(r["iteration"] for r in rows) == 1  # the run stopped after its second step
     assert not list(folder.glob("*.pth"))  # a pruned trial keeps no checkpoint
     assert census(study).counted == 1
+
+
+@pytest.mark.parametrize("startup, warmup, state, evaluated", [
+    (1, 0, TrialState.PRUNED, [2]),  # pruned at its first evaluation
+    (1, 1, TrialState.PRUNED, [2, 4]),  # the first evaluation is warm-up: pruned at the second
+    (2, 0, TrialState.COMPLETE, [2, 4, 6]),  # one complete trial is fewer than the start-up 2
+])
+def test_the_median_pruner_waits_for_its_startup_trials_and_warmup_evaluations(
+        tmp_path, unet_opts, space_file, startup, warmup, state, evaluated):
+    space = space_file("SOLVER.BASE_LR: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    spec = PrunerSpec.from_flags("median", startup=startup, warmup=warmup)
+    job = build_job(UNET, str(space), opts=unet_opts + ["SOLVER.MAX_ITER", "6"],
+                    output=tmp_path / "study", pruner=spec)
+    study = open_study(job, optuna.storages.InMemoryStorage(), name="s", pruner=spec, seed=0)
+    # A complete trial no mIoU reaches at any evaluation: the median every trial is below.
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=101.0, params={"SOLVER.BASE_LR": 1e-3},
+        distributions={"SOLVER.BASE_LR": optuna.distributions.FloatDistribution(1e-4, 1e-2,
+                                                                                log=True)},
+        intermediate_values={2: 101.0, 4: 101.0, 6: 101.0}))
+    work(job, study, n_trials=2)
+    trial = study.trials[1]
+    assert trial.state == state
+    assert sorted(trial.intermediate_values) == evaluated
+    assert trial.user_attrs["iterations"] == evaluated[-1]
 
 
 def test_a_complete_trial_is_a_training_run_valued_by_its_best_evaluation(job):
@@ -115,19 +141,19 @@ def test_a_running_trial_whose_process_is_gone_fails_and_is_queued_again():
 
 def test_a_study_refuses_to_continue_with_another_search(job, tmp_path, unet_opts, space_file):
     storage = optuna.storages.InMemoryStorage()
-    open_study(job, storage, name="s", pruner="median", seed=0)
-    assert open_study(job, storage, name="s", pruner="median", seed=0).user_attrs
+    open_study(job, storage, name="s", pruner=PrunerSpec("median"), seed=0)
+    assert open_study(job, storage, name="s", pruner=PrunerSpec("median"), seed=0).user_attrs
     other = build_job(UNET, str(space_file("SOLVER.BASE_LR: {uniform: [0.001, 0.01]}\n")),
                       opts=unet_opts, output=tmp_path / "study")
     with pytest.raises(ConfigError, match=r"study 's' in this storage searches something else "
                                           r"\(space differs\); fix: rerun with the same"):
-        open_study(other, storage, name="s", pruner="median", seed=0)
+        open_study(other, storage, name="s", pruner=PrunerSpec("median"), seed=0)
 
 
 @pytest.mark.slow
 def test_hyperband_reports_every_evaluation_and_ends_each_trial_complete_or_pruned(job):
-    study = open_study(job, optuna.storages.InMemoryStorage(), name="s", pruner="hyperband",
-                       seed=0)
+    study = open_study(job, optuna.storages.InMemoryStorage(), name="s",
+                       pruner=PrunerSpec("hyperband"), seed=0)
     work(job, study, n_trials=2)
     for trial in study.trials:
         assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
