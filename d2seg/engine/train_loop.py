@@ -86,10 +86,15 @@ class _StopRequest:
         if threading.current_thread() is threading.main_thread():  # else Python refuses
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
-    def restore(self) -> None:
+    def restore(self, pending: bool) -> None:
+        """Put the previous handlers back. A request the loop did not act on (``pending``: it
+        ended by an exception, e.g. a pruner's, or StopTraining after the signal came) is passed
+        on to them, so a SIGTERM during a step that a hook ends still stops the process."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if pending and self.signum:
+            signal.raise_signal(self.signum)
 
     def flags(self) -> torch.Tensor:
         """float32 ``[SIGINT requested, SIGTERM requested]`` of this process."""
@@ -172,7 +177,7 @@ class TrainerBase(ABC):
                 for hook in self._hooks:
                     hook.after_train()
             finally:
-                self._stop.restore()
+                self._stop.restore(pending=interrupted is None)
         if interrupted is not None:
             comm.synchronize()  # the processes exit together, once rank 0 has written its files
             raise interrupted

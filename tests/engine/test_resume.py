@@ -24,7 +24,7 @@ from d2seg.checkpoint import D2SegCheckpointer, load_checkpoint_file
 from d2seg.data.convert.pipeline import convert_dataset
 from d2seg.data.synthetic import make_carvana
 from d2seg.engine import hooks
-from d2seg.engine.train_loop import HookBase, SimpleTrainer
+from d2seg.engine.train_loop import HookBase, SimpleTrainer, StopTraining
 from d2seg.engine.trainer import capture_rng_state, restore_rng_state
 from d2seg.utils.cli import Interrupted
 from d2seg.utils.events import EventStorage, JSONWriter
@@ -87,6 +87,32 @@ def test_ctrl_c_finishes_the_step_saves_it_and_restores_the_handlers(tmp_path):
     assert load_checkpoint_file(str(saved))["iteration"] == 2
     assert not (tmp_path / "model_final.pth").exists()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+class StopAt(HookBase):
+    """Ends training (StopTraining, as an early-stopping or pruning hook does) after the step of
+    ``iteration``."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise StopTraining("enough")
+
+
+def test_a_signal_during_a_step_that_a_hook_ends_reaches_the_previous_handler(tmp_path):
+    # The loop never gets to act on the SIGTERM: it must not be dropped (a tuning sweep would
+    # go on with its next trial), so the handler that was there before receives it.
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        trainer = toy_trainer(tmp_path, SignalAt(2, signal.SIGTERM), StopAt(2))
+        trainer.train(0, 10)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert trainer.completed and trainer.iter == 2
+    assert received == [signal.SIGTERM]
 
 
 def test_second_ctrl_c_aborts_at_once_without_saving(tmp_path):
