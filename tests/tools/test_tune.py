@@ -194,3 +194,15 @@ def test_two_workers_share_one_postgresql_study_and_a_rerun_continues_it(tmp_pat
     assert len(numbers) == len(set(numbers))
     assert sum(t.state == TrialState.COMPLETE for t in again) >= 5
     assert sorted(p.name for p in output.glob("trial_*")) == [f"trial_{n:04d}" for n in numbers]
+
+
+def test_then_train_trains_best_yaml_into_output_final(tmp_path, opts):
+    space = write(tmp_path / "space.yaml", SPACE)
+    output = tmp_path / "study"
+    run(tune_command(space, output, opts, "--trials", "2", "--pruner", "none", "--then-train"))
+    study = optuna.load_study(study_name="d2seg-tune", storage=f"sqlite:///{output / 'study.db'}")
+    final = output / "final"
+    assert (final / "model_final.pth").is_file()
+    trained = (final / "config.yaml").read_text()
+    assert f"BASE_LR: {study.best_params['SOLVER.BASE_LR']}" in trained
+    assert f"OUTPUT_DIR: {final}" in trained
