@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define D2SEG_INT8_VNNI 1
@@ -130,7 +133,22 @@ inline void im2col(const T* __restrict x, int channels, const ConvShape& s, int 
           if (sw == 1) {
             std::memcpy(out + first, in + first + x0, sizeof(T) * (last - first));
           } else {
-            for (int ox = first; ox < last; ++ox) out[ox] = in[ox * sw + x0];
+            int ox = first;
+#if defined(__SSE2__)
+            if constexpr (sizeof(T) == 1) {
+              // Stride 2 (the encoders' downsampling convs): 16 even bytes of 32 per step,
+              // masked to 16-bit lanes and packed; the 32 bytes read stay inside the row.
+              const __m128i even = _mm_set1_epi16(0x00FF);
+              for (; sw == 2 && ox + 16 <= last && 2 * ox + x0 + 32 <= in_w; ox += 16) {
+                const T* from = in + 2 * ox + x0;
+                const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from));
+                const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from + 16));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(out + ox),
+                                 _mm_packus_epi16(_mm_and_si128(a, even), _mm_and_si128(b, even)));
+              }
+            }
+#endif
+            for (; ox < last; ++ox) out[ox] = in[ox * sw + x0];
           }
           std::fill(out + last, out + out_w, pad);
         }
@@ -313,6 +331,53 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
     }
   }
 }
+
+// Depthwise rows on the DSP (stride 1, dilation 1): acc[ox] += sum_kx w[kx] * in[ox + kx] for
+// 2 * pairs output columns. Taps go in pairs (kx, kx + 2) for kx % 4 < 2 (a partner past kw
+// weighs 0), one word (w[kx], w[kx + 2]) each; the input word in[ox + kx .. ox + kx + 3] gives
+// column ox's (in[ox + kx], in[ox + kx + 2]) and, rotated, column ox + 1's: one load, two
+// SXTB16 and two SMLAD per tap pair and column pair, the sums in registers across the taps
+// (the generic loop loads and stores acc per tap). Reads in[0 .. 2 * pairs + kw + 1).
+constexpr int kDepthwiseDspTaps = 7;  // widest kernel row the DSP path takes (4 tap pairs)
+
+template <int Pairs>
+inline void depthwise_row_dsp(const int8_t* __restrict in, const int32_t* __restrict wpair,
+                              const int* __restrict offset, int pairs, int32_t* __restrict acc) {
+  for (int p = 0; p < pairs; ++p, in += 2, acc += 2) {
+    int32_t s0 = acc[0], s1 = acc[1];
+    for (int g = 0; g < Pairs; ++g) {
+      uint32_t word;
+      std::memcpy(&word, in + offset[g], sizeof(word));
+      s0 = __smlad(wpair[g], __sxtb16(word), s0);
+      s1 = __smlad(wpair[g], sxtb16_ror8(word), s1);
+    }
+    acc[0] = s0;
+    acc[1] = s1;
+  }
+}
+
+inline void depthwise_row_dsp(const int8_t* __restrict in, const int8_t* __restrict w, int kw,
+                              int pairs, int32_t* __restrict acc) {
+  int32_t wpair[4];
+  int offset[4], n = 0;
+  for (int kx = 0; kx < kw; ++kx) {
+    if (kx % 4 >= 2) continue;  // the partner of kx - 2
+    const uint16_t low = static_cast<uint16_t>(w[kx]);
+    const uint16_t high = static_cast<uint16_t>(kx + 2 < kw ? w[kx + 2] : 0);
+    wpair[n] = static_cast<int32_t>(low | static_cast<uint32_t>(high) << 16);
+    offset[n++] = kx;
+  }
+  const auto run = [&](auto pairs_tag) {
+    constexpr int kPairs = decltype(pairs_tag)::value;
+    depthwise_row_dsp<kPairs>(in, wpair, offset, pairs, acc);
+  };
+  switch (n) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    default: run(std::integral_constant<int, 4>{}); break;
+  }
+}
 #endif  // D2SEG_INT8_DSP
 
 
@@ -354,10 +419,10 @@ inline void pack_column_pairs(const int8_t* __restrict b, long ldb, int K, int n
 // w is the panel's K-block sign-extended to int16 in the packed order (gemm_widened_s8), so a
 // row's (w[r][k], w[r][k+1]) is one 32-bit broadcast; pairs is the tile's packed B. Three rows
 // per pass: six rows' twelve accumulators plus the operands need all sixteen ymm registers and
-// GCC 12 then spills.
+// GCC 12 then spills. `first`: the panel's first K-block, whose sums replace acc's (no memset).
 template <int r0>
 inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restrict pairs,
-                              int depth, int32_t (&acc)[kConvRows][kConvCols]) {
+                              int depth, bool first, int32_t (&acc)[kConvRows][kConvCols]) {
   constexpr int kRows = 3;
   __m256i lo[kRows], hi[kRows];  // columns 0-7 and 8-15
   for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
@@ -382,8 +447,12 @@ inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restr
   }
   for (int r = 0; r < kRows; ++r) {
     __m256i* out = reinterpret_cast<__m256i*>(&acc[r0 + r][0]);
-    _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out), lo[r]));
-    _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1), hi[r]));
+    if (!first) {
+      lo[r] = _mm256_add_epi32(_mm256_loadu_si256(out), lo[r]);
+      hi[r] = _mm256_add_epi32(_mm256_loadu_si256(out + 1), hi[r]);
+    }
+    _mm256_storeu_si256(out, lo[r]);
+    _mm256_storeu_si256(out + 1, hi[r]);
   }
 }
 
@@ -406,7 +475,6 @@ inline void gemm_widened_s8(const int8_t* __restrict a_packed, const int8_t* __r
     pack_column_pairs(b + n0, ldb, K, n1 - n0, pack);
     for (int m0 = 0; m0 < M; m0 += kConvRows) {
       const int8_t* panel = a_packed + static_cast<long>(m0) * depth_all;
-      std::memset(acc, 0, sizeof(acc[0]) * tiles);
       // K-blocks of packed (zero-padded) depth: kDepthBlock is a multiple of 4.
       for (int k0 = 0; k0 < depth_all; k0 += kDepthBlock) {
         const int depth = std::min(kDepthBlock, depth_all - k0);
@@ -414,8 +482,8 @@ inline void gemm_widened_s8(const int8_t* __restrict a_packed, const int8_t* __r
         for (int i = 0; i < depth * kConvRows; ++i) widened[i] = a[i];
         for (int t = 0; t < tiles; ++t) {
           const int8_t* pairs = pack + (static_cast<long>(t) * depth_all + k0) * kConvCols;
-          gemm_rows_widened<0>(widened, pairs, depth, acc[t]);
-          gemm_rows_widened<3>(widened, pairs, depth, acc[t]);
+          gemm_rows_widened<0>(widened, pairs, depth, k0 == 0, acc[t]);
+          gemm_rows_widened<3>(widened, pairs, depth, k0 == 0, acc[t]);
         }
       }
       for (int t = 0; t < tiles; ++t)
@@ -670,6 +738,20 @@ inline void depthwise_conv(const T* __restrict x, const ConvShape& s, const T* _
         const int iy = oy * sh - pt + ky * dh;
         const bool row_inside = iy >= 0 && iy < in_h;
         const T* row = xc + static_cast<long>(row_inside ? iy : 0) * in_w;
+        // Output columns [dsp_begin, dsp_end) done by the DSP row kernel: every tap of them
+        // (and the kernel's word reads) inside the row, so no padding term falls there.
+        int dsp_begin = 0, dsp_end = 0;
+#if defined(D2SEG_INT8_DSP)
+        if constexpr (std::is_same_v<T, int8_t>) {
+          if (row_inside && sw == 1 && dw == 1 && kw <= kDepthwiseDspTaps) {
+            dsp_begin = std::min(out_w, pl);
+            dsp_end = std::max(dsp_begin, std::min(out_w, in_w + pl - kw - 1));
+            dsp_end -= (dsp_end - dsp_begin) % 2;
+            depthwise_row_dsp(row + dsp_begin - pl, wc + ky * kw, kw, (dsp_end - dsp_begin) / 2,
+                              acc + dsp_begin);
+          }
+        }
+#endif
         for (int kx = 0; kx < kw; ++kx) {
           const Acc wv = static_cast<Acc>(wc[ky * kw + kx]);
           const int x0 = kx * dw - pl;
@@ -686,7 +768,10 @@ inline void depthwise_conv(const T* __restrict x, const ConvShape& s, const T* _
           }
           if (sw == 1) {
             const T* in = row + x0;
-            for (int ox = first; ox < last; ++ox) acc[ox] += wv * static_cast<Acc>(in[ox]);
+            for (int ox = first; ox < std::min(last, dsp_begin); ++ox)
+              acc[ox] += wv * static_cast<Acc>(in[ox]);
+            for (int ox = std::max(first, dsp_end); ox < last; ++ox)
+              acc[ox] += wv * static_cast<Acc>(in[ox]);
           } else {
             for (int ox = first; ox < last; ++ox)
               acc[ox] += wv * static_cast<Acc>(row[ox * sw + x0]);
