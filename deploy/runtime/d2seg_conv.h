@@ -332,50 +332,135 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
   }
 }
 
-// Depthwise rows on the DSP (stride 1, dilation 1): acc[ox] += sum_kx w[kx] * in[ox + kx] for
-// 2 * pairs output columns. Taps go in pairs (kx, kx + 2) for kx % 4 < 2 (a partner past kw
-// weighs 0), one word (w[kx], w[kx + 2]) each; the input word in[ox + kx .. ox + kx + 3] gives
-// column ox's (in[ox + kx], in[ox + kx + 2]) and, rotated, column ox + 1's: one load, two
-// SXTB16 and two SMLAD per tap pair and column pair, the sums in registers across the taps
-// (the generic loop loads and stores acc per tap). Reads in[0 .. 2 * pairs + kw + 1).
-constexpr int kDepthwiseDspTaps = 7;  // widest kernel row the DSP path takes (4 tap pairs)
+// Depthwise convolution on the DSP (dilation 1 along rows): per output row, the kh input rows
+// it reads are copied with their padding into a stack buffer (rows outside the image are all
+// padding), so every column takes the same loop and the sums stay in registers across all
+// kh x kw taps (the generic loop loads and stores acc per tap). An input word in[i .. i + 3]
+// gives (in[i], in[i + 2]) by SXTB16 and (in[i + 1], in[i + 3]) rotated, so a weight word
+// (w[kx], w[kx + 2]) takes two taps per SMLAD:
+// - stride 1: columns in pairs; the word at ox + kx serves column ox (taps kx, kx + 2) and,
+//   rotated, column ox + 1; tap pairs (kx, kx + 2) for kx % 4 < 2, a partner past kw weighs 0;
+// - stride 2: the word at 2 * ox + 4q holds taps 4q .. 4q + 3 of column ox: (w[4q], w[4q + 2])
+//   and (w[4q + 1], w[4q + 3]).
+// One load, two SXTB16 and two SMLAD per 4 MACs either way; products are the generic loop's.
+constexpr int kDepthwiseDspRows = 8;    // kernel height the stack buffer holds
+constexpr int kDepthwiseDspRow = 128;   // bytes of one padded input row in it
+constexpr int kDepthwiseDspWords = 4;   // weight words per kernel row: 7 taps (s1), 8 (s2)
 
-template <int Pairs>
-inline void depthwise_row_dsp(const int8_t* __restrict in, const int32_t* __restrict wpair,
-                              const int* __restrict offset, int pairs, int32_t* __restrict acc) {
-  for (int p = 0; p < pairs; ++p, in += 2, acc += 2) {
-    int32_t s0 = acc[0], s1 = acc[1];
-    for (int g = 0; g < Pairs; ++g) {
-      uint32_t word;
-      std::memcpy(&word, in + offset[g], sizeof(word));
-      s0 = __smlad(wpair[g], __sxtb16(word), s0);
-      s1 = __smlad(wpair[g], sxtb16_ror8(word), s1);
+// Bytes of the padded row the columns read: input column i - pl at index i.
+inline int depthwise_dsp_row_bytes(const ConvShape& s) {
+  return s.sw == 1 ? 2 * ((s.OW + 1) / 2) + s.kw + 1 : 2 * (s.OW - 1) + 4 * ((s.kw + 3) / 4);
+}
+
+inline bool depthwise_dsp_fits(const ConvShape& s) {
+  const bool taps = s.sw == 1 ? s.kw <= 7 : s.sw == 2 && s.kw <= 8;
+  return taps && s.dw == 1 && s.kh <= kDepthwiseDspRows &&
+         depthwise_dsp_row_bytes(s) <= kDepthwiseDspRow;
+}
+
+// The halfword pair (w[low], w[high]) of a weight word, taps past kw weighing 0.
+inline int32_t tap_pair(const int8_t* w, int kw, int low, int high) {
+  const uint16_t lo = static_cast<uint16_t>(low < kw ? w[low] : 0);
+  const uint16_t hi = static_cast<uint16_t>(high < kw ? w[high] : 0);
+  return static_cast<int32_t>(lo | static_cast<uint32_t>(hi) << 16);
+}
+
+inline int32_t load_word(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// acc[ox] = sum over the kh rows and Words weight words of one output row (stride 1).
+template <int Words>
+inline void depthwise_row_dsp_s1(const int8_t (*rows)[kDepthwiseDspRow], int kh,
+                                 const int32_t (*wpair)[kDepthwiseDspWords], int out_w,
+                                 int32_t* __restrict acc) {
+  for (int ox = 0; ox < out_w; ox += 2) {
+    int32_t s0 = 0, s1 = 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      const int8_t* in = rows[ky] + ox;
+#pragma GCC unroll 4
+      for (int g = 0; g < Words; ++g) {
+        const int32_t word = load_word(in + (g / 2) * 4 + g % 2);
+        s0 = __smlad(wpair[ky][g], __sxtb16(word), s0);
+        s1 = __smlad(wpair[ky][g], sxtb16_ror8(word), s1);
+      }
     }
-    acc[0] = s0;
-    acc[1] = s1;
+    acc[ox] = s0;
+    if (ox + 1 < out_w) acc[ox + 1] = s1;
   }
 }
 
-inline void depthwise_row_dsp(const int8_t* __restrict in, const int8_t* __restrict w, int kw,
-                              int pairs, int32_t* __restrict acc) {
-  int32_t wpair[4];
-  int offset[4], n = 0;
-  for (int kx = 0; kx < kw; ++kx) {
-    if (kx % 4 >= 2) continue;  // the partner of kx - 2
-    const uint16_t low = static_cast<uint16_t>(w[kx]);
-    const uint16_t high = static_cast<uint16_t>(kx + 2 < kw ? w[kx + 2] : 0);
-    wpair[n] = static_cast<int32_t>(low | static_cast<uint32_t>(high) << 16);
-    offset[n++] = kx;
+// The same for stride 2, Quads words of four taps per kernel row.
+template <int Quads>
+inline void depthwise_row_dsp_s2(const int8_t (*rows)[kDepthwiseDspRow], int kh,
+                                 const int32_t (*wpair)[kDepthwiseDspWords], int out_w,
+                                 int32_t* __restrict acc) {
+  for (int ox = 0; ox < out_w; ++ox) {
+    int32_t sum = 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      const int8_t* in = rows[ky] + 2 * ox;
+#pragma GCC unroll 2
+      for (int q = 0; q < Quads; ++q) {
+        const int32_t word = load_word(in + 4 * q);
+        sum = __smlad(wpair[ky][2 * q], __sxtb16(word), sum);
+        sum = __smlad(wpair[ky][2 * q + 1], sxtb16_ror8(word), sum);
+      }
+    }
+    acc[ox] = sum;
   }
-  const auto run = [&](auto pairs_tag) {
-    constexpr int kPairs = decltype(pairs_tag)::value;
-    depthwise_row_dsp<kPairs>(in, wpair, offset, pairs, acc);
-  };
-  switch (n) {
-    case 1: run(std::integral_constant<int, 1>{}); break;
-    case 2: run(std::integral_constant<int, 2>{}); break;
-    case 3: run(std::integral_constant<int, 3>{}); break;
-    default: run(std::integral_constant<int, 4>{}); break;
+}
+
+// depthwise_conv for int8 where depthwise_dsp_fits(s): the same store(c, oy, acc) calls.
+template <typename Store>
+inline void depthwise_conv_dsp(const int8_t* __restrict x, const ConvShape& s,
+                               const int8_t* __restrict w, int8_t pad, int32_t* __restrict acc,
+                               Store store) {
+  const int in_h = s.H, in_w = s.W, kh = s.kh, kw = s.kw, pl = s.pl;
+  const int bytes = depthwise_dsp_row_bytes(s), left = std::min(pl, bytes);
+  const int copied = std::max(0, std::min(in_w, bytes - left));  // input columns a row reads
+  int8_t rows[kDepthwiseDspRows][kDepthwiseDspRow];
+  // Weight word g of a kernel row holds taps (kx, kx + 2), kx = 4 * (g / 2) + g % 2, for
+  // either stride.
+  int32_t wpair[kDepthwiseDspRows][kDepthwiseDspWords];
+  for (int c = 0; c < s.C; ++c) {
+    const int8_t* xc = x + static_cast<long>(c) * in_h * in_w;
+    for (int ky = 0; ky < kh; ++ky) {
+      const int8_t* wr = w + (static_cast<long>(c) * kh + ky) * kw;
+      for (int g = 0; g < kDepthwiseDspWords; ++g) {
+        const int kx = 4 * (g / 2) + g % 2;
+        wpair[ky][g] = tap_pair(wr, kw, kx, kx + 2);
+      }
+    }
+    for (int oy = 0; oy < s.OH; ++oy) {
+      for (int ky = 0; ky < kh; ++ky) {
+        const int iy = oy * s.sh - s.pt + ky * s.dh;
+        int8_t* row = rows[ky];
+        if (iy < 0 || iy >= in_h) {
+          std::memset(row, pad, bytes);
+          continue;
+        }
+        std::memset(row, pad, left);
+        std::memcpy(row + left, xc + static_cast<long>(iy) * in_w, copied);
+        std::memset(row + left + copied, pad, bytes - left - copied);
+      }
+      const auto run = [&](auto n) {
+        constexpr int kWords = decltype(n)::value;
+        if (s.sw == 1)
+          depthwise_row_dsp_s1<kWords>(rows, kh, wpair, s.OW, acc);
+        else if constexpr (kWords <= 2)
+          depthwise_row_dsp_s2<kWords>(rows, kh, wpair, s.OW, acc);
+      };
+      // Stride 1: words for the kx % 4 < 2 taps (1-4); stride 2: tap quads (1-2).
+      switch (s.sw == 1 ? kw / 4 * 2 + std::min(kw % 4, 2) : (kw + 3) / 4) {
+        case 1: run(std::integral_constant<int, 1>{}); break;
+        case 2: run(std::integral_constant<int, 2>{}); break;
+        case 3: run(std::integral_constant<int, 3>{}); break;
+        default: run(std::integral_constant<int, 4>{}); break;
+      }
+      store(c, oy, static_cast<const int32_t*>(acc));
+    }
   }
 }
 #endif  // D2SEG_INT8_DSP
@@ -738,20 +823,6 @@ inline void depthwise_conv(const T* __restrict x, const ConvShape& s, const T* _
         const int iy = oy * sh - pt + ky * dh;
         const bool row_inside = iy >= 0 && iy < in_h;
         const T* row = xc + static_cast<long>(row_inside ? iy : 0) * in_w;
-        // Output columns [dsp_begin, dsp_end) done by the DSP row kernel: every tap of them
-        // (and the kernel's word reads) inside the row, so no padding term falls there.
-        int dsp_begin = 0, dsp_end = 0;
-#if defined(D2SEG_INT8_DSP)
-        if constexpr (std::is_same_v<T, int8_t>) {
-          if (row_inside && sw == 1 && dw == 1 && kw <= kDepthwiseDspTaps) {
-            dsp_begin = std::min(out_w, pl);
-            dsp_end = std::max(dsp_begin, std::min(out_w, in_w + pl - kw - 1));
-            dsp_end -= (dsp_end - dsp_begin) % 2;
-            depthwise_row_dsp(row + dsp_begin - pl, wc + ky * kw, kw, (dsp_end - dsp_begin) / 2,
-                              acc + dsp_begin);
-          }
-        }
-#endif
         for (int kx = 0; kx < kw; ++kx) {
           const Acc wv = static_cast<Acc>(wc[ky * kw + kx]);
           const int x0 = kx * dw - pl;
@@ -768,10 +839,7 @@ inline void depthwise_conv(const T* __restrict x, const ConvShape& s, const T* _
           }
           if (sw == 1) {
             const T* in = row + x0;
-            for (int ox = first; ox < std::min(last, dsp_begin); ++ox)
-              acc[ox] += wv * static_cast<Acc>(in[ox]);
-            for (int ox = std::max(first, dsp_end); ox < last; ++ox)
-              acc[ox] += wv * static_cast<Acc>(in[ox]);
+            for (int ox = first; ox < last; ++ox) acc[ox] += wv * static_cast<Acc>(in[ox]);
           } else {
             for (int ox = first; ox < last; ++ox)
               acc[ox] += wv * static_cast<Acc>(row[ox * sw + x0]);
@@ -801,11 +869,15 @@ inline void depthwise_conv2d_s8(const int8_t* __restrict x, const ConvShape& s,
                                 const int8_t* __restrict w, const int32_t* __restrict bias,
                                 const ConvQuant& q, int8_t* __restrict y,
                                 int32_t* __restrict acc) {
-  depthwise_conv<int8_t, int32_t>(
-      x, s, w, static_cast<int8_t>(q.input_zero), acc, [&](int c, int oy, const int32_t* row) {
-        requantize_row(row, s.OW, bias[c], q.multiplier[c], q.shift[c], q.output_zero,
-                       q.act_min, q.act_max, y + (static_cast<long>(c) * s.OH + oy) * s.OW);
-      });
+  const auto store = [&](int c, int oy, const int32_t* row) {
+    requantize_row(row, s.OW, bias[c], q.multiplier[c], q.shift[c], q.output_zero, q.act_min,
+                   q.act_max, y + (static_cast<long>(c) * s.OH + oy) * s.OW);
+  };
+  const int8_t pad = static_cast<int8_t>(q.input_zero);
+#if defined(D2SEG_INT8_DSP)
+  if (depthwise_dsp_fits(s)) return depthwise_conv_dsp(x, s, w, pad, acc, store);
+#endif
+  depthwise_conv<int8_t, int32_t>(x, s, w, pad, acc, store);
 }
 
 // ConvTranspose (group 1): y[m][iy*sh - pt + ky*dh][ix*sw - pl + kx*dw] += x[c][iy][ix] *

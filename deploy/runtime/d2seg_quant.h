@@ -67,7 +67,8 @@ D2SEG_ELEMENTWISE __m256i multiply_by_quantized_multiplier_x8(__m256i x, __m256i
   const __m256i high = _mm256_blend_epi32(_mm256_srli_epi64(even, 31), _mm256_slli_epi64(odd, 1),
                                           0xAA);
   // rounding_divide_by_pot: threshold is half + 1 for negative values (their compare is -1).
-  const __m256i threshold = _mm256_sub_epi32(half, _mm256_cmpgt_epi32(_mm256_setzero_si256(), high));
+  const __m256i negative = _mm256_cmpgt_epi32(_mm256_setzero_si256(), high);
+  const __m256i threshold = _mm256_sub_epi32(half, negative);
   const __m256i round_up = _mm256_cmpgt_epi32(_mm256_and_si256(high, mask), threshold);
   return _mm256_sub_epi32(_mm256_sra_epi32(high, right), round_up);
 }

@@ -34,11 +34,16 @@ int main(int argc, char** argv) {
                              -128, 127, y);
     std::fwrite(y, 1, 37, out);
   }
-  // depthwise_conv2d_s8: (channels, height, width, kernel, stride, pad): DSP tap pairs 1-4,
-  // even and odd widths, rows too narrow for the DSP range, stride 2 (generic path).
+  // depthwise_conv2d_s8: (channels, height, width, kernel, stride, pad): stride 1 with DSP tap
+  // pairs 1-4,
+  // stride 2 with tap quads 1-2, even and odd widths, rows too narrow for the DSP range,
+  // kernels and rows wider than it takes (generic path).
   const int shapes[][6] = {{3, 9, 17, 3, 1, 1}, {2, 8, 16, 5, 1, 2}, {2, 7, 13, 7, 1, 3},
                            {2, 6, 11, 1, 1, 0}, {2, 5, 4, 3, 1, 1},  {2, 9, 15, 3, 2, 1},
-                           {1, 6, 12, 5, 1, 0}, {2, 6, 10, 4, 1, 1}, {2, 6, 9, 9, 1, 4}};
+                           {1, 6, 12, 5, 1, 0}, {2, 6, 10, 4, 1, 1}, {2, 6, 9, 9, 1, 4},
+                           {2, 8, 16, 3, 2, 1}, {2, 9, 17, 5, 2, 2}, {1, 6, 7, 5, 2, 2},
+                           {2, 5, 3, 3, 2, 1},  {2, 8, 20, 7, 2, 3}, {2, 6, 12, 2, 2, 0},
+                           {1, 7, 23, 9, 2, 4},  {1, 3, 140, 3, 1, 1}};
   for (const auto& p : shapes) {
     const int c = p[0], h = p[1], wd = p[2], k = p[3], st = p[4], pad = p[5];
     const int oh = (h + 2 * pad - k) / st + 1, ow = (wd + 2 * pad - k) / st + 1;
