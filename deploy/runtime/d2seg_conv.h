@@ -524,8 +524,11 @@ inline void gemm_rows_widened(const int16_t* __restrict w, const int8_t* __restr
       hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v1, wv));
     }
   };
-  // One packed quad of each row (two pairs) per iteration, pointer steps only.
+  // One packed quad of each row (two pairs) per iteration, pointer steps only; unrolled by 4
+  // (GCC 12 does not at -O3): the loop's own adds, compare and branch were ~8% of the int8
+  // model's instructions (callgrind: 934.6 -> 824.1 M at 256²).
   const int16_t* pair = w + 4 * r0;
+#pragma GCC unroll 4
   for (int k = 0; k < depth; k += 4, pair += kConvRows * 4, pairs += 4 * kConvCols) {
     step(pairs, pair);
     step(pairs + 2 * kConvCols, pair + 2);
