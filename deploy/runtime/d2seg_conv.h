@@ -301,6 +301,8 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
       const int8_t* w = a + 4 * r;
       const int8_t* const end = w + quads * kConvRows * 4;
       const long ldb2 = 2 * ldb, ldb3 = 3 * ldb, ldb4 = 4 * ldb;
+      // Unrolled by 2: MCU model 208.5 -> 194.0 M instructions in QEMU (by 4: 203.8 M, spills).
+#pragma GCC unroll 2
       for (; w != end; bk += ldb4, w += kConvRows * 4) {
         const uint32_t even = load_u16(bk) | load_u16(bk + ldb2) << 16;
         const uint32_t odd = load_u16(bk + ldb) | load_u16(bk + ldb3) << 16;
