@@ -4,7 +4,9 @@
 // panels of kConvRows output channels, K padded to a multiple of kDepthGroup<T> (rows past M
 // and k past K are zero): see packed_weight. With AVX-512 VNNI the int8 columns are also packed
 // once per column block (gemm_packed_s8), with AVX2 in k pairs, and the weight panels are
-// widened to int16 per K-block (gemm_widened_s8). Layout is NCHW, batch 1; nothing allocates.
+// widened to int16 per K-block (gemm_widened_s8); with the Cortex-M DSP extension the GEMM tile
+// and the depthwise convolution use SMLAD (depthwise_conv_dsp). Layout is NCHW, batch 1;
+// nothing allocates (the DSP depthwise rows live in a 1 KiB stack buffer).
 #ifndef D2SEG_CONV_H
 #define D2SEG_CONV_H
 
