@@ -1,9 +1,12 @@
 """The SIMD int8 convolution kernels (AVX2 at -march=haswell, whatever -march=native picks) give
 bit-identical outputs to the portable kernel on shapes that hit every edge of the blocking:
 odd K, K over one K-block (256), M not a multiple of the 6-row panel, output columns over one
-column block (256) and not a multiple of the tile width, groups, stride, depthwise."""
+column block (256) and not a multiple of the tile width, groups, stride, depthwise. The
+requantisation (AVX2) and the Cortex-M DSP depthwise rows are also run directly on edge values
+by kernel_check.cpp, on the host and on a Cortex-M7 in QEMU."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from d2seg.export.edge import lower_onnx_to_cpp
+from d2seg.export.edge.boards import ARM_FLAGS, board_files
 from d2seg.export.edge.harness import load_model
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
@@ -70,3 +74,51 @@ def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_pat
         assert np.unique(expected).size > 16  # the outputs are not saturated constants
         for build in builds:
             np.testing.assert_array_equal(build(x), expected)
+
+
+KERNEL_CHECK = Path(__file__).with_name("kernel_check.cpp")
+RUNTIME = Path(__file__).parents[2] / "deploy" / "runtime"
+
+
+def _kernel_check_output(folder: Path, flags: tuple[str, ...]) -> bytes:
+    """kernel_check.cpp's output bytes built on the host with ``flags``."""
+    exe = folder / "kernel_check"
+    subprocess.run(["g++", "-std=c++17", *flags, f"-I{RUNTIME}", str(KERNEL_CHECK), "-o",
+                    str(exe)], check=True)
+    subprocess.run([str(exe), str(folder / "out.bin")], check=True)
+    return (folder / "out.bin").read_bytes()
+
+
+@pytest.mark.skipif(not _cpu_has("avx2"), reason="needs an AVX2 CPU")
+def test_avx2_requantisation_and_depthwise_match_the_portable_build(tmp_path):
+    (tmp_path / "portable").mkdir()
+    (tmp_path / "avx2").mkdir()
+    expected = _kernel_check_output(tmp_path / "portable", ("-O1",))
+    assert len(set(expected)) > 64  # not saturated constants
+    assert _kernel_check_output(tmp_path / "avx2", ("-O2", "-march=haswell")) == expected
+
+
+ARM_TOOLS = ("arm-none-eabi-g++", "qemu-system-arm")
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ARM_TOOLS),
+                    reason="needs the Cortex-M7 toolchain and QEMU: make arm-deps")
+def test_cortex_m7_dsp_depthwise_matches_the_portable_build_in_qemu(tmp_path):
+    for rel, text in board_files("cortex-m7-qemu", "kernel_check").items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    subprocess.run(["arm-none-eabi-g++", "-std=c++17", *ARM_FLAGS.split(), "-fno-exceptions",
+                    "-fno-rtti", f"-I{RUNTIME}", str(KERNEL_CHECK), "board/startup.cpp",
+                    "-T", "board/cortex_m7.ld", "--specs=rdimon.specs", "-nostartfiles",
+                    "-Wl,--gc-sections", "-Wl,--no-warn-execstack", "-o", "check.elf"],
+                   cwd=tmp_path, check=True)
+    disassembly = subprocess.run(["arm-none-eabi-objdump", "-d", "check.elf"], cwd=tmp_path,
+                                 check=True, capture_output=True, text=True).stdout
+    assert "smlad" in disassembly  # the DSP path was compiled in
+    subprocess.run(["qemu-system-arm", "-M", "mps2-an500", "-nographic", "-monitor", "none",
+                    "-serial", "none", "-semihosting-config",
+                    "enable=on,target=native,arg=prog,arg=m7.bin", "-kernel", "check.elf"],
+                   cwd=tmp_path, check=True, timeout=300)
+    (tmp_path / "portable").mkdir()
+    assert (tmp_path / "m7.bin").read_bytes() == _kernel_check_output(tmp_path / "portable",
+                                                                      ("-O1",))
