@@ -1,8 +1,7 @@
-"""The SIMD int8 convolution kernels (AVX2 at -march=haswell, whatever -march=native picks, and
-NEON / NEON dotprod cross-compiled for aarch64 and run under qemu-aarch64) give bit-identical
-outputs to the portable kernel on shapes that hit every edge of the blocking: odd K, K over one
-K-block (256), M not a multiple of the 6-row panel, output columns over one column block (256)
-and not a multiple of the tile width, groups, stride, depthwise."""
+"""The SIMD int8 convolution kernels (AVX2 at -march=haswell, whatever -march=native picks) give
+bit-identical outputs to the portable kernel on shapes that hit every edge of the blocking:
+odd K, K over one K-block (256), M not a multiple of the 6-row panel, output columns over one
+column block (256) and not a multiple of the tile width, groups, stride, depthwise."""
 
 import shutil
 import subprocess
@@ -66,20 +65,6 @@ def _lowered_int8_stack(tmp_path: Path) -> list[np.ndarray]:
     return images
 
 
-def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_path):
-    images = _lowered_int8_stack(tmp_path)
-    portable = load_model(tmp_path / "int8", flags=("-O1",))
-    builds = [load_model(tmp_path / "int8", flags=("-O2", "-march=native"))]
-    if _cpu_has("avx2"):
-        builds.append(load_model(tmp_path / "int8", flags=("-O2", "-march=haswell")))
-    for image in images:
-        x = image.transpose(2, 0, 1)[None].astype(np.float32)
-        expected = portable(x)
-        assert np.unique(expected).size > 16  # the outputs are not saturated constants
-        for build in builds:
-            np.testing.assert_array_equal(build(x), expected)
-
-
 # A main that runs the model on raw float32 input (file argv[1]) and writes its raw float32
 # output (argv[2]): every output value is compared, not only the mask's argmax.
 DUMP_MAIN = r"""#include <cstdio>
@@ -96,13 +81,15 @@ int main(int, char** argv) {
 }
 """
 AARCH64 = ("aarch64-linux-gnu-g++", "qemu-aarch64")
-# -march → the instruction only that NEON kernel uses (so the build did take it), QEMU's -cpu.
+# -march → (the instruction only that NEON kernel uses, so the build did take it; QEMU's -cpu).
 NEON_BUILDS = {"armv8-a": ("smlal", "cortex-a53"), "armv8.2-a+dotprod": ("sdot", "max")}
 
 
 @pytest.mark.skipif(any(shutil.which(t) is None for t in AARCH64),
-                    reason="needs g++-aarch64-linux-gnu and qemu-user (make arm-deps)")
+                    reason="needs g++-aarch64-linux-gnu and qemu-user: make arm-deps")
 def test_neon_int8_convolutions_under_qemu_aarch64_match_the_host_bit_for_bit(tmp_path):
+    """The NEON (vmlal) and NEON dotprod (sdot) kernels, cross-built for aarch64 and run in
+    user-mode QEMU, give the x86 host build's outputs (the portable kernel) bit for bit."""
     images = _lowered_int8_stack(tmp_path)
     folder = tmp_path / "int8"
     (folder / "main.cpp").write_text(DUMP_MAIN)
@@ -123,5 +110,19 @@ def test_neon_int8_convolutions_under_qemu_aarch64_match_the_host_bit_for_bit(tm
         assert np.unique(expected).size > 16  # the outputs are not saturated constants
         for march, command in progs.items():
             out = tmp_path / f"{march}.bin"
-            subprocess.run([*command, str(x), str(out)], check=True)
+            subprocess.run([*command, str(x), str(out)], check=True, timeout=120)
             np.testing.assert_array_equal(np.fromfile(out, np.float32), expected, err_msg=march)
+
+
+def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_path):
+    images = _lowered_int8_stack(tmp_path)
+    portable = load_model(tmp_path / "int8", flags=("-O1",))
+    builds = [load_model(tmp_path / "int8", flags=("-O2", "-march=native"))]
+    if _cpu_has("avx2"):
+        builds.append(load_model(tmp_path / "int8", flags=("-O2", "-march=haswell")))
+    for image in images:
+        x = image.transpose(2, 0, 1)[None].astype(np.float32)
+        expected = portable(x)
+        assert np.unique(expected).size > 16  # the outputs are not saturated constants
+        for build in builds:
+            np.testing.assert_array_equal(build(x), expected)
