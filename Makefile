@@ -68,7 +68,7 @@ demo-mcu: $(STAMP) arm-deps
 # demo-mcu, tests/export), headless Chromium + its WebDriver (the serving page's browser
 # test) and a PostgreSQL server (tools/tune.py --storage postgresql://). apt-get runs only for
 # the missing ones: one update, then one install.
-ARM_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+ARM_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user
 BROWSER_PACKAGES := chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 apt_install = @missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

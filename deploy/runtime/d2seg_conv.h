@@ -23,6 +23,9 @@
 #elif defined(__AVX2__) && !defined(__AVX512F__)
 #include <immintrin.h>
 #define D2SEG_INT8_AVX2 1
+#elif defined(__ARM_NEON)
+#include "d2seg_conv_neon.h"
+#define D2SEG_INT8_NEON 1  // A-class Arm (before DSP: 32-bit Cortex-A has both)
 #elif defined(__ARM_FEATURE_DSP)
 #include <arm_acle.h>
 #define D2SEG_INT8_DSP 1  // Cortex-M4/M7/M33 DSP extension: SMLAD, SXTB16
@@ -220,7 +223,8 @@ typedef int16_t I16xH __attribute__((vector_size(kLanes * 2)));  // half of an I
 // |w0*x0 + w1*x1| <= 2*127*128 = 32512 fits int16 exactly; the sum is then widened into the
 // int32 accumulators. Twice the MACs per instruction of int32 products.
 
-#if !defined(D2SEG_INT8_AVX2) && !defined(D2SEG_INT8_VNNI) && !defined(D2SEG_INT8_DSP)
+#if !defined(D2SEG_INT8_AVX2) && !defined(D2SEG_INT8_VNNI) && !defined(D2SEG_INT8_DSP) && \
+    !defined(D2SEG_INT8_NEON)
 template <>
 inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
                                                   const int8_t* __restrict b, long ldb,
@@ -265,7 +269,7 @@ inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
     std::memcpy(&acc[r][kLanes], &hi[r], sizeof(I32xN));
   }
 }
-#endif  // !D2SEG_INT8_AVX2 && !D2SEG_INT8_VNNI && !D2SEG_INT8_DSP
+#endif  // !D2SEG_INT8_AVX2 && !D2SEG_INT8_VNNI && !D2SEG_INT8_DSP && !D2SEG_INT8_NEON
 #endif  // __GNUC__
 
 #if defined(D2SEG_INT8_DSP)
@@ -468,6 +472,16 @@ inline void depthwise_conv_dsp(const int8_t* __restrict x, const ConvShape& s,
   }
 }
 #endif  // D2SEG_INT8_DSP
+
+#if defined(D2SEG_INT8_NEON)
+template <>
+inline void gemm_tile<int8_t, int32_t, kConvCols>(const int8_t* __restrict a,
+                                                  const int8_t* __restrict b, long ldb,
+                                                  int depth,
+                                                  int32_t (&acc)[kConvRows][kConvCols]) {
+  neon::gemm_tile_s8(a, b, ldb, depth, acc);  // vmlal_s16, or sdot with dotprod
+}
+#endif  // D2SEG_INT8_NEON
 
 
 #if defined(D2SEG_INT8_AVX2)

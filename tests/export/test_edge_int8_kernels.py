@@ -5,6 +5,7 @@ column block (256) and not a multiple of the tile width, groups, stride, depthwi
 requantisation (AVX2) and the Cortex-M DSP depthwise rows are also run directly on edge values
 by kernel_check.cpp, on the host and on a Cortex-M7 in QEMU."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 
 from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.boards import ARM_FLAGS, board_files
-from d2seg.export.edge.harness import load_model
+from d2seg.export.edge.harness import build_program, load_model
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
@@ -55,7 +56,8 @@ def _conv_stack(path: Path) -> Path:
     return path
 
 
-def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_path):
+def _lowered_int8_stack(tmp_path: Path) -> list[np.ndarray]:
+    """The int8 conv stack lowered into tmp_path/int8; returns its 3 calibration images."""
     path = _conv_stack(tmp_path / "convs.onnx")
     rng = np.random.default_rng(1)
     calib = tmp_path / "calib"
@@ -64,6 +66,62 @@ def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_pat
     for i, image in enumerate(images):
         Image.fromarray(image).save(calib / f"{i}.png")
     lower_onnx_to_cpp(path, tmp_path / "int8", name="convs", int8=True, calib_dir=calib)
+    return images
+
+
+# A main that runs the model on raw float32 input (file argv[1]) and writes its raw float32
+# output (argv[2]): every output value is compared, not only the mask's argmax.
+DUMP_MAIN = r"""#include <cstdio>
+#include "convs.h"
+static float input[CONVS_INPUT_C * CONVS_INPUT_H * CONVS_INPUT_W];
+static float output[CONVS_OUTPUT_C * CONVS_OUTPUT_H * CONVS_OUTPUT_W];
+int main(int, char** argv) {
+  std::FILE* in = std::fopen(argv[1], "rb");
+  if (!in || std::fread(input, sizeof input, 1, in) != 1) return 2;
+  std::fclose(in);
+  if (convs_run(input, output) != 0) return 3;
+  std::FILE* out = std::fopen(argv[2], "wb");
+  return out && std::fwrite(output, sizeof output, 1, out) == 1 && std::fclose(out) == 0 ? 0 : 4;
+}
+"""
+AARCH64 = ("aarch64-linux-gnu-g++", "qemu-aarch64")
+# -march → (the by-element multiply-accumulate only that NEON kernel uses, so the build did take
+# it, not the generic vectors; QEMU's -cpu).
+NEON_BUILDS = {"armv8-a": (r"smlal\tv\d+\.4s, v\d+\.4h, v\d+\.h\[", "cortex-a53"),
+               "armv8.2-a+dotprod": (r"sdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[", "max")}
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in AARCH64),
+                    reason="needs g++-aarch64-linux-gnu and qemu-user: make arm-deps")
+def test_neon_int8_convolutions_under_qemu_aarch64_match_the_host_bit_for_bit(tmp_path):
+    """The NEON (vmlal) and NEON dotprod (sdot) kernels, cross-built for aarch64 and run in
+    user-mode QEMU, give the x86 host build's outputs (the portable kernel) bit for bit."""
+    images = _lowered_int8_stack(tmp_path)
+    folder = tmp_path / "int8"
+    (folder / "main.cpp").write_text(DUMP_MAIN)
+    host = build_program(folder, tmp_path / "host", flags=("-O1",))
+    progs = {}
+    for march, (instruction, cpu) in NEON_BUILDS.items():
+        prog = build_program(folder, tmp_path / f"prog-{march}", cxx=AARCH64[0],
+                             flags=("-O2", f"-march={march}"))
+        disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(prog)], check=True,
+                                     capture_output=True, text=True).stdout
+        assert re.search(instruction, disassembly), f"-march={march} build lacks {instruction}"
+        progs[march] = [AARCH64[1], "-cpu", cpu, "-L", "/usr/aarch64-linux-gnu", str(prog)]
+    for i, image in enumerate(images):
+        x = tmp_path / f"x{i}.bin"
+        x.write_bytes(image.transpose(2, 0, 1).astype(np.float32).tobytes())
+        subprocess.run([str(host), str(x), str(tmp_path / "host.bin")], check=True)
+        expected = np.fromfile(tmp_path / "host.bin", np.float32)
+        assert np.unique(expected).size > 16  # the outputs are not saturated constants
+        for march, command in progs.items():
+            out = tmp_path / f"{march}.bin"
+            subprocess.run([*command, str(x), str(out)], check=True, timeout=120)
+            np.testing.assert_array_equal(np.fromfile(out, np.float32), expected, err_msg=march)
+
+
+def test_simd_int8_convolutions_are_bit_identical_to_the_portable_kernel(tmp_path):
+    images = _lowered_int8_stack(tmp_path)
     portable = load_model(tmp_path / "int8", flags=("-O1",))
     builds = [load_model(tmp_path / "int8", flags=("-O2", "-march=native"))]
     if _cpu_has("avx2"):

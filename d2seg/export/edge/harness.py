@@ -13,11 +13,12 @@ from d2seg.export.edge.project import RUNTIME_DIR
 CXX_FLAGS = ("-std=c++17", "-Wall", "-Wextra", "-Werror")
 
 
-def _compile(sources: list[Path], output: Path, flags: tuple[str, ...]) -> None:
-    """g++ over the sources; -I the runtime and the sources' folder (where ``.incbin`` finds
-    the weights file)."""
+def _compile(sources: list[Path], output: Path, flags: tuple[str, ...],
+             cxx: str = "g++") -> None:
+    """``cxx`` (g++ or a cross g++) over the sources; -I the runtime and the sources' folder
+    (where ``.incbin`` finds the weights file)."""
     folders = sorted({f"-I{s.parent}" for s in sources})
-    command = ["g++", *CXX_FLAGS, *flags, f"-I{RUNTIME_DIR}", *folders, *map(str, sources),
+    command = [cxx, *CXX_FLAGS, *flags, f"-I{RUNTIME_DIR}", *folders, *map(str, sources),
                "-o", str(output)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -62,9 +63,10 @@ def load_model(model_dir: str | Path, *, flags: tuple[str, ...] = ("-O2",)) -> C
 
 
 def build_program(model_dir: str | Path, output: str | Path, *,
-                  flags: tuple[str, ...] = ("-O3",)) -> Path:
+                  flags: tuple[str, ...] = ("-O3",), cxx: str = "g++") -> Path:
     """``g++ -std=c++17 -I deploy/runtime -I DIR DIR/*.cpp DIR/*.S -o output`` (the folder's
-    ``prog``)."""
+    ``prog``); ``cxx`` names another compiler, e.g. ``aarch64-linux-gnu-g++``."""
     model_dir = Path(model_dir)
-    _compile(sorted([*model_dir.glob("*.cpp"), *model_dir.glob("*.S")]), Path(output), flags)
+    _compile(sorted([*model_dir.glob("*.cpp"), *model_dir.glob("*.S")]), Path(output), flags,
+             cxx)
     return Path(output)
