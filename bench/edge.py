@@ -137,7 +137,7 @@ def _export(config: str, size: int, root: Path) -> Path:
     cfg.merge_from_file(config)
     cfg.MODEL.DEVICE = "cpu"
     return export_semantic_onnx(build_model(cfg).eval(), height=size, width=size,
-                                path=root / f"{Path(config).stem}.onnx")
+                                path=root / f"{Path(config).stem}_{size}.onnx")
 
 
 def bench_mcu(root: Path) -> None:
@@ -146,7 +146,7 @@ def bench_mcu(root: Path) -> None:
     for config in ARENA_CONFIGS:
         path = _export(config, 128, root)
         report = lower_onnx_to_cpp(path, root / f"{path.stem}_fp32", name="m")
-        print(f"arena_vs_lower_bound[{path.stem}]: "
+        print(f"arena_vs_lower_bound[{Path(config).stem}]: "
               f"{report['arena_bytes'] / report['liveness_lower_bound_bytes']:.2f} "
               f"(float32 arena {report['arena_bytes']:,} bytes)")
     path = _export(MCU_CONFIG, 128, root)
@@ -161,6 +161,10 @@ def bench_mcu(root: Path) -> None:
                                target="stm32h743")
     print(f"mcu_weights_bytes: {report['weights_bytes']:,}  mcu_arena_bytes: "
           f"{report['arena_bytes']:,} (lower bound {report['liveness_lower_bound_bytes']:,})")
+    small = lower_onnx_to_cpp(_export(MCU_CONFIG, 96, root), root / "mcu_96", name="mcu",
+                              int8=True, calib_dir=calib, target="stm32h743")
+    print(f"mcu_arena_bytes[96x96]: {small['arena_bytes']:,} (lower bound "
+          f"{small['liveness_lower_bound_bytes']:,}; the same weights)")
     if shutil.which("arm-none-eabi-g++") is None:
         print("mcu_flash_bytes / mcu_ram_bytes: skipped (no arm-none-eabi-g++: make arm-deps)")
         return
