@@ -297,3 +297,23 @@ def test_thresholded_paste_equals_thresholding_the_float_paste():
     binary = paste_masks(masks, boxes, 61, 83, threshold=0.5)
     assert binary.dtype == torch.bool
     assert torch.equal(binary, paste_masks(masks, boxes, 61, 83) >= 0.5)
+
+
+def test_channels_last_mask_head_equals_torchvision_modules_on_nchw():
+    """The mask head runs its convs channels-last for speed; its logits must equal
+    torchvision's ``MaskRCNNHeads`` and ``MaskRCNNPredictor`` (the same modules) called on the
+    plain NCHW features, and the per-box probabilities ``maskrcnn_inference`` gives."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    torch.manual_seed(0)
+    head = build_model(tiny_cfg("MODEL.DEVICE", "cpu")).eval().roi_heads.mask_head
+    features = torch.randn(6, head.predictor.conv5_mask.in_channels, 14, 14)
+    labels = [torch.tensor([1, 2, 1, 2]), torch.tensor([2, 1])]
+    with torch.no_grad():
+        logits = head.mask_logits(features)
+        expected = head.predictor(head.convs(features.contiguous()))
+        probabilities = head.predict_from_features(features, labels)
+    assert not expected.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(probabilities, maskrcnn_inference(expected, labels)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
