@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,16 @@ from d2seg.utils.cli import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("D2SEG_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.needs_tools("g++", ...)``: the test *fails* (never skips) when a command it
+    needs is missing, since ``make test`` installs every one (Makefile ``system-deps``)."""
+    for mark in item.iter_markers("needs_tools"):
+        missing = [tool for tool in mark.args if shutil.which(tool) is None]
+        if missing:
+            pytest.fail(f"{', '.join(missing)} not found; fix: make system-deps (make test "
+                        f"installs it)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

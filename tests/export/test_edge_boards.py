@@ -4,7 +4,6 @@ compiler against an ``esp_attr.h`` that defines EXT_RAM_BSS_ATTR as ESP-IDF does
 part that exceeds internal SRAM lands in .ext_ram.bss (PSRAM), the weights in .rodata (flash),
 and the program writes the host build's mask."""
 
-import shutil
 import subprocess
 
 import numpy as np
@@ -17,8 +16,7 @@ from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
 
-needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("g++") is None,
-                                 reason="needs cmake and g++")
+needs_cmake = pytest.mark.needs_tools("cmake", "g++")
 
 # What an ESP-IDF build provides: idf_component_register (here: a static library of the SRCS
 # with the INCLUDE_DIRS) and esp_attr.h's EXT_RAM_BSS_ATTR (a .ext_ram.bss section).

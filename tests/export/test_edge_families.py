@@ -3,7 +3,6 @@ blocks (depthwise, Hardswish, SiLU, squeeze-excite), DeepLab's ASPP (dilations, 
 resized from 1×1), LR-ASPP and a VGG-style ceil-mode pooling stack, float parity with
 onnxruntime within 1e-4, and int8 argmax agreement on a trained MobileNetV3 model."""
 
-import shutil
 
 import cv2
 import numpy as np
@@ -21,7 +20,7 @@ from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.harness import load_model
 from d2seg.export.onnx import _trace_to_onnx
 
-pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++"),
+pytestmark = [pytest.mark.needs_tools("g++"),
               pytest.mark.slow]
 
 SIZE = 64

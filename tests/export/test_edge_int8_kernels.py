@@ -6,7 +6,6 @@ requantisation (AVX2) and the Cortex-M DSP depthwise rows are also run directly 
 by kernel_check.cpp, on the host and on a Cortex-M7 in QEMU."""
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.boards import ARM_FLAGS, board_files
 from d2seg.export.edge.harness import build_program, load_model
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+pytestmark = pytest.mark.needs_tools("g++")
 
 H, W = 19, 21  # 399 output pixels: two column blocks, the last tile partial
 # (name, in channels, out channels, kernel, attributes): K = 147, 333, 13, 2 x 63, 13 x 9.
@@ -91,8 +90,7 @@ NEON_BUILDS = {"armv8-a": (r"smlal\tv\d+\.4s, v\d+\.4h, v\d+\.h\[", "cortex-a53"
                "armv8.2-a+dotprod": (r"sdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[", "max")}
 
 
-@pytest.mark.skipif(any(shutil.which(t) is None for t in AARCH64),
-                    reason="needs g++-aarch64-linux-gnu and qemu-user: make arm-deps")
+@pytest.mark.needs_tools(*AARCH64)
 def test_neon_int8_convolutions_under_qemu_aarch64_match_the_host_bit_for_bit(tmp_path):
     """The NEON (vmlal) and NEON dotprod (sdot) kernels, cross-built for aarch64 and run in
     user-mode QEMU, give the x86 host build's outputs (the portable kernel) bit for bit."""
@@ -159,8 +157,7 @@ def test_avx2_requantisation_and_depthwise_match_the_portable_build(tmp_path):
 ARM_TOOLS = ("arm-none-eabi-g++", "qemu-system-arm")
 
 
-@pytest.mark.skipif(any(shutil.which(t) is None for t in ARM_TOOLS),
-                    reason="needs the Cortex-M7 toolchain and QEMU: make arm-deps")
+@pytest.mark.needs_tools(*ARM_TOOLS)
 def test_cortex_m7_dsp_depthwise_matches_the_portable_build_in_qemu(tmp_path):
     for rel, text in board_files("cortex-m7-qemu", "kernel_check").items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ masks are bit-identical to the host build's; budgets and the refusal of a model 
 fit. The toolchain comes from `make arm-deps` (which `make test` runs)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,7 @@ from d2seg.modeling import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 ARM_TOOLS = ("arm-none-eabi-g++", "arm-none-eabi-size", "qemu-system-arm", "g++", "make")
-needs_arm = pytest.mark.skipif(any(shutil.which(t) is None for t in ARM_TOOLS),
-                               reason="needs the Cortex-M7 toolchain and QEMU: make arm-deps")
+needs_arm = pytest.mark.needs_tools(*ARM_TOOLS)
 KIB = 1024
 
 

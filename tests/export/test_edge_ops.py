@@ -1,6 +1,5 @@
 """Per-op parity of the generated C++ (float32) against onnxruntime on random inputs."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from d2seg.errors import ConfigError
 from d2seg.export.edge import lower_onnx_to_cpp
 from d2seg.export.edge.harness import load_model
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+pytestmark = pytest.mark.needs_tools("g++")
 
 RNG = np.random.default_rng(0)
 

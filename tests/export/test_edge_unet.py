@@ -1,7 +1,6 @@
 """The tiny ResNet-18 U-Net lowered to C++: float parity with onnxruntime, int8 agreement,
 arena bounds, a warning-free build and the generated PGM/PPM program."""
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from d2seg.export.edge.harness import build_program, load_model
 from d2seg.export.onnx import export_semantic_onnx
 from d2seg.modeling import build_model
 
-pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++"),
+pytestmark = [pytest.mark.needs_tools("g++"),
               pytest.mark.slow]
 
 SIZE = 64
