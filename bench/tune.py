@@ -95,8 +95,11 @@ def main() -> None:
     parser.add_argument("--pruner-startup", type=int, metavar="N")
     parser.add_argument("--pruner-warmup", type=int, metavar="K")
     args = parser.parse_args()
-    flags = [f for name in ("startup", "warmup") if getattr(args, f"pruner_{name}") is not None
-             for f in (f"--pruner-{name}", str(getattr(args, f"pruner_{name}")))]
+    flags = []  # for the median study only
+    if args.pruner_startup is not None:
+        flags += ["--pruner-startup", str(args.pruner_startup)]
+    if args.pruner_warmup is not None:
+        flags += ["--pruner-warmup", str(args.pruner_warmup)]
     tool = load_tool()
     ratios, gaps, overheads = [], [], {p: [] for p in PRUNERS}
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from d2seg.engine.tile_layout import tile_windows
 from d2seg.errors import ConfigError
+from d2seg.modeling.batchnorm_folding import inference_module
 from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
 from d2seg.modeling.poolers import ROIPooler
 from d2seg.modeling.postprocess import detector_postprocess
@@ -103,8 +104,8 @@ class SharedFeatureDetector:
                 f"{type(model).__name__}; fix: use --tile-mode images"
             )
         backbone = model.backbone
-        self.align = max([s.stride for s in backbone.output_shape().values()]
-                         + [backbone.size_divisibility])
+        self.strides = {name: s.stride for name, s in backbone.output_shape().items()}
+        self.align = max([*self.strides.values(), backbone.size_divisibility])
         if block < self.align:
             raise ConfigError(f"--tile-block {block}: fix: at least {self.align} pixels")
         self.predictor, self.model = predictor, model
@@ -143,8 +144,9 @@ class SharedFeatureDetector:
         tensors = self.model.preprocessor([{"image": chw}]).tensors
         tensors = F.pad(tensors, (0, bx1 - bx0 - tensors.shape[-1],
                                   0, by1 - by0 - tensors.shape[-2]))
-        features = self.model.backbone(tensors)
-        strides = {k: s.stride for k, s in self.model.backbone.output_shape().items()}
+        # The backbone as the model's own forward runs it (BatchNorms folded at inference).
+        features = inference_module(self.model.backbone)(tensors)
+        strides = self.strides
         # Image pixels per model pixel along each axis, inside this block.
         ry, rx = (oy1 - oy0) / (vy1 - by0), (ox1 - ox0) / (vx1 - bx0)
         for start in range(0, len(windows), self.batch_size):
