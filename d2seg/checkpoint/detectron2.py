@@ -25,10 +25,9 @@ moves the background class of the box and mask predictors from Detectron2's last
 torchvision's first. :class:`MappingReport` lists what was loaded, skipped (shape differs) and
 missing.
 
-Remaining differences from Detectron2 with the same weights: torchvision rounds its base
-anchors to whole pixels (Detectron2 does not), and torchvision's ResNet has the stride in the
-3×3 conv unless the trunk is built with ``MODEL.RESNETS.STRIDE_IN_1X1`` (MSRA weights expect it
-in the 1×1).
+Remaining difference from Detectron2 with the same weights: torchvision rounds its base
+anchors to whole pixels (Detectron2 does not). Caffe2/MSRA weights loaded into a trunk that
+strides in the 3×3 conv (``MODEL.RESNETS.STRIDE_IN_1X1 False``) log a warning.
 """
 
 import logging
@@ -254,22 +253,6 @@ def _trunk_prefixes(model: nn.Module) -> list[str]:
     return [f"{n}." if n else "" for n, m in model.named_modules() if isinstance(m, ResNet)]
 
 
-def _warn_if_stride_in_3x3(model: nn.Module) -> None:
-    """MSRA/Caffe2 bottlenecks stride in their first 1×1 conv; a trunk built with torchvision's
-    placement (3×3) computes other features with the same weights."""
-    from d2seg.modeling.backbone.resnet import ResNet
-
-    for name, trunk in model.named_modules():
-        first = getattr(getattr(trunk, "layer2", [None])[0], "conv1", None)
-        if isinstance(trunk, ResNet) and isinstance(first, nn.Conv2d) and first.stride == (1, 1) \
-                and first.kernel_size == (1, 1):
-            logger.warning(
-                f"Caffe2/MSRA weights into the trunk {name or 'model'} whose bottlenecks stride "
-                "in the 3x3 conv; these weights were trained with the stride in the 1x1: set "
-                "MODEL.RESNETS.STRIDE_IN_1X1 True (Detectron2's default)"
-            )
-
-
 def _background_first(name: str, value: Tensor, own: Tensor) -> Tensor:
     """Detectron2 puts the background score last and has no background box/mask slot;
     torchvision's predictors have it first."""
@@ -322,7 +305,9 @@ def map_detectron2_state_dict(
     if is_caffe2_state_dict(state_dict):
         renames = convert_caffe2_names(list(state_dict))
         state_dict = {renames[k]: v for k, v in state_dict.items()}
-        _warn_if_stride_in_3x3(model)
+        from d2seg.modeling.backbone.stem import check_weights_layout
+
+        check_weights_layout(model, "msra")
     own = model.state_dict()
     trunks = _trunk_prefixes(model)
     report = MappingReport()

@@ -47,15 +47,15 @@ _C.MODEL.BACKBONE.FREEZE_AT = 2
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50, 101 or 152
-_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+# Detectron2's default is the C4 trunk's res4; FPN and U-Net configs list the stages they use.
+_C.MODEL.RESNETS.OUT_FEATURES = ["res4"]
 # ResNeXt: NUM_GROUPS 32, WIDTH_PER_GROUP 4 (or 8) with DEPTH 50/101; 1 and 64 = ResNet.
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
 _C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN" (BN in one process) or "GN"
-# The bottleneck stride in the first 1x1 conv (MSRA weights) or the 3x3 (torchvision weights).
-# d2seg: False, torchvision's placement, the one its ImageNet weights were trained with
-# (Detectron2's default True suits its MSRA .pkl weights, which d2seg does not read).
-_C.MODEL.RESNETS.STRIDE_IN_1X1 = False
+# The bottleneck stride in the first 1x1 conv (True: MSRA weights, Detectron2's R-50.pkl) or in
+# the 3x3 (False: torchvision's weights; d2seg's base configs set False).
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
 # 2 replaces res5's stride by dilation (output stride 16).
 _C.MODEL.RESNETS.RES5_DILATION = 1
 # d2seg: 2 also dilates res4 (output stride 8, with RES5_DILATION 2), as DeepLab/FCN use.

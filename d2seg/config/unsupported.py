@@ -125,15 +125,6 @@ D2SEG_DEFAULTS: dict[str, str] = {
         "'auto' picks cuda when a GPU is visible, else cpu; Detectron2's 'cuda' fails on a "
         "machine without one"
     ),
-    "MODEL.RESNETS.OUT_FEATURES": (
-        "res2..res5, the FPN's inputs (Detectron2's default res4 alone is the C4 trunk); a C4 "
-        "config that leaves it out also builds the trunk's res5, which Res5ROIHeads does not use"
-    ),
-    "MODEL.RESNETS.STRIDE_IN_1X1": (
-        "False, torchvision's stride placement, which torchvision's ImageNet weights need; "
-        "Detectron2's MSRA .pkl trunks (R-50.pkl, R-101.pkl) need True, which Detectron2's "
-        "configs leave to the default: loading them into a False trunk logs a warning"
-    ),
 }
 
 

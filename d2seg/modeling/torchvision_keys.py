@@ -12,6 +12,8 @@ import re
 
 from torch import Tensor, nn
 
+from d2seg.modeling.backbone.stem import check_weights_layout
+
 _TRUNK = ("backbone.body.", "backbone.bottom_up.")
 _MASK_PREDICTOR = ("roi_heads.mask_predictor.", "roi_heads.mask_head.predictor.")
 _MASK_CONV = re.compile(r"^roi_heads\.mask_head\.(\d+)\.")
@@ -31,6 +33,7 @@ def map_torchvision_maskrcnn_keys(
     """
     if not any(key.startswith(_TRUNK[0]) for key in state_dict):
         return state_dict
+    check_weights_layout(model, "torchvision")
     box_fcs = [n for n, m in model.roi_heads.box_head.named_children() if isinstance(m, nn.Linear)]
     fc_names = dict(zip(("fc6", "fc7"), box_fcs))
     own_keys = model.state_dict().keys()
@@ -68,6 +71,7 @@ def map_torchvision_segmentation_keys(
         k.startswith(_SEGMENTATION_HEAD[0]) for k in own_keys
     ):
         return state_dict
+    check_weights_layout(model, "torchvision")
     mapped = {}
     for key, value in state_dict.items():
         if key.startswith(_SEGMENTATION_AUX):

@@ -18,7 +18,9 @@ convs of those stages become torchvision ``DeformConv2d``, offsets predicted by 
 initialised to zero, as Detectron2's ``DeformBottleneckBlock``).
 """
 
+import logging
 from functools import partial
+from typing import Literal
 
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -35,6 +37,8 @@ from d2seg.modeling.backbone.stem import (  # noqa: F401
 )
 from d2seg.modeling.registry import BACKBONE_REGISTRY
 from d2seg.modeling.shape_spec import ShapeSpec
+
+logger = logging.getLogger(__name__)
 
 STAGE_NAMES = ("stem", "res2", "res3", "res4", "res5")
 _ARCHITECTURES = {
@@ -205,7 +209,11 @@ class ResNet(StemAdaptingBackbone):
             _rebuild_widths(net, block, layers, stem_out_channels, res2_out_channels,
                             num_groups * width_per_group, dilate)
         net.conv1 = conv_with_in_channels(net.conv1, in_channels)
-        if stride_in_1x1 and block is Bottleneck:
+        # Where a bottleneck strides ("1x1": MSRA, "3x3": torchvision); None for basic blocks.
+        self._bottleneck_stride = None
+        if block is Bottleneck:
+            self._bottleneck_stride = "1x1" if stride_in_1x1 else "3x3"
+        if self._bottleneck_stride == "1x1":
             for m in net.modules():
                 if isinstance(m, Bottleneck):
                     m.conv1.stride, m.conv2.stride = m.conv2.stride, (1, 1)
@@ -260,6 +268,16 @@ class ResNet(StemAdaptingBackbone):
     @property
     def stem_weight_key(self) -> str:
         return "conv1.weight"
+
+    def check_weights_layout(self, layout: Literal["torchvision", "msra"], name: str) -> None:
+        wanted = {"torchvision": "3x3", "msra": "1x1"}[layout]
+        if self._bottleneck_stride not in (None, wanted):
+            logger.warning(
+                f"{layout} weights into the trunk {name}, whose bottlenecks stride in the "
+                f"{self._bottleneck_stride} conv; these weights were trained with the stride in "
+                f"the {wanted}, so they compute other features here: set "
+                f"MODEL.RESNETS.STRIDE_IN_1X1 {wanted == '1x1'}"
+            )
 
     def _freeze(self, freeze_at: int) -> None:
         stages = [["conv1", "bn1"]] + [[name] for name in self._layer_names]

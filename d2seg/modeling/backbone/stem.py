@@ -9,7 +9,7 @@ backbone's prefix inside a whole model (``backbone.``, ``backbone.bottom_up.``).
 """
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -55,6 +55,14 @@ class StemAdaptingBackbone(Backbone):
     def stem_weight_key(self) -> str:
         """State-dict key of the first conv's weight, e.g. ``"conv1.weight"``."""
 
+    def check_weights_layout(self, layout: Literal["torchvision", "msra"], name: str) -> None:
+        """Log a warning when weights trained in ``layout`` compute other features here.
+
+        Called with the weights a checkpointer is about to load into this backbone (``name``:
+        its module path). The default: every layout fits. ResNet trunks override it (the
+        bottleneck stride sits in the 3×3 conv in torchvision's, in the 1×1 in MSRA's).
+        """
+
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str = "") -> None:
         """Adapt ``state_dict[prefix + stem_weight_key]`` in place to this model's channels.
 
@@ -99,6 +107,12 @@ def adapt_input_channels(model: nn.Module, state_dict: dict[str, Tensor]) -> Non
         backbone.adapt_state_dict(state_dict, prefix)
 
 
+def check_weights_layout(model: nn.Module, layout: Literal["torchvision", "msra"]) -> None:
+    """Let every backbone in ``model`` warn if weights trained in ``layout`` do not fit it."""
+    for prefix, backbone in stem_adapting_backbones(model):
+        backbone.check_weights_layout(layout, prefix.rstrip(".") or "model")
+
+
 def map_torchvision_backbone_keys(
     state_dict: dict[str, Tensor], model: nn.Module
 ) -> dict[str, Tensor]:
@@ -110,6 +124,7 @@ def map_torchvision_backbone_keys(
     stages the backbone does not build are dropped. Returns a new dict for
     ``model.load_state_dict(..., strict=False)``.
     """
+    check_weights_layout(model, "torchvision")
     mapped = {}
     for prefix, backbone in stem_adapting_backbones(model):
         own_keys = backbone.state_dict().keys()
