@@ -1,6 +1,7 @@
 """Predicting on a video: frames in, an overlay video and one JSON line per frame out."""
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -30,6 +31,17 @@ def open_video(source: Path | int) -> tuple[cv2.VideoCapture, float, int]:
         )
     fps = capture.get(cv2.CAP_PROP_FPS)
     return capture, fps if fps and fps > 0 else 25.0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+
+
+def _read_batch(capture: cv2.VideoCapture, size: int) -> list[np.ndarray]:
+    """Up to ``size`` next BGR frames (fewer at the end of the video)."""
+    batch = []
+    while len(batch) < size:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        batch.append(frame)
+    return batch
 
 
 def predict_video(
@@ -66,20 +78,23 @@ def predict_video(
     name = f"webcam {source}" if isinstance(source, int) else source.name
     progress = tqdm(total=count or None, desc=name, unit="frame", leave=False,
                     disable=not comm.is_main_process())
+    # Decoding the next batch and encoding the previous overlays run in worker threads while
+    # the model runs (cv2 releases the GIL for both); the FIFO encoder keeps the frame order.
+    reader, encoder = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    encoded: list[Future] = []
     try:
-        done = False
-        while not done:
-            batch = []
-            while len(batch) < batch_size and (max_frames is None
-                                               or frames + len(batch) < max_frames):
-                ok, frame = capture.read()
-                if not ok:
-                    done = True
-                    break
-                batch.append(frame)
-            if not batch:
-                break
-            for frame, outputs in zip(batch, predict([to_model(f) for f in batch])):
+        def next_batch(done: int) -> Future:
+            size = batch_size if max_frames is None else min(batch_size, max_frames - done)
+            return reader.submit(_read_batch, capture, max(size, 0))
+
+        pending = next_batch(0)
+        while batch := pending.result():
+            pending = next_batch(frames + len(batch))
+            outputs_list = predict([to_model(f) for f in batch])
+            for future in encoded:  # at most one batch of overlays waits for the encoder
+                future.result()
+            encoded = []
+            for frame, outputs in zip(batch, outputs_list):
                 if draw is not None:
                     if writer is None:
                         overlay_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,15 +103,20 @@ def predict_video(
                                                  cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                                  (width, height))
                     overlay = draw(np.ascontiguousarray(frame[:, :, ::-1]), outputs)
-                    writer.write(np.ascontiguousarray(overlay[:, :, ::-1]))
+                    encoded.append(encoder.submit(writer.write,
+                                                  np.ascontiguousarray(overlay[:, :, ::-1])))
                 jsonl.write(json.dumps(frame_record(frames, frames / fps, outputs)) + "\n")
                 frames += 1
                 progress.update(1)
+        for future in encoded:
+            future.result()
     except KeyboardInterrupt:
         if not isinstance(source, int):
             raise
     finally:
         progress.close()
+        reader.shutdown(wait=True)
+        encoder.shutdown(wait=True)
         capture.release()
         if writer is not None:
             writer.release()
