@@ -82,11 +82,13 @@ def predict_video(
     # the model runs (cv2 releases the GIL for both); the FIFO encoder keeps the frame order.
     reader, encoder = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
     encoded: list[Future] = []
-    try:
-        def next_batch(done: int) -> Future:
-            size = batch_size if max_frames is None else min(batch_size, max_frames - done)
-            return reader.submit(_read_batch, capture, max(size, 0))
 
+    def next_batch(done: int) -> Future:
+        """Start reading the batch after ``done`` frames (empty once ``max_frames`` are read)."""
+        size = batch_size if max_frames is None else min(batch_size, max_frames - done)
+        return reader.submit(_read_batch, capture, max(size, 0))
+
+    try:
         pending = next_batch(0)
         while batch := pending.result():
             pending = next_batch(frames + len(batch))
