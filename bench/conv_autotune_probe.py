@@ -32,7 +32,7 @@ from torch import nn
 import d2seg.modeling.batchnorm_folding as folding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import models  # noqa: E402  (bench/models.py: FAMILIES, d2seg_model, the reference wrappers)
+import models  # noqa: E402  (bench/models.py: FAMILIES, family_pair, render_sample)
 
 
 class Tuned(nn.Module):
@@ -96,14 +96,7 @@ def main() -> None:
     image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
     plain_fold, trials = folding.fold_batchnorm, []
     for name in args.rows.split(","):
-        config, overrides, build_reference, is_torchvision = models.FAMILIES[name]
-        plain = models.d2seg_model(config, *overrides)
-        reference = build_reference(plain.sem_seg_head.num_classes).eval()
-        if is_torchvision:
-            plain.load_state_dict(plain.map_external_state_dict(reference.state_dict()))
-            reference = models._TorchvisionOut(reference)
-        reference = models._Normalising(reference, plain.preprocessor.pixel_mean,
-                                        plain.preprocessor.pixel_std)
+        plain, reference = models.family_pair(name)
         tuned, inputs = copy.deepcopy(plain), [{"image": image}]
         with torch.no_grad():
             folding.fold_batchnorm = plain_fold

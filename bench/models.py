@@ -237,17 +237,23 @@ FAMILIES: dict[str, tuple[Path, list, Callable[[int], nn.Module], bool]] = {
 }
 
 
+def family_pair(name: str) -> tuple[nn.Module, nn.Module]:
+    """The d2seg model of the :data:`FAMILIES` row ``name`` and its reference, which takes the
+    same 0-255 image (N×3×H×W) and returns logits."""
+    config, overrides, build_reference, is_torchvision = FAMILIES[name]
+    ours = d2seg_model(config, *overrides)
+    reference = build_reference(ours.sem_seg_head.num_classes).eval()
+    if is_torchvision:
+        # Same parameters key for key: both models compute from the same weights.
+        ours.load_state_dict(ours.map_external_state_dict(reference.state_dict()))
+        reference = _TorchvisionOut(reference)
+    reference = _Normalising(reference, ours.preprocessor.pixel_mean, ours.preprocessor.pixel_std)
+    return ours, reference
+
+
 def bench_families(image: torch.Tensor, args: argparse.Namespace) -> None:
-    for name, (config, overrides, build_reference, is_torchvision) in FAMILIES.items():
-        ours = d2seg_model(config, *overrides)
-        classes = ours.sem_seg_head.num_classes
-        reference = build_reference(classes).eval()
-        if is_torchvision:
-            # Same parameters key for key: both models compute from the same weights.
-            ours.load_state_dict(ours.map_external_state_dict(reference.state_dict()))
-            reference = _TorchvisionOut(reference)
-        reference = _Normalising(reference, ours.preprocessor.pixel_mean,
-                                 ours.preprocessor.pixel_std)
+    for name in FAMILIES:
+        ours, reference = family_pair(name)
         report(name, ours, ([{"image": image}],), reference, (image,), args)
 
 
