@@ -80,9 +80,12 @@ browser-deps:
 system-deps:
 	$(call apt_install,$(ARM_PACKAGES) $(BROWSER_PACKAGES) postgresql)
 
-# pytest exits 5 when it collected no test: that is a failure here.
+# pytest exits 5 when it collected no test: that is a failure here. The tests run in
+# TEST_WORKERS pytest-xdist processes (tests/conftest.py gives each its share of the cores), a
+# test file per process at a time so each file's fixtures are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -ra --durations=15; rc=$$?; \
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)

@@ -31,6 +31,7 @@ setup(
     extras_require={
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # make test runs the files in parallel processes
             "hypothesis>=6.100",
             "labelme==6.3.1",  # rasterisation oracle in tests
             "labelme2coco==0.2.6",  # reference converter in bench/convert.py

@@ -17,6 +17,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("D2SEG_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``) each worker gets its share of the cores:
+    torch's default of one thread per core in every worker would oversubscribe them. The
+    environment variable reaches the tools the tests start as subprocesses."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """``@pytest.mark.needs_tools("g++", ...)``: the test *fails* (never skips) when a command it
     needs is missing, since ``make test`` installs every one (Makefile ``system-deps``)."""

@@ -19,6 +19,7 @@ import torch
 
 from d2seg import DefaultPredictor
 from d2seg.checkpoint import load_checkpoint_file
+from d2seg.config import get_cfg
 from d2seg.engine.predictor import run_weights
 from d2seg.errors import CheckpointError, ConfigError
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
@@ -123,11 +124,13 @@ def test_checkpoints_carry_metadata_and_best_final_are_lean(car_run):
 def test_checkpoint_without_metadata_warns_that_names_are_missing(car_run, tmp_path, caplog):
     checkpoint = load_checkpoint_file(str(run_weights(car_run["run"])))
     torch.save(checkpoint["model"], tmp_path / "plain.pth")  # a bare state dict
-    config = (car_run["run"] / "config.yaml").read_text()
-    config = config.replace("  - background\n  - object\n", "").replace(
-        "STUFF_CLASSES:\n", "STUFF_CLASSES: []\n").replace(
-        "THING_CLASSES:\n  - object\n", "THING_CLASSES: []\n")
-    (tmp_path / "config.yaml").write_text(config)
+    # No names anywhere: not in the config, and no training set whose catalog entry (registered
+    # by whichever test of this process trained on it first) could lend its names.
+    config = get_cfg()
+    config.merge_from_file(str(car_run["run"] / "config.yaml"))
+    config.DATASETS.THING_CLASSES, config.DATASETS.STUFF_CLASSES = [], []
+    config.DATASETS.TRAIN, config.DATASETS.TEST = (), ()
+    (tmp_path / "config.yaml").write_text(config.dump())
     with caplog.at_level(logging.WARNING, logger="d2seg.engine.predictor"):
         predictor = DefaultPredictor.from_run(tmp_path, weights="plain.pth")
     assert predictor.metadata.get("stuff_classes") is None
