@@ -144,11 +144,13 @@ def train_small_objects(root: Path, iterations: int, cell: int) -> Path:
     convert_dataset(root / "train_raw", root / "train_coco", outputs=("instances",))
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIG))
+    # One LR step at 3/4 of the run; none when that is iteration 0 (the scheduler refuses it).
+    step = iterations * 3 // 4
     cfg.merge_from_list([
         "DATASETS.TRAIN", f"('{root / 'train_coco' / 'annotations' / 'all.json'}',)",
         "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
         "INPUT.MIN_SIZE_TRAIN", f"({cell},)", "INPUT.MAX_SIZE_TRAIN", str(cell),
-        "SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", f"({iterations * 3 // 4},)",
+        "SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", f"({step},)" if step > 0 else "()",
         "SOLVER.CHECKPOINT_PERIOD", str(10**9), "TEST.EVAL_PERIOD", "0",
         "OUTPUT_DIR", str(root / "trained"),
     ])
