@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from d2seg.utils.cropped_masks import CroppedMasks
+
 
 def paste_masks(
     masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float | None = None
@@ -102,6 +104,15 @@ def sem_seg_labels(logits: Tensor) -> Tensor:
     return (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(dim=0)
 
 
+def _mask_region(masks: Any, index: int, device: torch.device) -> tuple[Tensor, int, int]:
+    """Instance ``index``'s mask (h×w bool on ``device``) and its top-left pixel (y0, x0): the
+    whole H×W mask at (0, 0) for a dense tensor, the crop for :class:`CroppedMasks`."""
+    if isinstance(masks, CroppedMasks):
+        (y0, x0), crop = masks.origins[index], masks.crops[index]
+        return torch.from_numpy(crop).to(device), y0, x0
+    return masks[index].bool(), 0, 0
+
+
 def combine_semantic_and_instance_outputs(
     instances: dict[str, Tensor],
     semantic: Tensor,
@@ -118,7 +129,8 @@ def combine_semantic_and_instance_outputs(
     free pixels if there are at least ``stuff_area_thresh`` of them. Unclaimed pixels are 0.
 
     Args:
-        instances: ``{"scores": R, "classes": R, "masks": R×H×W bool}`` at the output size.
+        instances: ``{"scores": R, "classes": R, "masks": R×H×W bool}`` at the output size
+            (or the masks as :class:`~d2seg.utils.cropped_masks.CroppedMasks`).
         semantic: H×W long, argmax of the semantic logits (0 = things).
 
     Returns:
@@ -132,15 +144,17 @@ def combine_semantic_and_instance_outputs(
         score = float(instances["scores"][index])
         if score < instances_score_thresh:
             break
-        mask = instances["masks"][index].bool()
+        mask, y0, x0 = _mask_region(instances["masks"], index, panoptic.device)
         area = int(mask.sum())
         if area == 0:
             continue
-        taken = int((mask & (panoptic > 0)).sum())
+        # The part of the panoptic map under the mask (a view: written in place).
+        region = panoptic[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]]
+        taken = int((mask & (region > 0)).sum())
         if taken / area > overlap_threshold:
             continue
         segment_id = len(segments) + 1
-        panoptic[mask & (panoptic == 0)] = segment_id
+        region[mask & (region == 0)] = segment_id
         segments.append(
             {
                 "id": segment_id,
