@@ -32,7 +32,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from d2seg.engine.tile_layout import tile_windows
 from d2seg.errors import ConfigError
-from d2seg.modeling.batchnorm_folding import inference_module
 from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
 from d2seg.modeling.poolers import ROIPooler
 from d2seg.modeling.postprocess import detector_postprocess
@@ -144,8 +143,7 @@ class SharedFeatureDetector:
         tensors = self.model.preprocessor([{"image": chw}]).tensors
         tensors = F.pad(tensors, (0, bx1 - bx0 - tensors.shape[-1],
                                   0, by1 - by0 - tensors.shape[-2]))
-        # The backbone as the model's own forward runs it (BatchNorms folded at inference).
-        features = inference_module(self.model.backbone)(tensors)
+        features = self.model.backbone_features(tensors)  # as the model's own forward
         strides = self.strides
         # Image pixels per model pixel along each axis, inside this block.
         ry, rx = (oy1 - oy0) / (vy1 - by0), (ox1 - ox0) / (vx1 - bx0)
