@@ -84,7 +84,9 @@ class SharedFeatureDetector:
 
     Call it on an H×W×C image (``format`` as the predictor's) to iterate over
     ``(instances, y0, x0)``: each window's ``{"boxes", "scores", "classes", "masks"?}`` at the
-    window's size in image pixels, and the window's top-left corner in the image.
+    window's size in image pixels (the masks as
+    :class:`~d2seg.utils.cropped_masks.CroppedMasks` of their boxes), and the window's top-left
+    corner in the image.
     """
 
     def __init__(self, predictor: Any, *, tile: int, overlap: float, block: int,
@@ -168,4 +170,6 @@ class SharedFeatureDetector:
                 left = ox0 + round((x0 - bx0) * rx)
                 out_h = min(height, oy0 + round((y0 - by0 + size[0]) * ry)) - top
                 out_w = min(width, ox0 + round((x0 - bx0 + size[1]) * rx)) - left
-                yield detector_postprocess(detection, size, out_h, out_w), top, left
+                # Masks as crops of their boxes: no window-sized mask per detection.
+                yield (detector_postprocess(detection, size, out_h, out_w, cropped_masks=True),
+                       top, left)

@@ -69,7 +69,7 @@ class _Detections:
             crops = [np.zeros((0, 0), bool) for _ in boxes]
             origins = [(y0 + int(box[1]), x0 + int(box[0])) for box in boxes]
         else:
-            cropped = CroppedMasks.from_dense(masks)
+            cropped = CroppedMasks.of(masks)
             crops = cropped.crops
             origins = [(y0 + y, x0 + x) for y, x in cropped.origins]
         return cls(boxes + np.array([x0, y0, x0, y0], dtype=np.float64),

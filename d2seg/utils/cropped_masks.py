@@ -17,8 +17,9 @@ from pycocotools import mask as mask_util
 
 
 class CroppedMasks:
-    """R bool masks of an H×W image: ``crops[i]`` (h×w bool, the mask's bounding box or empty
-    0×0) with its top-left pixel at ``origins[i]`` = (y, x) of the image.
+    """R bool masks of an H×W image: ``crops[i]`` (h×w bool: a rectangle of the image that holds
+    every pixel of mask i, e.g. its bounding box or its detection box; 0×0 for an empty mask)
+    with its top-left pixel at ``origins[i]`` = (y, x) of the image.
 
     Behaves like the R×H×W bool mask tensor: ``len``, ``shape``, indexing by an index array
     or a bool keep-mask (another ``CroppedMasks``, as ``tools/predict.py``'s score filter

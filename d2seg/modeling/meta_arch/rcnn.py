@@ -298,10 +298,14 @@ class GeneralizedRCNN(nn.Module):
         in eval under no_grad with the BatchNorms folded into their convs (same features, one
         pass less), and on CPU in eval from a channels-last input, which oneDNN's convolutions
         run faster (the tiny R-18 FPN: −17% CPU on a 512² input, −27% on 1280²; features
-        within 5e-5: bench/RESULTS.md, "tiles" of session 7)."""
-        if not self.training and tensors.device.type == "cpu":
-            tensors = tensors.contiguous(memory_format=torch.channels_last)
-        return inference_module(self.backbone)(tensors)
+        within 5e-5: bench/RESULTS.md, "tiles" of session 7). The maps come back in the
+        default layout: RoIAlign copies a channels-last input on every call, and the RPN head's
+        narrow convs are no faster on it."""
+        if self.training or tensors.device.type != "cpu":
+            return inference_module(self.backbone)(tensors)
+        features = inference_module(self.backbone)(
+            tensors.contiguous(memory_format=torch.channels_last))
+        return {name: feature.contiguous() for name, feature in features.items()}
 
     def detect(
         self,
