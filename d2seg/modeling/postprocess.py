@@ -36,6 +36,8 @@ def paste_masks(
     With ``cropped`` (and a ``threshold``) each mask is kept as the crop of its box
     (:class:`CroppedMasks`): not even an R×height×width bool buffer.
     """
+    if cropped and threshold is None:
+        raise ValueError("paste_masks(cropped=True) keeps bool crops: give a threshold")
     dtype = masks.dtype if threshold is None else torch.bool
     pasted = None if cropped else torch.zeros(len(masks), height, width, dtype=dtype,
                                               device=masks.device)
