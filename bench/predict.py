@@ -144,11 +144,13 @@ def train_small_objects(root: Path, iterations: int, cell: int) -> Path:
     convert_dataset(root / "train_raw", root / "train_coco", outputs=("instances",))
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIG))
+    # One LR step at 3/4 of the run; none when that is iteration 0 (the scheduler refuses it).
+    step = iterations * 3 // 4
     cfg.merge_from_list([
         "DATASETS.TRAIN", f"('{root / 'train_coco' / 'annotations' / 'all.json'}',)",
         "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
         "INPUT.MIN_SIZE_TRAIN", f"({cell},)", "INPUT.MAX_SIZE_TRAIN", str(cell),
-        "SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", f"({iterations * 3 // 4},)",
+        "SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", f"({step},)" if step > 0 else "()",
         "SOLVER.CHECKPOINT_PERIOD", str(10**9), "TEST.EVAL_PERIOD", "0",
         "OUTPUT_DIR", str(root / "trained"),
     ])
@@ -239,18 +241,20 @@ def _accuracy(truth: np.ndarray, detected: np.ndarray) -> str:
 
 
 def bench_tiled_vs_sahi(predictor: DefaultPredictor, size: int, tile: int, overlap: float,
-                        rounds: int) -> dict[str, float]:
+                        rounds: int, block: int | None) -> dict[str, float]:
     """Our TiledPredictor, in each tile mode, vs SAHI's get_sliced_prediction on one size²
     image of many small balloons: the same model, slices, overlap and GREEDYNMM/IOS 0.5
-    merging. CPU seconds of this process, the three alternating, median of ``rounds``.
+    merging (``block``: features mode's largest backbone input side). CPU seconds of this
+    process, the three alternating, median of ``rounds``.
     Returns ``tiled_vs_sahi`` per mode."""
     from sahi.predict import get_sliced_prediction
 
-    from d2seg.engine.tiling import TILE_MODES, TiledPredictor
+    from d2seg.engine.tiling import DEFAULT_BLOCK, TILE_MODES, TiledPredictor
 
     image, truth = _mosaic(size, cell=128)
     ours_models = {mode: TiledPredictor(predictor, tile=tile, overlap=overlap, merge="nmm",
-                                        mode=mode) for mode in TILE_MODES}
+                                        mode=mode, block=block or DEFAULT_BLOCK)
+                   for mode in TILE_MODES}
     sahi_model = _sahi_model(predictor)
     predictor(image[:tile, :tile], format="RGB")  # warm-up, for all
     seconds: dict[str, list[float]] = {name: [] for name in ("sahi", *TILE_MODES)}
@@ -295,6 +299,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--tiled-rounds", type=int, default=3)
+    parser.add_argument("--tile-block", type=int, default=None,
+                        help="features mode's largest backbone input side (default: "
+                        "TiledPredictor's, as tools/predict.py)")
     parser.add_argument("--train-iters", type=int, default=300,
                         help="iterations of the model trained for tiled_vs_sahi")
     parser.add_argument("--trained-weights", type=Path, default=None,
@@ -333,7 +340,7 @@ def main() -> None:
                                    "MODEL.RPN.PRE_NMS_TOPK_TEST", "400",
                                    "MODEL.RPN.POST_NMS_TOPK_TEST", "200"])
         bench_tiled_vs_sahi(DefaultPredictor(tiled_cfg), args.tiled_size, args.tile,
-                            args.overlap, args.tiled_rounds)
+                            args.overlap, args.tiled_rounds, args.tile_block)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from d2seg.engine.prediction_writers import (
 )
 from d2seg.engine.predictor import DefaultPredictor
 from d2seg.engine.tile_layout import needs_tiling
-from d2seg.engine.tiling import MERGE_MODES, TILE_MODES, TiledPredictor
+from d2seg.engine.tiling import DEFAULT_BLOCK, MERGE_MODES, TILE_MODES, TiledPredictor
 from d2seg.errors import ConfigError, D2SegError
 from d2seg.utils import comm
 from d2seg.utils.cli import run_cli, user_message
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="features: one backbone pass per image (blocks of --tile-block px), "
                      "the detection heads per tile (R-CNN models; their default); images: the "
                      "whole model per tile (the default for other models)")
-    run.add_argument("--tile-block", type=int, default=1280,
+    run.add_argument("--tile-block", type=int, default=DEFAULT_BLOCK,
                      help="with --tile-mode features: the largest side (model pixels) of one "
                      "backbone pass, bounding memory on huge images")
     run.add_argument("--tile-full-pass", action="store_true",

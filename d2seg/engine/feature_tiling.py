@@ -32,7 +32,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from d2seg.engine.tile_layout import tile_windows
 from d2seg.errors import ConfigError
-from d2seg.modeling.batchnorm_folding import inference_module
 from d2seg.modeling.meta_arch.rcnn import GeneralizedRCNN
 from d2seg.modeling.poolers import ROIPooler
 from d2seg.modeling.postprocess import detector_postprocess
@@ -85,7 +84,9 @@ class SharedFeatureDetector:
 
     Call it on an H×W×C image (``format`` as the predictor's) to iterate over
     ``(instances, y0, x0)``: each window's ``{"boxes", "scores", "classes", "masks"?}`` at the
-    window's size in image pixels, and the window's top-left corner in the image.
+    window's size in image pixels (the masks as
+    :class:`~d2seg.utils.cropped_masks.CroppedMasks` of their boxes), and the window's top-left
+    corner in the image.
     """
 
     def __init__(self, predictor: Any, *, tile: int, overlap: float, block: int,
@@ -144,8 +145,7 @@ class SharedFeatureDetector:
         tensors = self.model.preprocessor([{"image": chw}]).tensors
         tensors = F.pad(tensors, (0, bx1 - bx0 - tensors.shape[-1],
                                   0, by1 - by0 - tensors.shape[-2]))
-        # The backbone as the model's own forward runs it (BatchNorms folded at inference).
-        features = inference_module(self.model.backbone)(tensors)
+        features = self.model.backbone_features(tensors)  # as the model's own forward
         strides = self.strides
         # Image pixels per model pixel along each axis, inside this block.
         ry, rx = (oy1 - oy0) / (vy1 - by0), (ox1 - ox0) / (vx1 - bx0)
@@ -170,4 +170,6 @@ class SharedFeatureDetector:
                 left = ox0 + round((x0 - bx0) * rx)
                 out_h = min(height, oy0 + round((y0 - by0 + size[0]) * ry)) - top
                 out_w = min(width, ox0 + round((x0 - bx0 + size[1]) * rx)) - left
-                yield detector_postprocess(detection, size, out_h, out_w), top, left
+                # Masks as crops of their boxes: no window-sized mask per detection.
+                yield (detector_postprocess(detection, size, out_h, out_w, cropped_masks=True),
+                       top, left)

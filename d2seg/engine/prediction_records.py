@@ -26,6 +26,7 @@ from d2seg.data.labelme import LabelmeShape, rasterize_shape
 from d2seg.data.synthetic import LABELME_VERSION
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
 from d2seg.modeling.postprocess import sem_seg_labels
+from d2seg.utils.cropped_masks import CroppedMasks
 
 # Polygons must give a Labelme file's objects back at least this well, else a mask shape is
 # written: tools/convert_labelme.py on the files then reproduces the predicted masks.
@@ -49,11 +50,15 @@ def semantic_labels(logits: torch.Tensor) -> np.ndarray:
     return sem_seg_labels(logits.detach().float().cpu()).numpy().astype(np.uint8)
 
 
-def mask_outlines(mask: np.ndarray) -> list[list[float]]:
+def mask_outlines(mask: np.ndarray, y0: int = 0, x0: int = 0) -> list[list[float]]:
     """Outer contours of a bool mask as flat ``[x0, y0, x1, y1, ...]`` pixel polygons (holes
-    are not kept; contours with fewer than 3 points are dropped)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    are not kept; contours with fewer than 3 points are dropped). ``mask`` may be a crop whose
+    top-left pixel is (``y0``, ``x0``) of the image: the polygons are in image pixels, the same
+    as those of the pasted mask."""
+    # One pixel of zeros around the crop, as the rest of the image is.
+    padded = np.pad(mask.astype(np.uint8), 1)
+    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                   offset=(x0 - 1, y0 - 1))
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
@@ -71,12 +76,11 @@ def instance_records(instances: dict, image_id: int, class_names: list[str],
     also ``polygons`` (outer contours, :func:`mask_outlines`)."""
     with_masks = "masks" in instances
     results = instances_to_coco_results(instances, image_id, category_ids, with_masks)
-    classes = as_numpy(instances["classes"]).tolist()
-    masks = as_numpy(instances["masks"]).astype(bool) if with_masks and polygons else None
-    for k, (result, c) in enumerate(zip(results, classes)):
+    for result, c in zip(results, as_numpy(instances["classes"]).tolist()):
         result["category_name"] = class_name(class_names, c)
-        if masks is not None:
-            result["polygons"] = mask_outlines(masks[k])
+    if with_masks and polygons:
+        for result, crop in zip(results, CroppedMasks.of(instances["masks"]).items()):
+            result["polygons"] = mask_outlines(*crop)
     return results
 
 
@@ -131,21 +135,25 @@ def panoptic_segments(ids: Any, segments: list[dict], thing_classes: list[str],
     return info
 
 
-def _reproduces(outlines: list[list[float]], mask: np.ndarray) -> bool:
-    """Whether polygons rasterised as Labelme (and the converter) do give ``mask`` back with
-    IoU ≥ :data:`ROUND_TRIP_IOU`."""
+def _reproduces(outlines: list[list[float]], crop: np.ndarray, y0: int, x0: int) -> bool:
+    """Whether polygons (image pixels) rasterised as Labelme (and the converter) do give the
+    mask back with IoU ≥ :data:`ROUND_TRIP_IOU`; the mask is ``crop`` at (``y0``, ``x0``), and
+    the polygons are drawn in its frame, one pixel wider on each side (they lie on mask
+    pixels, so nothing outside it is drawn)."""
     if not outlines:
         return False
+    mask = np.pad(crop, 1)
     drawn = np.zeros_like(mask)
     for points in outlines:
-        shape = LabelmeShape(0, "", "polygon", np.reshape(points, (-1, 2)), None)
-        drawn |= rasterize_shape(shape, *mask.shape)
+        local = np.reshape(points, (-1, 2)) - [x0 - 1, y0 - 1]
+        drawn |= rasterize_shape(LabelmeShape(0, "", "polygon", local, None), *mask.shape)
     return (mask & drawn).sum() >= ROUND_TRIP_IOU * (mask | drawn).sum()
 
 
-def _mask_shape(label: str, mask: np.ndarray, description: str) -> dict:
-    ys, xs = np.nonzero(mask)
-    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+def _mask_shape(label: str, crop: np.ndarray, y0: int, x0: int, description: str) -> dict:
+    ys, xs = np.nonzero(crop)
+    crop = crop[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    ys, xs = ys + y0, xs + x0
     buffer = io.BytesIO()
     Image.fromarray(crop.astype(np.uint8) * 255).save(buffer, format="PNG")
     return {"label": label, "points": [[float(xs.min()), float(ys.min())],
@@ -154,27 +162,29 @@ def _mask_shape(label: str, mask: np.ndarray, description: str) -> dict:
             "flags": {}, "mask": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
-def _object_shapes(label: str, mask: np.ndarray, description: str, group_id: int) -> list[dict]:
-    if not mask.any():
+def _object_shapes(label: str, crop: np.ndarray, y0: int, x0: int, description: str,
+                   group_id: int) -> list[dict]:
+    """The Labelme shapes of one object: its mask ``crop`` with top-left pixel (y0, x0)."""
+    if not crop.any():
         return []
-    outlines = mask_outlines(mask)
-    if not _reproduces(outlines, mask):  # holes, thin or tiny objects
-        return [_mask_shape(label, mask, description)]
+    outlines = mask_outlines(crop, y0, x0)
+    if not _reproduces(outlines, crop, y0, x0):  # holes, thin or tiny objects
+        return [_mask_shape(label, crop, y0, x0, description)]
     return [{"label": label, "points": np.reshape(p, (-1, 2)).tolist(),
              "group_id": group_id if len(outlines) > 1 else None,
              "description": description, "shape_type": "polygon", "flags": {}}
             for p in outlines]
 
 
-def _labelme_objects(outputs: dict, thing_classes: list[str],
-                     stuff_classes: list[str]) -> list[tuple[str, np.ndarray, str]]:
-    """(label, H×W bool mask, description) of every object to write."""
+def _labelme_objects(outputs: dict, thing_classes: list[str], stuff_classes: list[str]
+                     ) -> list[tuple[str, tuple[np.ndarray, int, int], str]]:
+    """(label, (mask crop, y0, x0), description) of every object to write."""
     if "instances" in outputs and "masks" in outputs["instances"]:
         instances = outputs["instances"]
-        masks = as_numpy(instances["masks"]).astype(bool)
-        return [(class_name(thing_classes, c), masks[k], f"score {s:.3f}")
-                for k, (c, s) in enumerate(zip(as_numpy(instances["classes"]).tolist(),
-                                               as_numpy(instances["scores"]).tolist()))]
+        return [(class_name(thing_classes, c), crop, f"score {s:.3f}")
+                for crop, c, s in zip(CroppedMasks.of(instances["masks"]).items(),
+                                      as_numpy(instances["classes"]).tolist(),
+                                      as_numpy(instances["scores"]).tolist())]
     if "sem_seg" not in outputs:
         return []
     labels = semantic_labels(outputs["sem_seg"])
@@ -183,8 +193,10 @@ def _labelme_objects(outputs: dict, thing_classes: list[str],
         name = class_name(stuff_classes, label)
         if name.lower() in _BACKGROUND_NAMES:
             continue
-        count, components = cv2.connectedComponents((labels == label).astype(np.uint8))
-        objects += [(name, components == k, "") for k in range(1, count)]
+        count, components, boxes, _ = cv2.connectedComponentsWithStats(
+            (labels == label).astype(np.uint8))
+        objects += [(name, (components[y:y + h, x:x + w] == k, int(y), int(x)), "")
+                    for k, (x, y, w, h) in enumerate(boxes[1:, :4].tolist(), start=1)]
     return objects
 
 
@@ -200,8 +212,8 @@ def labelme_shapes(outputs: dict, thing_classes: list[str], stuff_classes: list[
     """
     shapes = []
     objects = _labelme_objects(outputs, thing_classes, stuff_classes)
-    for group_id, (label, mask, description) in enumerate(objects, start=1):
-        shapes += _object_shapes(label, mask, description, group_id)
+    for group_id, (label, crop, description) in enumerate(objects, start=1):
+        shapes += _object_shapes(label, *crop, description, group_id)
     return shapes
 
 

@@ -21,8 +21,9 @@ SAHI does.
 - ``panoptic_seg``: recombined from the merged instances and blended semantic logits with the
   model's own combination settings.
 
-Masks are kept as crops while merging, so memory stays proportional to the objects, not to
-(number of detections) × image area.
+Masks are kept as crops while merging and returned so (``instances["masks"]`` is a
+:class:`~d2seg.utils.cropped_masks.CroppedMasks`, which every writer reads), so memory stays
+proportional to the objects, not to (number of detections) × image area.
 """
 
 from dataclasses import dataclass
@@ -35,9 +36,15 @@ from d2seg.engine.feature_tiling import SharedFeatureDetector, supports_shared_f
 from d2seg.engine.tile_layout import blend_window, tile_windows
 from d2seg.errors import ConfigError
 from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
+from d2seg.utils.cropped_masks import CroppedMasks
 
 MERGE_MODES = ("nmm", "nms")
 TILE_MODES = ("features", "images")
+# Features mode's default largest backbone input side: blocks next to each other compute their
+# shared window overlap twice, and with the channels-last backbone a 2048² pass costs only ~7%
+# more per pixel than a 1280² one, so one 2048² block is cheaper than four ≤ 1280 px blocks of
+# a 2048² image (bench/RESULTS.md, "tiles" of session 7: −5–8% CPU, +350 MB peak memory).
+DEFAULT_BLOCK = 2048
 
 
 @dataclass
@@ -63,24 +70,13 @@ class _Detections:
         """A tile's instances (at the tile's size) shifted by the tile's origin (y0, x0)."""
         boxes = instances["boxes"].detach().cpu().double().numpy().reshape(-1, 4)
         masks = instances.get("masks")
-        crops, origins = [], []
         if masks is None:
             crops = [np.zeros((0, 0), bool) for _ in boxes]
             origins = [(y0 + int(box[1]), x0 + int(box[0])) for box in boxes]
         else:
-            masks = masks.detach().cpu().bool()
-            # Each mask's row and column extents in two vectorised reductions, not a full
-            # nonzero() per mask: a tile holds up to 100 masks of the tile's size.
-            rows, cols = masks.any(dim=2).numpy(), masks.any(dim=1).numpy()
-            masks = masks.numpy()
-            for mask, row, col in zip(masks, rows, cols):
-                ys, xs = np.flatnonzero(row), np.flatnonzero(col)
-                if len(ys) == 0:
-                    crops.append(np.zeros((0, 0), bool))
-                    origins.append((y0, x0))
-                    continue
-                crops.append(mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1])
-                origins.append((y0 + int(ys[0]), x0 + int(xs[0])))
+            cropped = CroppedMasks.of(masks)
+            crops = cropped.crops
+            origins = [(y0 + y, x0 + x) for y, x in cropped.origins]
         return cls(boxes + np.array([x0, y0, x0, y0], dtype=np.float64),
                    instances["scores"].detach().cpu().double().numpy().reshape(-1),
                    instances["classes"].detach().cpu().numpy().astype(np.int64).reshape(-1),
@@ -167,16 +163,14 @@ class _Detections:
         denominator = min(area_a, area_b) if mode == "nmm" else area_a + area_b - inter
         return inter / denominator if denominator > 0 else 0.0
 
-    def to_instances(self, height: int, width: int, with_masks: bool) -> dict[str, torch.Tensor]:
-        """The predictor's ``instances`` dict at H×W (masks pasted back at full size)."""
-        out = {"boxes": torch.from_numpy(self.boxes).float().reshape(-1, 4),
-               "scores": torch.from_numpy(self.scores).float(),
-               "classes": torch.from_numpy(self.classes).long()}
+    def to_instances(self, height: int, width: int, with_masks: bool) -> dict[str, Any]:
+        """The predictor's ``instances`` dict at H×W, the masks as :class:`CroppedMasks` (the
+        crops themselves: never pasted at full size here)."""
+        out: dict[str, Any] = {"boxes": torch.from_numpy(self.boxes).float().reshape(-1, 4),
+                               "scores": torch.from_numpy(self.scores).float(),
+                               "classes": torch.from_numpy(self.classes).long()}
         if with_masks:
-            masks = torch.zeros((len(self.crops), height, width), dtype=torch.bool)
-            for k, (crop, (y0, x0)) in enumerate(zip(self.crops, self.origins)):
-                masks[k, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = torch.from_numpy(crop)
-            out["masks"] = masks
+            out["masks"] = CroppedMasks(self.crops, self.origins, (height, width))
         return out
 
 
@@ -195,7 +189,7 @@ class TiledPredictor:
         full_pass: bool = False,
         batch_size: int = 1,
         mode: str | None = None,
-        block: int = 1280,
+        block: int = DEFAULT_BLOCK,
     ):
         """
         Args:

@@ -28,6 +28,7 @@ from d2seg.data.coco import check_segmentation, is_thing, validate
 from d2seg.data.io import read_json
 from d2seg.errors import ConfigError, DatasetError
 from d2seg.evaluation.evaluator import DatasetEvaluator, gather_to_main
+from d2seg.utils.cropped_masks import CroppedMasks
 from d2seg.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,8 @@ def instances_to_coco_results(
 
     Args:
         instances: ``boxes`` float N×4 XYXY pixels, ``scores`` N, ``classes`` long N (contiguous
-            0..C-1), ``masks`` N×H×W (uint8/bool, or float probabilities thresholded at 0.5).
+            0..C-1), ``masks`` N×H×W (uint8/bool, or float probabilities thresholded at 0.5;
+            or :class:`~d2seg.utils.cropped_masks.CroppedMasks`).
         dataset_ids: the COCO category id of each contiguous class.
         with_masks: encode ``masks`` as compressed RLE under ``segmentation``.
 
@@ -308,10 +310,7 @@ def instances_to_coco_results(
         for c, box, score in zip(classes, xywh, scores)
     ]
     if with_masks and results:
-        masks = instances["masks"].detach().cpu()
-        masks = (masks >= 0.5) if masks.is_floating_point() else masks.bool()
-        rles = mask_util.encode(np.asfortranarray(masks.numpy().transpose(1, 2, 0), np.uint8))
-        for result, rle in zip(results, rles):
+        for result, rle in zip(results, CroppedMasks.of(instances["masks"]).to_rle()):
             result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     return results
 

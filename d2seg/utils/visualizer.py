@@ -22,6 +22,7 @@ from d2seg.data.detection_utils import (
 )
 from d2seg.data.io import read_panoptic_ids, read_sem_seg
 from d2seg.utils.colormap import RGB, class_color, darker, jitter
+from d2seg.utils.cropped_masks import CroppedMasks
 from d2seg.utils.vis_image import VisImage
 
 __all__ = ["ColorMode", "VisImage", "Visualizer", "instance_label"]
@@ -163,10 +164,10 @@ class Visualizer:
         if self._instance_mode is ColorMode.IMAGE_BW:
             self.output.grayscale_outside(foreground)
 
-    def _object_pixels(self, boxes: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    def _object_pixels(self, boxes: np.ndarray, masks: CroppedMasks | None) -> np.ndarray:
         """H×W bool: the union of ``masks``, or of ``boxes`` (R×4 XYXY) without masks."""
         if masks is not None and len(masks):
-            return masks.any(axis=0)
+            return masks.union()
         foreground = np.zeros(self.img.shape[:2], dtype=bool)
         if masks is None:
             for x0, y0, x1, y1 in np.round(boxes).astype(int):
@@ -176,26 +177,28 @@ class Visualizer:
     def _draw_objects(
         self,
         boxes: np.ndarray,
-        masks: np.ndarray | None,
+        masks: CroppedMasks | None,
         labels: list[str],
         colors: list[RGB],
         alpha: float,
         draw_boxes: bool,
         draw_labels: bool,
     ) -> None:
-        """Draw R objects, largest first: ``boxes`` R×4 XYXY, ``masks`` R×H×W bool or None.
+        """Draw R objects, largest first: ``boxes`` R×4 XYXY, ``masks`` R image-size masks or
+        None (each pasted at the image's size only while it is drawn).
 
         Labels go on top of every mask and box, so a small object's label is never hidden.
         """
         if masks is not None:
-            areas = masks.sum(axis=(1, 2))
+            areas = masks.areas
         else:
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         order = np.argsort(-areas, kind="stable")
         for i in order:
             if masks is not None:
-                self.output.fill(masks[i], colors[i], alpha)
-                self.output.outline(masks[i], darker(colors[i]))
+                mask = masks.paste(i)
+                self.output.fill(mask, colors[i], alpha)
+                self.output.outline(mask, darker(colors[i]))
             if draw_boxes:
                 self.output.rectangle(boxes[i], colors[i])
         if draw_labels:
@@ -209,7 +212,8 @@ class Visualizer:
 
         Args:
             predictions: ``{"boxes": R×4 XYXY float (input pixels), "classes": R int (0-based
-                into ``thing_classes``), "scores"?: R float 0..1, "masks"?: R×H×W bool}``,
+                into ``thing_classes``), "scores"?: R float 0..1, "masks"?: R×H×W bool or
+                :class:`~d2seg.utils.cropped_masks.CroppedMasks`}``,
                 e.g. ``model(inputs)[0]["instances"]``. Masks are tinted (alpha 0.5; 0.7 in
                 SEGMENTATION, 0.3 in IMAGE_BW mode) and outlined in a darker shade.
             draw_boxes: draw each box.
@@ -220,7 +224,7 @@ class Visualizer:
         scores = predictions.get("scores")
         scores = None if scores is None else _numpy(scores).astype(np.float64).reshape(-1)
         masks = predictions.get("masks")
-        masks = None if masks is None else _numpy(masks).astype(bool)
+        masks = None if masks is None else CroppedMasks.of(masks)
         labels = [
             instance_label(self._name("thing", int(c)), None if scores is None else scores[i])
             for i, c in enumerate(classes)
@@ -351,7 +355,8 @@ class Visualizer:
         if things:
             masks = np.stack([m for m, _, _ in things])
             boxes = boxes_from_masks(torch.from_numpy(masks)).numpy()
-            self._draw_objects(boxes, masks, [t[1] for t in things], [t[2] for t in things],
+            self._draw_objects(boxes, CroppedMasks.from_dense(masks), [t[1] for t in things],
+                               [t[2] for t in things],
                                alpha, False, True)
         self._draw_legend(stuff, drawn)
         return self.output
@@ -360,9 +365,9 @@ class Visualizer:
 
     def _annotation_objects(
         self, annotations: list[dict], file_name: str
-    ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[RGB]]:
-        """Dataset-dict annotations → boxes R×4 XYXY, masks R×H×W bool (None without
-        segmentations), labels and colours, as :meth:`_draw_objects` takes them."""
+    ) -> tuple[np.ndarray, CroppedMasks | None, list[str], list[RGB]]:
+        """Dataset-dict annotations → boxes R×4 XYXY, masks (None without segmentations),
+        labels and colours, as :meth:`_draw_objects` takes them."""
         height, width = self.img.shape[:2]
         # Every annotation is drawn, crowd included: clear the flag that would drop it.
         instances = annotations_to_instances([{**a, "iscrowd": 0} for a in annotations],
@@ -374,7 +379,7 @@ class Visualizer:
         ]
         colors = [self._object_color(a["category_id"], i) for i, a in enumerate(annotations)]
         return (instances["boxes"].numpy().astype(np.float64),
-                None if masks is None else masks.numpy().astype(bool), labels, colors)
+                None if masks is None else CroppedMasks.from_dense(masks), labels, colors)
 
     def draw_dataset_dict(self, dic: dict) -> VisImage:
         """Draw one dataset dict's ground truth over the image given to the constructor.

@@ -131,3 +131,77 @@ def test_needs_tiling_only_beyond_twice_the_test_size():
     assert needs_tiling(1700, 1700, 800, 1333)
     assert needs_tiling(256, 2800, 800, 1333)  # a long strip
     assert not needs_tiling(5000, 5000, 0, 1333)  # the model does not resize
+
+
+def _outlines(mask: np.ndarray) -> list[list[float]]:
+    """The outer contours of a full-size mask, as predict.py wrote them before masks were
+    cropped."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def test_tiled_masks_are_written_exactly_as_the_full_size_masks(tmp_path):
+    """Tiled instances keep their masks as crops; predictions.json (RLE and polygons), the
+    Labelme file, the overlay and the panoptic fusion are those of the pasted R×H×W masks,
+    for objects cut by tile borders, with holes, 1 px thin, on the image edge."""
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_util
+
+    from d2seg.engine.prediction_sources import PredictionInput
+    from d2seg.engine.prediction_writers import CocoResultsWriter, LabelmeWriter, OverlayWriter
+    from d2seg.modeling.postprocess import combine_semantic_and_instance_outputs
+
+    image = np.zeros((300, 420, 1), np.uint8)
+    cv2.ellipse(image, (200, 140), (120, 50), 20, 0, 360, 255, -1)  # crosses tile borders
+    cv2.circle(image, (60, 230), 30, 255, -1)
+    cv2.circle(image, (60, 230), 12, 0, -1)  # a ring: a hole
+    image[20, 10:90] = 255  # 1 px thin
+    image[250:, 380:] = 255  # on the bottom-right image edge
+    cv2.rectangle(image, (0, 0), (5, 120), 255, -1)  # on the left edge, cut by tiles
+    tiled = TiledPredictor(BlobDetector(), tile=96, overlap=0.25)(image)
+    full = tiled["instances"]["masks"].to_tensor()
+    dense = {"instances": {**tiled["instances"], "masks": full}}
+    assert len(full) >= 5
+    rgb = np.repeat(image, 3, axis=2)
+    cv2.imwrite(str(tmp_path / "big.png"), rgb)
+    item = PredictionInput(tmp_path / "big.png", "big", "image", image_id=1)
+    for name, outputs in (("cropped", tiled), ("dense", dense)):
+        folder = tmp_path / name
+        for writer in (CocoResultsWriter(folder, ["blob"], [1], polygons=True),
+                       LabelmeWriter(folder, ["blob"], [], embed=False),
+                       OverlayWriter(folder, {"thing_classes": ["blob"]})):
+            writer.write(item, rgb, outputs)
+            writer.close()
+    for path in ("predictions.json", "labelme/big.json"):
+        assert (tmp_path / "cropped" / path).read_text() == (tmp_path / "dense" / path).read_text()
+    assert np.array_equal(cv2.imread(str(tmp_path / "cropped" / "overlays" / "big.png")),
+                          cv2.imread(str(tmp_path / "dense" / "overlays" / "big.png")))
+    # Against the full masks themselves: pycocotools' RLE, OpenCV's contours of the whole
+    # image, and a Labelme mask shape (holes, thin objects) cut from the full mask.
+    results = json.loads((tmp_path / "cropped" / "predictions.json").read_text())
+    shapes = json.loads((tmp_path / "cropped" / "labelme" / "big.json").read_text())["shapes"]
+    polygons = [s["points"] for s in shapes if s["shape_type"] == "polygon"]
+    for result, mask in zip(results, full.numpy()):
+        rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+        assert result["segmentation"]["counts"] == rle["counts"].decode("ascii")
+        assert result["polygons"] == _outlines(mask)
+        ys, xs = np.nonzero(mask)
+        for shape in shapes:
+            if shape["shape_type"] == "mask" and shape["points"][0] == [xs.min(), ys.min()]:
+                drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"]))))
+                assert np.array_equal(drawn > 0, mask[ys.min():ys.max() + 1,
+                                                      xs.min():xs.max() + 1])
+                break
+        else:
+            assert all(np.reshape(p, (-1, 2)).tolist() in polygons for p in _outlines(mask))
+    semantic = torch.zeros(300, 420, dtype=torch.long)
+    semantic[:, 300:] = 1  # a stuff class on the right
+    fused = [combine_semantic_and_instance_outputs(
+        outputs["instances"], semantic, overlap_threshold=0.5, stuff_area_thresh=10,
+        instances_score_thresh=0.0) for outputs in (tiled, dense)]
+    assert torch.equal(fused[0][0], fused[1][0]) and fused[0][1] == fused[1][1]
