@@ -4,10 +4,11 @@
 ``tools/train_net.py`` with one more hook, :class:`TrialReporter`, registered after the
 evaluation hooks: every new value of the tuned metric is reported to the trial at its iteration,
 and when the pruner says the trial is worse than the others were at that point, training stops
-with :class:`optuna.TrialPruned` (the writers still flush ``metrics.json``). Two things a trial
-does not need are left out: the closing re-evaluation of ``model_best.pth`` (its value is
-already known) and the iteration progress bar (the study shows one bar over trials; the trial's
-progress goes to its ``log.txt``).
+with :class:`optuna.TrialPruned` (the writers still flush ``metrics.json``). What a trial does
+not need is left out: the closing re-evaluation of ``model_best.pth`` (its value is already
+known), the iteration progress bar (the study shows one bar over trials; the trial's progress
+goes to its ``log.txt``) and the figures (``PLOTS = False``: no report PNGs, no training
+curves; drawing them took ~40 % of a trial on the bench's tiny problem).
 
 Example::
 
@@ -59,6 +60,8 @@ class TrialTrainer(DefaultTrainer):
     """``DefaultTrainer`` whose evaluations are reported to an Optuna trial (see the module
     docstring). ``metric``/``mode`` must be the config's ``SOLVER.EARLY_STOP.METRIC``/``MODE``,
     so that ``model_best.pth`` is the trial's best model by the tuned metric."""
+
+    PLOTS = False  # the user reads the study's plots, not each trial's
 
     def __init__(self, cfg: CfgNode, *, trial: optuna.Trial, metric: str, mode: str):
         self.reporter = TrialReporter(trial, metric, mode)

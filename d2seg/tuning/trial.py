@@ -1,7 +1,8 @@
 """One trial: the sampled config trained as a normal run in ``OUTPUT/trial_NNNN/``.
 
 The trial's folder holds what ``tools/train_net.py`` writes (``config.yaml``, ``metrics.json``,
-``log.txt``, checkpoints, curves, ``inference/`` reports). Its value is the best evaluation of
+``log.txt``, checkpoints, ``inference/`` reports) except figures: no report PNGs, no training
+curves (a user reads the study's plots and ``trials.csv``, then trains ``best.yaml``). Its value is the best evaluation of
 the tuned metric (the value of its ``model_best.pth``). What can go wrong in a trial is
 recorded on it as the user attribute ``fail_reason`` and the study goes on:
 
@@ -11,8 +12,9 @@ recorded on it as the user attribute ``fail_reason`` and the study goes on:
 * a metric that never became finite (e.g. no detections at any evaluation),
 * any other exception (its type and message; the traceback is in the trial's ``log.txt``).
 
-Each trial also records ``iterations`` (steps trained) and ``seconds`` (wall time of the whole
-run: build, training, evaluations).
+Each trial also records ``iterations`` (steps trained) and ``seconds``: its training time as the
+trainer measures it (``trainer.train_seconds``: the training loop with its evaluations and
+checkpoints; building the model and data before it is not included, 0 when that failed).
 
 Example::
 
@@ -24,7 +26,6 @@ import contextlib
 import gc
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,6 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
     :class:`optuna.TrialPruned`, :class:`TrialFailed`, or :class:`Interrupted` /
     ``KeyboardInterrupt`` (the study stops; the trial is retried when it resumes)."""
     values = job.space.sample(trial)
-    start = time.perf_counter()
     trainer: TrialTrainer | None = None
     iterations = 0
     best: float | None = None
@@ -85,7 +85,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
         if trainer is not None and not iterations:
             iterations = trainer.iter - trainer.start_iter  # steps before the failing one
         trial.set_user_attr("iterations", iterations)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        trial.set_user_attr("seconds", round(trainer.train_seconds if trainer else 0.0, 3))
         del trainer
         gc.collect()
         if torch.cuda.is_available():

@@ -84,6 +84,12 @@ def test_a_complete_trial_is_a_training_run_valued_by_its_best_evaluation(job):
     evaluated = {r["iteration"] + 1: r["sem_seg/mIoU"] for r in rows if "sem_seg/mIoU" in r}
     assert evaluated == pytest.approx(trial.intermediate_values)
     assert (folder / "model_best.pth").is_file()  # the best trial keeps its checkpoints
+    # A trial draws no figures; its evaluation reports keep their tables and results.
+    assert not list(folder.rglob("*.png"))
+    (report,) = folder.glob("inference/*/report.md")
+    assert "| all |" in report.read_text()
+    assert (report.parent / "results.json").is_file()
+    assert 0 < trial.user_attrs["seconds"]
     assert gc.get_freeze_count() == 0  # the objects work() kept out of collections are back
 
 
