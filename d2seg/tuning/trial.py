@@ -2,9 +2,10 @@
 
 The trial's folder holds what ``tools/train_net.py`` writes (``config.yaml``, ``metrics.json``,
 ``log.txt``, checkpoints, ``inference/`` reports) except figures: no report PNGs, no training
-curves (a user reads the study's plots and ``trials.csv``, then trains ``best.yaml``). Its value is the best evaluation of
-the tuned metric (the value of its ``model_best.pth``). What can go wrong in a trial is
-recorded on it as the user attribute ``fail_reason`` and the study goes on:
+curves (a user reads the study's plots and ``trials.csv``, then trains ``best.yaml``). Its
+value is the best evaluation of the tuned metric (the value of its ``model_best.pth``). What
+can go wrong in a trial is recorded on it as the user attribute ``fail_reason`` and the study
+goes on:
 
 * a config that cannot build or train (a d2seg error: its one-line message),
 * a non-finite loss (the engine's message, naming the iteration and the loss),
