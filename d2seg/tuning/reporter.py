@@ -19,6 +19,7 @@ Example::
 """
 
 import optuna
+from optuna.trial import TrialState
 
 from d2seg.config import CfgNode
 from d2seg.engine import hooks
@@ -63,13 +64,28 @@ class TrialTrainer(DefaultTrainer):
 
     PLOTS = False  # the user reads the study's plots, not each trial's
 
-    def __init__(self, cfg: CfgNode, *, trial: optuna.Trial, metric: str, mode: str):
+    def __init__(self, cfg: CfgNode, *, trial: optuna.Trial, metric: str, mode: str,
+                 keep_best: int = 1):
         self.reporter = TrialReporter(trial, metric, mode)
+        self.keep_best = keep_best
         super().__init__(cfg)
+
+    def may_be_kept(self, value: float) -> bool:
+        """Whether a trial valued ``value`` ranks among the ``keep_best`` best complete trials,
+        whose checkpoints the study keeps. A trial that ends among them passed this when it
+        reached its best value (later trials only raise the bar), so its ``model_best.pth``
+        is written; the others skip writing a file that would be deleted after the trial."""
+        study = self.reporter.trial.study
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        better = sum(t.value > value if self.reporter.mode == "max" else t.value < value
+                     for t in complete)
+        return better < self.keep_best
 
     def build_hooks(self) -> list[hooks.HookBase]:
         out = [h for h in super().build_hooks() if not isinstance(h, hooks.BestModelEvaluation)]
         for hook in out:
+            if isinstance(hook, hooks.BestCheckpointer):
+                hook.worth_saving = self.may_be_kept
             if isinstance(hook, hooks.PeriodicWriter):
                 hook.writers = [
                     ProgressWriter(self.cfg.SOLVER.MAX_ITER, use_bar=False)

@@ -49,8 +49,9 @@ class TrialFailed(Exception):
     """A trial that could not produce a value; the message is its recorded reason."""
 
 
-def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
-    """Train ``trial``'s config; return its best metric value. Raises
+def run_trial(job: TuneJob, trial: optuna.Trial, keep_best: int = 1) -> float:
+    """Train ``trial``'s config; return its best metric value (``keep_best``: how many of the
+    best trials keep checkpoints, so that the others need not write ``model_best.pth``). Raises
     :class:`optuna.TrialPruned`, :class:`TrialFailed`, or :class:`Interrupted` /
     ``KeyboardInterrupt`` (the study stops; the trial is retried when it resumes)."""
     values = job.space.sample(trial)
@@ -64,7 +65,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
         cfg.OUTPUT_DIR = str(folder)
         cfg.freeze()
         with _quiet_console(folder / "stderr.txt"):
-            trainer = _build_trainer(job, trial, cfg)
+            trainer = _build_trainer(job, trial, cfg, keep_best)
             trainer.train()
         iterations = trainer.iter + 1
         best = trainer.reporter.best
@@ -99,9 +100,11 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
     return best
 
 
-def _build_trainer(job: TuneJob, trial: optuna.Trial, cfg: CfgNode) -> TrialTrainer:
+def _build_trainer(job: TuneJob, trial: optuna.Trial, cfg: CfgNode, keep_best: int
+                   ) -> TrialTrainer:
     cfg = default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
-    trainer = TrialTrainer(cfg, trial=trial, metric=job.metric, mode=DIRECTIONS[job.direction])
+    trainer = TrialTrainer(cfg, trial=trial, metric=job.metric, mode=DIRECTIONS[job.direction],
+                           keep_best=keep_best)
     trainer.resume_or_load(resume=False)
     return trainer
 
