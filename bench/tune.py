@@ -2,9 +2,13 @@
 """Tuning cost: the same study with ``--pruner median`` and with ``--pruner none``, per seed.
 
 Workload: the tiny U-Net on synthetic 64 px cars (16 images, 12 train / 4 val), CPU, one
-process; ``--trials`` trials (default 16) of ``SOLVER.MAX_ITER`` 12 evaluated every 3
-iterations, over ``SOLVER.BASE_LR`` (log 1e-5..1e-1) and ``MODEL.SEM_SEG_HEAD.LOSS``. For each
-of ``--seeds`` (default 0 1 2 3 4) both studies run with that TPE seed, so they sample the same
+process; ``--trials`` trials (default 16) of ``--iters`` (``SOLVER.MAX_ITER``, default 24)
+evaluated every ``--eval-period`` (default 3) iterations, over ``SOLVER.BASE_LR`` (log
+1e-5..1e-1) and ``MODEL.SEM_SEG_HEAD.LOSS``. Why 24: configurations on this problem rank only
+from about iteration 9 on (bench/RESULTS.md "tune pruning over seeds"); with 12 iterations
+only the last two of a trial's four evaluations came after that and the pruner decided on the
+uninformative first ones, as it would for a user whose trials are too short. For each of
+``--seeds`` (default 0 1 2 3 4) both studies run with that TPE seed, so they sample the same
 random start-up trials; each study is ``tools/tune.py``'s ``main`` in this process. One seeded
 pair is one sample of what pruning saves on this space, hence several. Prints per seed, then
 the mean, standard deviation and range over the seeds:
@@ -13,8 +17,10 @@ the mean, standard deviation and range over the seeds:
   without (target <= 0.6), and ``best_metric_gap``: the best ``sem_seg/mIoU`` with pruning
   minus without (target: within 2 points);
 * ``tune_overhead[P]``: wall time of the study (``main`` from argument parsing to the written
-  plots) ÷ the sum of its trials' run times (each trial's ``seconds``: build, training,
-  evaluations; target <= 1.1), for each pruner ``P``.
+  plots) ÷ the sum of its trials' training times (each trial's ``seconds``: the trainer's
+  training loop with its evaluations and checkpoints; building each trial's model and data,
+  sampling, the storage and the study's plots are overhead; target <= 1.1), for each pruner
+  ``P``.
 
 ``--pruner-startup`` / ``--pruner-warmup`` pass those options of ``tools/tune.py`` to the median
 study (default: the tool's defaults).
@@ -50,7 +56,7 @@ def load_tool():
 
 
 def study(tool, work: Path, data: Path, pruner: str, trials: int, seed: int,
-          flags: list[str]) -> dict[str, float]:
+          flags: list[str], iters: int, eval_period: int) -> dict[str, float]:
     """Run one study; its best value, total iterations, pruned trials (and at which
     iterations), wall and summed trial seconds."""
     output = work / f"seed{seed}_{pruner}"
@@ -62,8 +68,8 @@ def study(tool, work: Path, data: Path, pruner: str, trials: int, seed: int,
         f"('{data / 'val.json'}',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "0",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-        "SOLVER.MAX_ITER", "12", "TEST.EVAL_PERIOD", "3", "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "100",
+        "SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", str(eval_period),
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "100",
     ]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -92,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--iters", type=int, default=24, help="SOLVER.MAX_ITER of a trial")
+    parser.add_argument("--eval-period", type=int, default=3, help="TEST.EVAL_PERIOD")
     parser.add_argument("--pruner-startup", type=int, metavar="N")
     parser.add_argument("--pruner-warmup", type=int, metavar="K")
     args = parser.parse_args()
@@ -110,7 +118,8 @@ def main() -> None:
         data = work / "coco" / "annotations"
         for seed in args.seeds:
             results = {p: study(tool, work, data, p, args.trials, seed,
-                                flags if p == "median" else []) for p in PRUNERS}
+                                flags if p == "median" else [], args.iters, args.eval_period)
+                       for p in PRUNERS}
             for pruner, r in results.items():
                 overheads[pruner].append(r["wall"] / r["trial_seconds"])
                 print(f"[seed {seed}, {pruner}] best sem_seg/mIoU {r['best']:.2f}, "

@@ -67,7 +67,9 @@ def parse_args() -> argparse.Namespace:
                         "(default: the model's headline metric)")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="maximize")
     parser.add_argument("--pruner", choices=PRUNERS, default="median",
-                        help="stop bad trials early at their TEST.EVAL_PERIOD evaluations")
+                        help="stop bad trials early at their TEST.EVAL_PERIOD evaluations "
+                        "(default median; hyperband stops more but lost the best trial on 1 of 2 "
+                        "bench seeds, see bench/RESULTS.md)")
     parser.add_argument("--pruner-startup", type=int, metavar="N",
                         help="median: complete trials before any is pruned (default 5)")
     parser.add_argument("--pruner-warmup", type=int, metavar="K",

@@ -218,11 +218,14 @@ class _MetricWatcher(HookBase):
 
 class BestCheckpointer(_MetricWatcher):
     """Saves ``model_best.pth`` (model and metadata only, no optimizer) whenever ``metric``
-    improves (``mode`` "max" or "min")."""
+    improves (``mode`` "max" or "min") and ``worth_saving(value)`` (default: always; a tuning
+    trial skips the file while its best value cannot be among the trials it keeps)."""
 
-    def __init__(self, checkpointer: D2SegCheckpointer, metric: str, mode: str):
+    def __init__(self, checkpointer: D2SegCheckpointer, metric: str, mode: str,
+                 worth_saving: Callable[[float], bool] = lambda value: True):
         super().__init__(metric, mode)
         self.checkpointer = checkpointer
+        self.worth_saving = worth_saving
 
     def _check(self) -> None:
         value = self._new_value()
@@ -230,7 +233,7 @@ class BestCheckpointer(_MetricWatcher):
             return
         self.best, self.best_iter = value, self.trainer.iter
         logger.info(f"New best {self.metric} = {value:.4f} at iteration {self.trainer.iter + 1}")
-        if comm.is_main_process():
+        if comm.is_main_process() and self.worth_saving(value):
             self.checkpointer.save(
                 "model_best",
                 tag_last=False,

@@ -125,7 +125,11 @@ class _StopRequest:
 
 
 class TrainerBase(ABC):
-    """Runs hooks around ``run_step`` for iterations ``[start_iter, max_iter)``."""
+    """Runs hooks around ``run_step`` for iterations ``[start_iter, max_iter)``.
+
+    ``train_seconds``: wall seconds of the last :meth:`train`, from its first hook to its last
+    (steps, evaluations, checkpoints, writers), also when it stopped by an exception; what a
+    user calls the training time, without building the model and data beforehand."""
 
     def __init__(self) -> None:
         self._hooks: list[HookBase] = []
@@ -134,6 +138,7 @@ class TrainerBase(ABC):
         self.max_iter = 0
         self.completed = False
         self.storage = EventStorage()
+        self.train_seconds = 0.0
         self._stop = _StopRequest()
 
     def register_hooks(self, hooks: Iterable[HookBase]) -> None:
@@ -150,6 +155,7 @@ class TrainerBase(ABC):
         self.storage = EventStorage(start_iter)
         self.completed = False
         interrupted: Interrupted | None = None
+        started = time.perf_counter()
         self._stop.install()
         try:
             for hook in self._hooks:
@@ -178,6 +184,7 @@ class TrainerBase(ABC):
                     hook.after_train()
             finally:
                 self._stop.restore(pending=interrupted is None)
+                self.train_seconds = time.perf_counter() - started
         if interrupted is not None:
             comm.synchronize()  # the processes exit together, once rank 0 has written its files
             raise interrupted

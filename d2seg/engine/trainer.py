@@ -146,7 +146,15 @@ def _amp_dtype(cfg: CfgNode) -> torch.dtype | None:
 
 
 class DefaultTrainer(SimpleTrainer):
-    """Training with the config's model, data, solver, checkpoints, evaluation and logging."""
+    """Training with the config's model, data, solver, checkpoints, evaluation and logging.
+
+    ``PLOTS``: whether the run draws figures, i.e. the PNGs of each evaluation report and
+    ``training_curves.png`` / ``per_class_metrics.png`` after training. A subclass whose runs
+    nobody looks at one by one (the trials of ``tools/tune.py``) sets it to ``False`` and keeps
+    every other output (``metrics.json``, ``results.json``, ``report.md``'s tables,
+    checkpoints)."""
+
+    PLOTS = True
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg
@@ -279,7 +287,8 @@ class DefaultTrainer(SimpleTrainer):
                 ProgressWriter(cfg.SOLVER.MAX_ITER),
             ]
             out.append(hooks.PeriodicWriter(writers, period=20))
-            out.append(hooks.TrainingCurves(cfg.OUTPUT_DIR))
+            if self.PLOTS:
+                out.append(hooks.TrainingCurves(cfg.OUTPUT_DIR))
         return out
 
     @classmethod
@@ -313,6 +322,7 @@ class DefaultTrainer(SimpleTrainer):
                     output_dir,
                     dataset_name=name,
                     model=description,
+                    plots=cls.PLOTS,
                     **evaluator.report_inputs(),
                 )
                 for task, metrics in results.items():

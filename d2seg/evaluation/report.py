@@ -12,6 +12,10 @@
 - ``semantic_confusion.png`` (row-normalised pixel confusion) and ``semantic_iou.png``
   (per-class IoU bars, sorted).
 
+``plots=False`` writes ``results.json`` and ``report.md`` only (its tables, no figures): for runs
+nobody reads the figures of, e.g. the trials of a hyper-parameter search, where drawing them
+cost about a fifth of each trial.
+
 Plots use matplotlib's Agg renderer (no display). Sizes in inches follow the class count and
 the longest class name (:func:`figure_size_in`), with every text ≥ 8 pt at 100 dpi; the tables
 label each metric's unit (``IoU (%)``, ``Dice (0–1)``).
@@ -220,8 +224,9 @@ def write_report(
     instance_confusion: np.ndarray | None = None,
     stuff_classes: Sequence[str] | None = None,
     semantic_confusion: np.ndarray | None = None,
+    plots: bool = True,
 ) -> Path:
-    """Write ``report.md``, ``results.json`` and the plots into ``output_dir``.
+    """Write ``report.md``, ``results.json`` and (with ``plots``) the plots into ``output_dir``.
 
     Args:
         results: evaluator results (``{"bbox": {...}, "segm": {...}, "sem_seg": {...},
@@ -233,6 +238,7 @@ def write_report(
         instance_confusion: (C+1)×(C+1) counts, last row/column background.
         stuff_classes: semantic class names; default from the ``IoU-`` keys.
         semantic_confusion: K×K pixel counts.
+        plots: draw the PNGs and link them from ``report.md``; ``False``: tables only.
 
     Returns the path of ``report.md``.
     """
@@ -242,7 +248,9 @@ def write_report(
     lines = [f"# Evaluation report{f': {dataset_name}' if dataset_name else ''}", ""]
     if model:
         lines += [f"Model: {model}", ""]
-    coco_evals = coco_evals or {}
+    coco_evals = (coco_evals or {}) if plots else {}
+    if not plots:
+        instance_confusion = semantic_confusion = None
     tasks = [task for task in ("bbox", "segm") if task in results]
     if tasks:
         names = list(thing_classes or _names_from_keys(results[tasks[0]], "AP-"))
@@ -276,8 +284,9 @@ def write_report(
         per_class_keys = ["IoU", "ACC", "Dice", "precision", "recall", "MCC"]
         lines += _metric_table("class", [(name, metrics, f"-{name}") for name in names],
                                per_class_keys)
-        plot_iou_bars(metrics, names, folder / "semantic_iou.png")
-        lines += ["![per-class IoU](semantic_iou.png)", ""]
+        if plots:
+            plot_iou_bars(metrics, names, folder / "semantic_iou.png")
+            lines += ["![per-class IoU](semantic_iou.png)", ""]
         if semantic_confusion is not None:
             plot_confusion(semantic_confusion, names, folder / "semantic_confusion.png",
                            title="pixels (row-normalised)", normalise=True)

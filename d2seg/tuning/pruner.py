@@ -27,8 +27,11 @@ class PrunerSpec:
     depends far more on how many of the space's configurations do nothing early than on these
     settings. A warm-up makes every pruned trial cost more (on the bench with 3 start-up
     trials, one evaluation of it raised the iteration ratio from 0.55-0.91 to 0.75-0.94 over
-    3 seeds, best trial unchanged); set it when the first evaluations do not rank
-    configurations yet and pruning there loses good trials (e.g. during a long LR warm-up)."""
+    3 seeds, best trial unchanged; with 24-iteration trials and 5 start-up trials, from
+    0.51 / 0.75 to 0.67 / 0.77 on seeds 0 / 1, best trial unchanged); set it when the first
+    evaluations do not rank configurations yet and pruning there loses good trials (e.g.
+    during a long LR warm-up). What matters more is trials long enough for their evaluations
+    to rank configurations: the pruner then also stops trials at later evaluations."""
 
     name: str = "median"
     startup: int = 5

@@ -4,10 +4,11 @@
 ``tools/train_net.py`` with one more hook, :class:`TrialReporter`, registered after the
 evaluation hooks: every new value of the tuned metric is reported to the trial at its iteration,
 and when the pruner says the trial is worse than the others were at that point, training stops
-with :class:`optuna.TrialPruned` (the writers still flush ``metrics.json``). Two things a trial
-does not need are left out: the closing re-evaluation of ``model_best.pth`` (its value is
-already known) and the iteration progress bar (the study shows one bar over trials; the trial's
-progress goes to its ``log.txt``).
+with :class:`optuna.TrialPruned` (the writers still flush ``metrics.json``). What a trial does
+not need is left out: the closing re-evaluation of ``model_best.pth`` (its value is already
+known), the iteration progress bar (the study shows one bar over trials; the trial's progress
+goes to its ``log.txt``) and the figures (``PLOTS = False``: no report PNGs, no training
+curves; drawing them took ~40 % of a trial on the bench's tiny problem).
 
 Example::
 
@@ -18,6 +19,7 @@ Example::
 """
 
 import optuna
+from optuna.trial import TrialState
 
 from d2seg.config import CfgNode
 from d2seg.engine import hooks
@@ -60,13 +62,30 @@ class TrialTrainer(DefaultTrainer):
     docstring). ``metric``/``mode`` must be the config's ``SOLVER.EARLY_STOP.METRIC``/``MODE``,
     so that ``model_best.pth`` is the trial's best model by the tuned metric."""
 
-    def __init__(self, cfg: CfgNode, *, trial: optuna.Trial, metric: str, mode: str):
+    PLOTS = False  # the user reads the study's plots, not each trial's
+
+    def __init__(self, cfg: CfgNode, *, trial: optuna.Trial, metric: str, mode: str,
+                 keep_best: int = 1):
         self.reporter = TrialReporter(trial, metric, mode)
+        self.keep_best = keep_best
         super().__init__(cfg)
+
+    def may_be_kept(self, value: float) -> bool:
+        """Whether a trial valued ``value`` ranks among the ``keep_best`` best complete trials,
+        whose checkpoints the study keeps. A trial that ends among them passed this when it
+        reached its best value (later trials only raise the bar), so its ``model_best.pth``
+        is written; the others skip writing a file that would be deleted after the trial."""
+        study = self.reporter.trial.study
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        better = sum(t.value > value if self.reporter.mode == "max" else t.value < value
+                     for t in complete)
+        return better < self.keep_best
 
     def build_hooks(self) -> list[hooks.HookBase]:
         out = [h for h in super().build_hooks() if not isinstance(h, hooks.BestModelEvaluation)]
         for hook in out:
+            if isinstance(hook, hooks.BestCheckpointer):
+                hook.worth_saving = self.may_be_kept
             if isinstance(hook, hooks.PeriodicWriter):
                 hook.writers = [
                     ProgressWriter(self.cfg.SOLVER.MAX_ITER, use_bar=False)

@@ -1,9 +1,11 @@
 """One trial: the sampled config trained as a normal run in ``OUTPUT/trial_NNNN/``.
 
 The trial's folder holds what ``tools/train_net.py`` writes (``config.yaml``, ``metrics.json``,
-``log.txt``, checkpoints, curves, ``inference/`` reports). Its value is the best evaluation of
-the tuned metric (the value of its ``model_best.pth``). What can go wrong in a trial is
-recorded on it as the user attribute ``fail_reason`` and the study goes on:
+``log.txt``, checkpoints, ``inference/`` reports) except figures: no report PNGs, no training
+curves (a user reads the study's plots and ``trials.csv``, then trains ``best.yaml``). Its
+value is the best evaluation of the tuned metric (the value of its ``model_best.pth``). What
+can go wrong in a trial is recorded on it as the user attribute ``fail_reason`` and the study
+goes on:
 
 * a config that cannot build or train (a d2seg error: its one-line message),
 * a non-finite loss (the engine's message, naming the iteration and the loss),
@@ -11,8 +13,9 @@ recorded on it as the user attribute ``fail_reason`` and the study goes on:
 * a metric that never became finite (e.g. no detections at any evaluation),
 * any other exception (its type and message; the traceback is in the trial's ``log.txt``).
 
-Each trial also records ``iterations`` (steps trained) and ``seconds`` (wall time of the whole
-run: build, training, evaluations).
+Each trial also records ``iterations`` (steps trained) and ``seconds``: its training time as the
+trainer measures it (``trainer.train_seconds``: the training loop with its evaluations and
+checkpoints; building the model and data before it is not included, 0 when that failed).
 
 Example::
 
@@ -24,7 +27,6 @@ import contextlib
 import gc
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,12 +49,12 @@ class TrialFailed(Exception):
     """A trial that could not produce a value; the message is its recorded reason."""
 
 
-def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
-    """Train ``trial``'s config; return its best metric value. Raises
+def run_trial(job: TuneJob, trial: optuna.Trial, keep_best: int = 1) -> float:
+    """Train ``trial``'s config; return its best metric value (``keep_best``: how many of the
+    best trials keep checkpoints, so that the others need not write ``model_best.pth``). Raises
     :class:`optuna.TrialPruned`, :class:`TrialFailed`, or :class:`Interrupted` /
     ``KeyboardInterrupt`` (the study stops; the trial is retried when it resumes)."""
     values = job.space.sample(trial)
-    start = time.perf_counter()
     trainer: TrialTrainer | None = None
     iterations = 0
     best: float | None = None
@@ -63,7 +65,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
         cfg.OUTPUT_DIR = str(folder)
         cfg.freeze()
         with _quiet_console(folder / "stderr.txt"):
-            trainer = _build_trainer(job, trial, cfg)
+            trainer = _build_trainer(job, trial, cfg, keep_best)
             trainer.train()
         iterations = trainer.iter + 1
         best = trainer.reporter.best
@@ -85,7 +87,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
         if trainer is not None and not iterations:
             iterations = trainer.iter - trainer.start_iter  # steps before the failing one
         trial.set_user_attr("iterations", iterations)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        trial.set_user_attr("seconds", round(trainer.train_seconds if trainer else 0.0, 3))
         del trainer
         gc.collect()
         if torch.cuda.is_available():
@@ -98,9 +100,11 @@ def run_trial(job: TuneJob, trial: optuna.Trial) -> float:
     return best
 
 
-def _build_trainer(job: TuneJob, trial: optuna.Trial, cfg: CfgNode) -> TrialTrainer:
+def _build_trainer(job: TuneJob, trial: optuna.Trial, cfg: CfgNode, keep_best: int
+                   ) -> TrialTrainer:
     cfg = default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
-    trainer = TrialTrainer(cfg, trial=trial, metric=job.metric, mode=DIRECTIONS[job.direction])
+    trainer = TrialTrainer(cfg, trial=trial, metric=job.metric, mode=DIRECTIONS[job.direction],
+                           keep_best=keep_best)
     trainer.resume_or_load(resume=False)
     return trainer
 

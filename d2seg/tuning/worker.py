@@ -120,13 +120,13 @@ def fail_orphans(study: optuna.Study) -> None:
             retry_trial(study, study._storage.get_trial(trial._trial_id))
 
 
-def objective(job: TuneJob) -> Callable[[optuna.Trial], float]:
+def objective(job: TuneJob, keep_best: int = 1) -> Callable[[optuna.Trial], float]:
     """:func:`run_trial` that records who runs it and why it failed."""
 
     def run(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _identity(trial.number))
         try:
-            return run_trial(job, trial)
+            return run_trial(job, trial, keep_best)
         except TrialFailed as e:
             trial.set_user_attr("fail_reason", str(e))
             raise
@@ -144,7 +144,7 @@ def work(
     """Run trials until ``study`` counts ``n_trials`` (see the module docstring); after each,
     delete the checkpoints of every trial of this machine outside the best ``keep_best`` and
     call ``on_trial`` with it."""
-    run = objective(job)
+    run = objective(job, keep_best)
     with _collect_trials_only():
         while True:
             fail_orphans(study)

@@ -1,8 +1,10 @@
 """The train loop and hooks on a toy model: what a user sees in OUTPUT_DIR and the console."""
 
+import contextlib
 import itertools
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -48,6 +50,27 @@ def test_non_finite_loss_stops_with_iteration_and_term_and_no_checkpoint(tmp_pat
     with pytest.raises(ConfigError, match=r"non-finite at iteration 1 \(loss_fit=nan\)"):
         trainer.train(0, 5)
     assert not any(name.endswith(".pth") for name in os.listdir(tmp_path))
+
+
+class SlowEvaluation(hooks.HookBase):
+    """Stands for an evaluation that takes ``seconds`` after training."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def after_train(self):
+        time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize("value", [None, float("nan")])
+def test_train_seconds_spans_the_steps_and_hooks_also_when_training_fails(value):
+    model = ToyRegressor()
+    trainer = SimpleTrainer(model, toy_loader(value), torch.optim.SGD(model.parameters(), 0.1))
+    trainer.register_hooks([SlowEvaluation(0.3)])
+    time.sleep(1.0)  # before train(): not training time
+    with contextlib.nullcontext() if value is None else pytest.raises(ConfigError):
+        trainer.train(0, 3)
+    assert 0.3 <= trainer.train_seconds < 1.3
 
 
 def test_metrics_json_lr_checkpoints_and_curves(tmp_path):

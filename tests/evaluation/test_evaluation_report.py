@@ -69,6 +69,22 @@ def test_report_lists_every_class_and_writes_readable_plots(coco_eval, tmp_path)
     assert math.isnan(metrics["AP-hot|dog"])
 
 
+def test_a_report_without_plots_has_every_table_and_no_figure(coco_eval, tmp_path):
+    metrics, cocoeval = coco_eval
+    results = {"bbox": metrics, "sem_seg": {"mIoU": 50.0, "IoU-road": 80.0, "IoU-sky": 20.0}}
+    inputs = dict(dataset_name="toy", thing_classes=THINGS, coco_evals={"bbox": cocoeval},
+                  instance_confusion=np.eye(4, dtype=np.int64), stuff_classes=STUFF,
+                  semantic_confusion=np.array([[8, 2], [1, 3]]))
+    full = write_report(results, tmp_path / "full", **inputs).read_text()
+    lean = write_report(results, tmp_path / "lean", plots=False, **inputs).read_text()
+    assert sorted(p.name for p in (tmp_path / "lean").iterdir()) == ["report.md", "results.json"]
+    assert "![" not in lean
+    tables = [line for line in full.splitlines() if line.startswith("|")]
+    assert tables == [line for line in lean.splitlines() if line.startswith("|")]
+    assert (tmp_path / "lean" / "results.json").read_text() == \
+        (tmp_path / "full" / "results.json").read_text()
+
+
 def test_report_folder_is_per_dataset(tmp_path):
     assert report_folder("out", "balloon_val") == report_folder("out", "balloon_val")
     assert report_folder("out", "/data/x/annotations/val.json").name == "val"

@@ -84,6 +84,12 @@ def test_a_complete_trial_is_a_training_run_valued_by_its_best_evaluation(job):
     evaluated = {r["iteration"] + 1: r["sem_seg/mIoU"] for r in rows if "sem_seg/mIoU" in r}
     assert evaluated == pytest.approx(trial.intermediate_values)
     assert (folder / "model_best.pth").is_file()  # the best trial keeps its checkpoints
+    # A trial draws no figures; its evaluation reports keep their tables and results.
+    assert not list(folder.rglob("*.png"))
+    (report,) = folder.glob("inference/*/report.md")
+    assert "| all |" in report.read_text()
+    assert (report.parent / "results.json").is_file()
+    assert 0 < trial.user_attrs["seconds"]
     assert gc.get_freeze_count() == 0  # the objects work() kept out of collections are back
 
 
@@ -158,3 +164,20 @@ def test_hyperband_reports_every_evaluation_and_ends_each_trial_complete_or_prun
     for trial in study.trials:
         assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert 2 in trial.intermediate_values
+
+
+@pytest.mark.parametrize("keep_best, written", [(1, False), (2, True)])
+def test_a_trial_that_cannot_be_among_the_kept_best_writes_no_best_checkpoint(
+        job, monkeypatch, keep_best, written):
+    monkeypatch.setattr("d2seg.tuning.worker.remove_checkpoints", lambda *args: None)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    # A complete trial no mIoU reaches: with --keep-best 1 the new trial cannot be kept.
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=101.0, params={"SOLVER.BASE_LR": 1e-3},
+        distributions={"SOLVER.BASE_LR": optuna.distributions.FloatDistribution(1e-4, 1e-2,
+                                                                                log=True)}))
+    work(job, study, n_trials=2, keep_best=keep_best)
+    folder = job.trial_dir(1)
+    assert study.trials[1].state == TrialState.COMPLETE
+    assert (folder / "model_best.pth").is_file() == written
+    assert (folder / "model_final.pth").is_file()  # written at the end, deleted after the trial
