@@ -224,6 +224,24 @@ def test_resnext_and_dilated_trunks_are_torchvision_models(reference, options, r
     assert features["res5"].shape[-1] == 64 // res5_stride
 
 
+def test_channels_last_stem_leaves_the_features_as_torchvision_computes_them():
+    """The stem runs channels-last for speed: every feature equals torchvision's NCHW
+    computation of the same weights, and the stages hand out plain NCHW tensors."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    trunk = ResNet(depth=18, in_channels=3, out_features=ALL_STAGES, norm="BN").eval()
+    trunk.load_state_dict(net.state_dict(), strict=False)
+    image = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        features = trunk(image)
+        stem = net.relu(net.bn1(net.conv1(image)))
+        res2 = net.layer1(net.maxpool(stem))
+        torch.testing.assert_close(features["stem"], stem)
+        torch.testing.assert_close(features["res2"], res2)
+        torch.testing.assert_close(features["res5"], _torchvision_trunk_outputs(net, image))
+    assert all(features[name].is_contiguous() for name in ALL_STAGES[1:])
+
+
 def test_stride_in_1x1_moves_the_stride_and_keeps_the_shapes():
     trunk = _resnet(depth=50, stride_in_1x1=True).eval()
     block = trunk.layer2[0]
