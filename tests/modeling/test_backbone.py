@@ -226,7 +226,7 @@ def test_resnext_and_dilated_trunks_are_torchvision_models(reference, options, r
 
 def test_channels_last_stem_leaves_the_features_as_torchvision_computes_them():
     """The stem runs channels-last for speed: every feature equals torchvision's NCHW
-    computation of the same weights, and the stages hand out plain NCHW tensors."""
+    computation of the same weights, and the stages run in the input's layout."""
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
     trunk = ResNet(depth=18, in_channels=3, out_features=ALL_STAGES, norm="BN").eval()
@@ -240,6 +240,13 @@ def test_channels_last_stem_leaves_the_features_as_torchvision_computes_them():
         torch.testing.assert_close(features["res2"], res2)
         torch.testing.assert_close(features["res5"], _torchvision_trunk_outputs(net, image))
     assert all(features[name].is_contiguous() for name in ALL_STAGES[1:])
+    # A caller that hands in a channels-last batch (R-CNN at CPU inference) keeps that layout
+    # through every stage (values to float rounding: other conv kernels).
+    with torch.no_grad():
+        last = trunk(image.contiguous(memory_format=torch.channels_last))
+    for name in ALL_STAGES[1:]:
+        assert last[name].is_contiguous(memory_format=torch.channels_last), name
+        torch.testing.assert_close(last[name], features[name], rtol=1e-4, atol=1e-4)
 
 
 def test_stride_in_1x1_moves_the_stride_and_keeps_the_shapes():

@@ -295,10 +295,14 @@ class ResNet(StemAdaptingBackbone):
         # for almost nothing), which takes a ResNet-50 stem at 512 px from 57 to 29 ms
         # (bench/RESULTS.md). Only the memory layout changes; the values are the same. The
         # "stem" feature stays channels-last (the U-Net decoder converts to it anyway); the
-        # stages run NCHW.
+        # stages run in the input's layout: NCHW, or channels-last where the caller chose it
+        # for the whole trunk (GeneralizedRCNN.backbone_features at CPU inference).
+        stage_layout = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+                        and x.is_contiguous(memory_format=torch.channels_last)
+                        else torch.contiguous_format)
         x = self.relu(self.bn1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
         outputs = {"stem": x} if "stem" in self._out_features else {}
-        x = self.maxpool(x).contiguous()
+        x = self.maxpool(x).contiguous(memory_format=stage_layout)
         for stage, layer_name in zip(STAGE_NAMES[1:], self._layer_names):
             x = getattr(self, layer_name)(x)
             if stage in self._out_features:
