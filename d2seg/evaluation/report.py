@@ -248,9 +248,7 @@ def write_report(
     lines = [f"# Evaluation report{f': {dataset_name}' if dataset_name else ''}", ""]
     if model:
         lines += [f"Model: {model}", ""]
-    coco_evals = (coco_evals or {}) if plots else {}
-    if not plots:
-        instance_confusion = semantic_confusion = None
+    coco_evals = coco_evals or {}
     tasks = [task for task in ("bbox", "segm") if task in results]
     if tasks:
         names = list(thing_classes or _names_from_keys(results[tasks[0]], "AP-"))
@@ -260,11 +258,11 @@ def write_report(
             [name, *(_number(results[task], f"AP-{name}") for task in tasks)] for name in names
         ])
     for task in tasks:
-        if coco_evals.get(task) is not None:
+        if plots and coco_evals.get(task) is not None:
             plot_pr_curves(coco_evals[task], names, folder / f"pr_curves_{task}.png")
             lines += [f"Precision–recall per class ({task}) at IoU 0.50 and 0.75: "
                       f"![pr curves {task}](pr_curves_{task}.png)", ""]
-    if instance_confusion is not None and thing_classes:
+    if plots and instance_confusion is not None and thing_classes:
         labels = [*thing_classes, "background"]
         plot_confusion(instance_confusion, labels, folder / "instance_confusion.png",
                        title="instances (IoU ≥ 0.5, score ≥ 0.5)", normalise=False)
@@ -287,7 +285,7 @@ def write_report(
         if plots:
             plot_iou_bars(metrics, names, folder / "semantic_iou.png")
             lines += ["![per-class IoU](semantic_iou.png)", ""]
-        if semantic_confusion is not None:
+        if plots and semantic_confusion is not None:
             plot_confusion(semantic_confusion, names, folder / "semantic_confusion.png",
                            title="pixels (row-normalised)", normalise=True)
             lines += ["![semantic confusion](semantic_confusion.png)", ""]

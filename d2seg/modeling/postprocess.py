@@ -46,8 +46,9 @@ def paste_masks(
         x0, y0 = max(math.floor(box[0]), 0), max(math.floor(box[1]), 0)
         x1, y1 = min(math.ceil(box[2]), width), min(math.ceil(box[3]), height)
         if x1 <= x0 or y1 <= y0:
-            crops.append(np.zeros((0, 0), bool))
-            origins.append((0, 0))
+            if cropped:
+                crops.append(np.zeros((0, 0), bool))
+                origins.append((0, 0))
             continue
         xs = torch.arange(x0, x1, device=masks.device, dtype=masks.dtype) + 0.5
         ys = torch.arange(y0, y1, device=masks.device, dtype=masks.dtype) + 0.5

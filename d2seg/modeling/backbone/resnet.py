@@ -297,7 +297,7 @@ class ResNet(StemAdaptingBackbone):
         # "stem" feature stays channels-last (the U-Net decoder converts to it anyway); the
         # stages run in the input's layout: NCHW, or channels-last where the caller chose it
         # for the whole trunk (GeneralizedRCNN.backbone_features at CPU inference).
-        stage_layout = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+        stage_layout = (torch.channels_last if not x.is_contiguous()
                         and x.is_contiguous(memory_format=torch.channels_last)
                         else torch.contiguous_format)
         x = self.relu(self.bn1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
