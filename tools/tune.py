@@ -67,9 +67,11 @@ def parse_args() -> argparse.Namespace:
                         "(default: the model's headline metric)")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="maximize")
     parser.add_argument("--pruner", choices=PRUNERS, default="median",
-                        help="stop bad trials early at their TEST.EVAL_PERIOD evaluations "
-                        "(default median; hyperband stops more but lost the best trial on 1 of 2 "
-                        "bench seeds, see bench/RESULTS.md)")
+                        help="stop bad trials early at their TEST.EVAL_PERIOD evaluations: median "
+                        "(default) stops those below the median of the complete trials, asha "
+                        "keeps the better half at 1, 2, 4, ... periods and saves more; both "
+                        "need evaluations that rank configurations (TEST.PRECISE_BN with "
+                        "BatchNorm and short periods); see bench/RESULTS.md")
     parser.add_argument("--pruner-startup", type=int, metavar="N",
                         help="median: complete trials before any is pruned (default 5)")
     parser.add_argument("--pruner-warmup", type=int, metavar="K",
@@ -117,6 +119,8 @@ def main() -> int:
     )
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = _open_or_create(job, output, url, pruner, args)
+    for warning in job.warnings:  # after the last check that can stop the command
+        print(f"warning: {warning}", file=sys.stderr)
     spec = StudySpec(url, args.study_name, pruner, args.seed)
     retry_lost_trials(study)
     try:

@@ -26,6 +26,7 @@ from d2seg.data.datasets import resolve_dataset
 from d2seg.data.mapper import DatasetMapper
 from d2seg.data.samplers import shared_random_seed
 from d2seg.engine import hooks
+from d2seg.engine.batchnorm_statistics import stale_statistics_warning
 from d2seg.engine.train_loop import SimpleTrainer
 from d2seg.engine.run_metadata import inference_metadata
 from d2seg.evaluation import (
@@ -259,6 +260,8 @@ class DefaultTrainer(SimpleTrainer):
                 lambda: build_detection_train_loader(cfg, seed=self._data_seed),
                 cfg.TEST.PRECISE_BN.NUM_ITER,
             ))
+        elif message := stale_statistics_warning(self.model, cfg):
+            logger.warning(message)
         out.append(hooks.PeriodicCheckpointer(
             self.checkpointer,
             cfg.SOLVER.CHECKPOINT_PERIOD,

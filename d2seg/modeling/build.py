@@ -55,11 +55,16 @@ def _check_class_counts_resolved(cfg: CfgNode) -> None:
             )
 
 
-def build_model(cfg: CfgNode) -> nn.Module:
-    """Validate ``cfg``, build ``MODEL.META_ARCHITECTURE`` and move it to ``MODEL.DEVICE``."""
+def build_model(cfg: CfgNode, *, device: str | None = None) -> nn.Module:
+    """Validate ``cfg``, build ``MODEL.META_ARCHITECTURE`` and move it to ``device`` (default
+    ``MODEL.DEVICE``). ``device="meta"`` builds the architecture without allocating or
+    initialising any weight (a tenth of a second for a ResNet-50): for looking at its layers."""
     import d2seg.modeling.meta_arch  # noqa: F401  (registers the meta-architectures)
 
     validate_cfg(cfg)
     _check_class_counts_resolved(cfg)
+    if device == "meta":
+        with torch.device("meta"):
+            return build_from_registry(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg)
     model = build_from_registry(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg)
-    return model.to(resolve_device(cfg.MODEL.DEVICE))
+    return model.to(resolve_device(device or cfg.MODEL.DEVICE))

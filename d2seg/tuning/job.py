@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from d2seg.config import CfgNode
+from d2seg.engine.batchnorm_statistics import stale_statistics_warning
 from d2seg.engine.defaults import setup_cfg
 from d2seg.engine.run_metadata import resolve_from_data
 from d2seg.errors import ConfigError
@@ -41,7 +42,8 @@ class TuneJob:
     """``cfg``: every trial's starting config (base file + fixed opts, with
     ``SOLVER.EARLY_STOP.METRIC/MODE`` set to the tuned metric, and the trial schedule);
     ``final_cfg``: the same with the config's own schedule (best.yaml's base); ``direction``:
-    ``"maximize"`` or ``"minimize"``."""
+    ``"maximize"`` or ``"minimize"``; ``warnings``: what is allowed but will make the
+    trials' evaluations misleading, each a line with its fix, for the user to read first."""
 
     cfg: CfgNode
     final_cfg: CfgNode
@@ -49,6 +51,7 @@ class TuneJob:
     metric: str
     direction: str
     output: Path
+    warnings: tuple[str, ...] = ()
 
     def trial_dir(self, number: int) -> Path:
         return self.output / f"trial_{number:04d}"
@@ -106,7 +109,8 @@ def build_job(
     final.freeze()
     trial_cfg = shorten_schedule(final, trial_iters) if trial_iters else final
     _check_warmup(trial_cfg, pruner)
-    return TuneJob(trial_cfg, final, space, metric, direction, Path(output).resolve())
+    return TuneJob(trial_cfg, final, space, metric, direction, Path(output).resolve(),
+                   warnings=_evaluation_warnings(trial_cfg))
 
 
 def shorten_schedule(cfg: CfgNode, iters: int) -> CfgNode:
@@ -136,6 +140,15 @@ def _check_warmup(cfg: CfgNode, pruner: PrunerSpec) -> None:
             f"stop it early; fix: give --pruner-warmup {max(0, (iters - 1) // period - 1)} or "
             f"less, or a smaller TEST.EVAL_PERIOD"
         )
+
+
+def _evaluation_warnings(cfg: CfgNode) -> tuple[str, ...]:
+    """The trial config's stale-BatchNorm warning, if any (its architecture is built on the
+    meta device: no weights, ~0.1 s)."""
+    from d2seg.modeling import build_model
+
+    message = stale_statistics_warning(build_model(resolve_from_data(cfg), device="meta"), cfg)
+    return (message,) if message else ()
 
 
 def reported_metrics(cfg: CfgNode) -> set[str]:

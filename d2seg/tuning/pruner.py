@@ -12,7 +12,7 @@ import optuna
 from d2seg.config import CfgNode
 from d2seg.errors import ConfigError
 
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "asha", "hyperband", "none")
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,24 @@ class PrunerSpec:
 
     def build(self, cfg: CfgNode) -> optuna.pruners.BasePruner:
         """``median``: stop a trial whose best value so far is worse than the median of the
-        complete trials at the same iteration (see the class docstring for when); ``hyperband``:
-        successive halving over iterations, from one evaluation period to the whole schedule;
-        ``none``."""
+        complete trials at the same iteration (see the class docstring for when); ``asha``:
+        asynchronous successive halving with rungs at 1, 2, 4, ... evaluation periods: a trial
+        goes on past a rung only while its value there is in the better half of all trials
+        that reached it (pruned ones included); ``hyperband``: several successive-halving
+        brackets (reduction factor 3) over iterations, from one evaluation period to the whole
+        schedule; ``none``. What each saves, and when it loses the best trial:
+        bench/RESULTS.md "tune: stale BatchNorm statistics"."""
         period = cfg.TEST.EVAL_PERIOD
         if self.name == "median":
             # Evaluations are reported at iteration k * period: those up to warmup * period wait.
             return optuna.pruners.MedianPruner(n_startup_trials=self.startup,
                                                n_warmup_steps=self.warmup * period + 1)
+        if self.name == "asha":
+            # Halving (not Optuna's default quartering): a 24-iteration trial evaluated every 3
+            # then has rungs at 3, 6, 12 and 24 instead of only 3 and 12.
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=max(1, period), reduction_factor=2, min_early_stopping_rate=0
+            )
         if self.name == "hyperband":
             return optuna.pruners.HyperbandPruner(
                 min_resource=max(1, period), max_resource=cfg.SOLVER.MAX_ITER
