@@ -24,8 +24,8 @@ reported and skipped rather than silently misaligned.
 Connected components (8-connected) smaller than ``mask_min_area`` pixels are dropped and
 reported; the rest are one instance each (``mask_instances="components"``) or one instance
 together (``"single"``). Instances get COCO polygons from their outer contours
-(``cv2.findContours``), unless the mask has holes or a contour encloses no area (thin lines,
-single pixels): those are written as RLE.
+(``cv2.findContours``) that pycocotools fills back to exactly the mask, unless the mask has
+holes: those are written as RLE.
 ``area`` and ``bbox`` always come from the mask itself.
 """
 
