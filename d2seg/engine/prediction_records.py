@@ -27,6 +27,7 @@ from d2seg.data.synthetic import LABELME_VERSION
 from d2seg.evaluation.coco_evaluation import instances_to_coco_results
 from d2seg.modeling.postprocess import sem_seg_labels
 from d2seg.utils.cropped_masks import CroppedMasks
+from d2seg.utils.polygons import outer_polygons
 
 # Polygons must give a Labelme file's objects back at least this well, else a mask shape is
 # written: tools/convert_labelme.py on the files then reproduces the predicted masks.
@@ -51,15 +52,12 @@ def semantic_labels(logits: torch.Tensor) -> np.ndarray:
 
 
 def mask_outlines(mask: np.ndarray, y0: int = 0, x0: int = 0) -> list[list[float]]:
-    """Outer contours of a bool mask as flat ``[x0, y0, x1, y1, ...]`` pixel polygons (holes
-    are not kept; contours with fewer than 3 points are dropped). ``mask`` may be a crop whose
-    top-left pixel is (``y0``, ``x0``) of the image: the polygons are in image pixels, the same
-    as those of the pasted mask."""
-    # One pixel of zeros around the crop, as the rest of the image is.
-    padded = np.pad(mask.astype(np.uint8), 1)
-    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
-                                   offset=(x0 - 1, y0 - 1))
-    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+    """Outer contours of a bool mask as flat ``[x0, y0, x1, y1, ...]`` pixel polygons that
+    pycocotools and Labelme fill back to the mask (holes are not kept, see
+    :func:`d2seg.utils.polygons.outer_polygons`). ``mask`` may be a crop whose top-left pixel is
+    (``y0``, ``x0``) of the image: the polygons are in image pixels, the same as those of the
+    pasted mask."""
+    return outer_polygons(mask, y0, x0)[0]
 
 
 def mask_rle(mask: np.ndarray) -> dict:
@@ -138,8 +136,9 @@ def panoptic_segments(ids: Any, segments: list[dict], thing_classes: list[str],
 def _reproduces(outlines: list[list[float]], crop: np.ndarray, y0: int, x0: int) -> bool:
     """Whether polygons (image pixels) rasterised as Labelme (and the converter) do give the
     mask back with IoU ≥ :data:`ROUND_TRIP_IOU`; the mask is ``crop`` at (``y0``, ``x0``), and
-    the polygons are drawn in its frame, one pixel wider on each side (they lie on mask
-    pixels, so nothing outside it is drawn)."""
+    the polygons are drawn in its frame, one pixel wider on each side (they lie inside the
+    mask's pixels, so nothing outside it is drawn). They fill the mask and its holes, so the
+    IoU is below 1 only for a mask with holes."""
     if not outlines:
         return False
     mask = np.pad(crop, 1)

@@ -133,12 +133,18 @@ def test_needs_tiling_only_beyond_twice_the_test_size():
     assert not needs_tiling(5000, 5000, 0, 1333)  # the model does not resize
 
 
-def _outlines(mask: np.ndarray) -> list[list[float]]:
-    """The outer contours of a full-size mask, as predict.py wrote them before masks were
-    cropped."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+def _filled_by_pycocotools(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    from pycocotools import mask as mask_util
+
+    return mask_util.decode(mask_util.merge(
+        mask_util.frPyObjects(polygons, height, width))).astype(bool)
+
+
+def _outer(mask: np.ndarray) -> np.ndarray:
+    """The full-size mask with its holes filled (what its outer polygons cover)."""
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(outside, None, (0, 0), 2)
+    return (outside != 2)[1:-1, 1:-1]
 
 
 def test_tiled_masks_are_written_exactly_as_the_full_size_masks(tmp_path):
@@ -181,15 +187,16 @@ def test_tiled_masks_are_written_exactly_as_the_full_size_masks(tmp_path):
         assert (tmp_path / "cropped" / path).read_text() == (tmp_path / "dense" / path).read_text()
     assert np.array_equal(cv2.imread(str(tmp_path / "cropped" / "overlays" / "big.png")),
                           cv2.imread(str(tmp_path / "dense" / "overlays" / "big.png")))
-    # Against the full masks themselves: pycocotools' RLE, OpenCV's contours of the whole
-    # image, and a Labelme mask shape (holes, thin objects) cut from the full mask.
+    # Against the full masks themselves: pycocotools' RLE, polygons that pycocotools fills to
+    # the full mask (holes filled), and a Labelme polygon or mask shape (holes) from the mask.
     results = json.loads((tmp_path / "cropped" / "predictions.json").read_text())
     shapes = json.loads((tmp_path / "cropped" / "labelme" / "big.json").read_text())["shapes"]
     polygons = [s["points"] for s in shapes if s["shape_type"] == "polygon"]
     for result, mask in zip(results, full.numpy()):
         rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
         assert result["segmentation"]["counts"] == rle["counts"].decode("ascii")
-        assert result["polygons"] == _outlines(mask)
+        assert np.array_equal(_filled_by_pycocotools(result["polygons"], *mask.shape),
+                              _outer(mask))
         ys, xs = np.nonzero(mask)
         for shape in shapes:
             if shape["shape_type"] == "mask" and shape["points"][0] == [xs.min(), ys.min()]:
@@ -198,7 +205,7 @@ def test_tiled_masks_are_written_exactly_as_the_full_size_masks(tmp_path):
                                                       xs.min():xs.max() + 1])
                 break
         else:
-            assert all(np.reshape(p, (-1, 2)).tolist() in polygons for p in _outlines(mask))
+            assert all(np.reshape(p, (-1, 2)).tolist() in polygons for p in result["polygons"])
     semantic = torch.zeros(300, 420, dtype=torch.long)
     semantic[:, 300:] = 1  # a stuff class on the right
     fused = [combine_semantic_and_instance_outputs(

@@ -207,13 +207,13 @@ def _assert_converter_reproduces(labelme: Path, out: Path, predictions: list[dic
             assert max(_iou(mask, m) for m in candidates) >= 0.95, p
 
 
-def test_labelme_writer_polygons_for_plain_objects_masks_for_holes_and_lines(tmp_path):
+def test_labelme_writer_polygons_for_plain_objects_and_lines_masks_for_holes(tmp_path):
     height, width = 80, 120
     masks = np.zeros((3, height, width), np.uint8)
     cv2.ellipse(masks[0], (40, 40), (25, 15), 30, 0, 360, 1, -1)  # plain: a polygon
     cv2.circle(masks[1], (90, 40), 20, 1, -1)
     cv2.circle(masks[1], (90, 40), 8, 0, -1)  # a ring: holes need a mask shape
-    masks[2, 70, 10:60] = 1  # a 1-pixel line: no polygon encloses it
+    masks[2, 70, 10:60] = 1  # a 1-pixel line: a thin polygon still fills it exactly
     masks = masks.astype(bool)
     image = np.full((height, width, 3), 120, np.uint8)
     Image.fromarray(image).save(tmp_path / "photo.png")
@@ -228,7 +228,7 @@ def test_labelme_writer_polygons_for_plain_objects_masks_for_holes_and_lines(tmp
                                                                  {"instances": instances})
     written = json.loads((out / "labelme" / "photo.json").read_text())
     assert [(s["label"], s["shape_type"]) for s in written["shapes"]] == [
-        ("balloon", "polygon"), ("ring", "mask"), ("balloon", "mask")]
+        ("balloon", "polygon"), ("ring", "mask"), ("balloon", "polygon")]
     assert written["imagePath"] == "../../photo.png" and written["imageData"]
     assert written["shapes"][0]["description"] == "score 0.900"
     results = CocoResultsWriter(out, ["balloon", "ring"], [1, 2], True).image_results(

@@ -26,6 +26,7 @@ from d2seg.data.convert.source import AnnotationSource, SourceOptions
 from d2seg.data.io import decode_image, exif_orientation, open_image
 from d2seg.data.labelme import BACKGROUND_LABEL, IGNORE_LABEL
 from d2seg.errors import AnnotationError, ConfigError, DatasetError
+from d2seg.utils.polygons import outer_polygons
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 LABEL_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff", ".npy")
@@ -244,29 +245,11 @@ def image_size(
 
 
 def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
-    """COCO polygons of the outer contours of a bool mask, or None when RLE is needed (the mask
-    has a hole, which a polygon list cannot express).
-
-    pycocotools (so Detectron2 and d2seg's loader) fills the pixels whose centres lie inside a
-    polygon. A contour through the boundary pixels' own coordinates loses their outer half: 2.5 %
-    of the area of the sample cars (160x240), 7 of the 15 pixels of a 5x3 blob, and bboxes
-    1-2 px short, which the loader then flags as disagreeing with their segmentation. So the
-    contour is traced on the mask upsampled twice and mapped back, which puts every vertex a
-    quarter pixel inside the mask's outer pixel edges: the polygons fill exactly ``mask``
-    (tests/data/convert/test_from_masks.py checks this on noise, lines and single pixels).
-    """
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return None
-    y0, x0 = int(rows[0]), int(cols[0])
-    crop = mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].astype(np.uint8)
-    doubled = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None or (hierarchy[0][:, 3] >= 0).any():
-        return None
-    # doubled pixel (u, v) has its centre at ((u + 0.5) / 2, (v + 0.5) / 2) in the crop
-    origin = np.array([x0, y0], dtype=float)
-    return [((c.reshape(-1, 2) + 0.5) / 2 + origin).reshape(-1).tolist() for c in contours]
+    """COCO polygons of a bool mask that pycocotools fills back to exactly it
+    (:func:`d2seg.utils.polygons.outer_polygons`), or None when RLE is needed: the mask has a
+    hole, which a polygon list cannot express."""
+    polygons, has_hole = outer_polygons(mask)
+    return None if has_hole or not polygons else polygons
 
 
 def component_instances(
