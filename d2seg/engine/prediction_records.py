@@ -137,10 +137,7 @@ def _reproduces(outlines: list[list[float]], crop: np.ndarray, y0: int, x0: int)
     """Whether polygons (image pixels) rasterised as Labelme (and the converter) do give the
     mask back with IoU ≥ :data:`ROUND_TRIP_IOU`; the mask is ``crop`` at (``y0``, ``x0``), and
     the polygons are drawn in its frame, one pixel wider on each side (they lie inside the
-    mask's pixels, so nothing outside it is drawn). They fill the mask and its holes, so the
-    IoU is below 1 only for a mask with holes."""
-    if not outlines:
-        return False
+    mask's pixels, so nothing outside it is drawn)."""
     mask = np.pad(crop, 1)
     drawn = np.zeros_like(mask)
     for points in outlines:
@@ -166,8 +163,10 @@ def _object_shapes(label: str, crop: np.ndarray, y0: int, x0: int, description: 
     """The Labelme shapes of one object: its mask ``crop`` with top-left pixel (y0, x0)."""
     if not crop.any():
         return []
-    outlines = mask_outlines(crop, y0, x0)
-    if not _reproduces(outlines, crop, y0, x0):  # holes, thin or tiny objects
+    outlines, has_hole = outer_polygons(crop, y0, x0)
+    # Outer polygons fill a mask without holes exactly (tests/utils/test_polygons.py): only a
+    # mask with holes needs the round trip drawn to see whether polygons are close enough.
+    if has_hole and not _reproduces(outlines, crop, y0, x0):
         return [_mask_shape(label, crop, y0, x0, description)]
     return [{"label": label, "points": np.reshape(p, (-1, 2)).tolist(),
              "group_id": group_id if len(outlines) > 1 else None,
